@@ -1,0 +1,369 @@
+"""The receiving side of files: partial file, journal, per-segment verify,
+final verify, atomic replace.
+
+Every change first checks that what is on disk here is still what our index
+told the sender (``replaces``): a file edited here meanwhile is never
+overwritten or deleted, so nothing is lost. A segment is journaled only after
+its bytes are verified and fsynced, so after a crash a transfer resumes at the
+first missing segment and never trusts unverified bytes.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import threading
+import time
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from . import engine, hashing
+from .config import Folder
+from .entry import DIR, FILE, SYMLINK, Entry
+from .errors import ProtocolError, TransferFailed, UnsafePath
+from .fs import safe
+from .fs.scan import hash_file
+from .manifest import Manifest, Partial, Seen
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Result:
+    path: str
+    ok: bool
+    error: str | None = None
+    whole: bool = False
+
+
+class Incoming:
+    """One file being received in segments."""
+
+    def __init__(self, partial: Partial, fd: int, basis: BinaryIO | None) -> None:
+        self.partial = partial
+        self.fd = fd
+        self.basis = basis
+        self.done = set(partial.done)
+
+    def close(self) -> None:
+        os.close(self.fd)
+        if self.basis is not None:
+            self.basis.close()
+
+
+class Receiver:
+    """Applies what peers send to one folder. Shared by all connections."""
+
+    def __init__(self, folder: Folder, manifest: Manifest) -> None:
+        self.folder = folder
+        self.manifest = manifest
+        self.safe = safe.SafeRoot(folder.root)
+        self._busy: set[str] = set()
+        self._lock = threading.Lock()
+        self._sig_pool = ThreadPoolExecutor(1, thread_name_prefix="signature")
+        self._sig_jobs: dict[tuple[str, str], Future[tuple[int, bytes]]] = {}
+
+    def close(self) -> None:
+        self._sig_pool.shutdown(wait=True, cancel_futures=True)
+
+    # -- what is here now ---------------------------------------------------
+    def current(self, path: str) -> Entry | None:
+        """The entry at `path` as it is on disk now (hashing only if its stat moved)."""
+        st = self.safe.lstat(path)
+        if st is None:
+            return None
+        if stat.S_ISDIR(st.st_mode):
+            return Entry(path, DIR, 0, st.st_mtime_ns, stat.S_IMODE(st.st_mode))
+        if stat.S_ISLNK(st.st_mode):
+            with self.safe.parent(path) as (fd, name):
+                return Entry(path, SYMLINK, target=os.readlink(name, dir_fd=fd))
+        if not stat.S_ISREG(st.st_mode):
+            return Entry(path, "other")
+        seen = self.manifest.get(path)
+        if (seen and seen.entry.kind == FILE and seen.entry.blake3 and
+                (seen.entry.size, seen.entry.mtime_ns, seen.ino, seen.ctime_ns)
+                == (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)):
+            digest: str | None = seen.entry.blake3
+        else:
+            with self.safe.parent(path):
+                pass  # validates the path before we hash through it
+            digest = hash_file(self.folder.root / path, st)
+            if digest is None:
+                raise TransferFailed(f"{path}: changing here right now")
+        return Entry(path, FILE, st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode), digest)
+
+    def _expect(self, path: str, replaces: str | None) -> Entry | None:
+        cur = self.current(path)
+        have = cur.blake3 if cur is not None and cur.kind == FILE else None
+        if cur is not None and cur.kind != FILE:
+            raise TransferFailed(f"{path}: is a {cur.kind} here, not a file")
+        if have != replaces:
+            raise TransferFailed(f"{path}: changed here since the index was sent; not overwritten")
+        return cur
+
+    def _record(self, entry: Entry) -> None:
+        st = self.safe.lstat(entry.path)
+        if st is not None:
+            self.manifest.record([Seen(Entry(entry.path, entry.kind, st.st_size if entry.kind == FILE else 0,
+                                             st.st_mtime_ns if entry.kind != SYMLINK else 0,
+                                             stat.S_IMODE(st.st_mode) if entry.kind != SYMLINK else 0,
+                                             entry.blake3, entry.target), st.st_ino, st.st_ctime_ns)])
+
+    def _claim(self, path: str) -> None:
+        with self._lock:
+            if path in self._busy:
+                raise TransferFailed(f"{path}: another session is writing it")
+            self._busy.add(path)
+
+    def _release(self, path: str) -> None:
+        with self._lock:
+            self._busy.discard(path)
+
+    # -- small files, many per frame ---------------------------------------
+    def receive_small(self, files: list[Any], body: bytes) -> list[Result]:
+        results = []
+        offset = 0
+        parsed = []
+        for meta in files:
+            if not isinstance(meta, dict):
+                raise ProtocolError("send_file: file entry is not an object")
+            e = Entry.from_wire(dict(meta, kind=FILE))
+            replaces = meta.get("replaces")
+            if replaces is not None and not isinstance(replaces, str):
+                raise ProtocolError("send_file: bad replaces")
+            safe.check_relpath(e.path)
+            parsed.append((e, replaces, offset))
+            offset += e.size
+        if offset != len(body):
+            raise ProtocolError("send_file: sizes do not add up to the body length")
+        for e, replaces, start in parsed:
+            data = memoryview(body)[start : start + e.size]
+            try:
+                self._claim(e.path)
+                try:
+                    if hashing.of_bytes(data) != e.blake3:
+                        raise TransferFailed(f"{e.path}: blake3 mismatch, not applied")
+                    self._expect(e.path, replaces)
+                    tmp = safe.write_aside(self.folder.tmp, uuid.uuid4().hex, [data], e.mode, e.mtime_ns)
+                    try:
+                        self.safe.replace(tmp, e.path, durable=False)
+                    finally:
+                        tmp.unlink(missing_ok=True)
+                    self._record(e)
+                finally:
+                    self._release(e.path)
+                results.append(Result(e.path, True, whole=True))
+            except TransferFailed as err:
+                results.append(Result(e.path, False, str(err)))
+        self._sync_dirs({os.path.dirname(r.path) for r in results if r.ok})
+        return results
+
+    def _sync_dirs(self, dirs: set[str]) -> None:
+        for d in dirs:
+            fd = os.open(self.folder.root / d if d else self.folder.root, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    # -- big files, in segments --------------------------------------------
+    def begin(self, h: dict[str, Any]) -> Incoming:
+        path = h["path"]
+        safe.check_relpath(path)
+        if h["segment_size"] <= 0 or h["segment_size"] > 64 * 1024 * 1024 or len(h["blake3"]) != 64:
+            raise ProtocolError("begin_file: bad segment_size or blake3")
+        if h["basis"] is not None and h["basis"] != h["replaces"]:
+            raise ProtocolError("begin_file: the delta basis must be the version it replaces")
+        self._claim(path)
+        try:
+            self._expect(path, h["replaces"])
+            basis = self.safe.open_read(path) if h["basis"] is not None else None
+            old = self.manifest.partial(path)
+            keep = (old is not None and old.target_blake3 == h["blake3"] and old.replaces == h["replaces"]
+                    and old.size == h["size"] and old.segment_size == h["segment_size"]
+                    and (self.folder.partials / old.name).exists())
+            if keep:
+                assert old is not None
+                part = old
+            else:
+                if old is not None:
+                    self._discard(old)
+                now = time.time()
+                part = Partial(path, h["blake3"], h["replaces"], h["size"], h["mtime_ns"], h["mode"],
+                               h["segment_size"], uuid.uuid4().hex + ".part", now, now, frozenset())
+            fd = os.open(self.folder.partials / part.name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            if not keep:
+                os.ftruncate(fd, 0)
+                self.manifest.begin_partial(part)
+            return Incoming(part, fd, basis)
+        except BaseException:
+            self._release(path)
+            raise
+
+    def segment(self, inc: Incoming, h: dict[str, Any], body: bytes) -> None:
+        p = inc.partial
+        idx, offset, length = h["index"], h["offset"], h["length"]
+        if idx >= p.segments_total or offset != idx * p.segment_size or \
+                length != min(p.segment_size, p.size - offset):
+            raise ProtocolError(f"send_delta: segment {idx} of {p.path} is out of range")
+        if idx in inc.done:
+            return  # already verified and journaled; an idempotent resend
+        if h["literal"]:
+            if len(body) != length or hashing.of_bytes(body) != h["blake3"]:
+                raise TransferFailed(f"{p.path}: segment {idx} failed verification")
+            view = memoryview(body)
+            pos = offset
+            while view:
+                n = os.pwrite(inc.fd, view, pos)
+                view, pos = view[n:], pos + n
+        else:
+            if inc.basis is None:
+                raise ProtocolError(f"send_delta: delta for {p.path} without a basis")
+            out = os.fdopen(os.dup(inc.fd), "wb", buffering=1024 * 1024)
+            try:
+                out.seek(offset)
+                w = hashing.HashingWriter(out, length)
+                try:
+                    engine.patch(inc.basis, body, w)
+                except engine.DeltaError as e:
+                    raise TransferFailed(f"{p.path}: segment {idx}: {e}") from None
+                out.flush()
+            finally:
+                out.close()
+            if w.written != length or w.hexdigest() != h["blake3"]:
+                raise TransferFailed(f"{p.path}: segment {idx} failed verification")
+        os.fdatasync(inc.fd)
+        self.manifest.segment_done(p.path, idx)
+        inc.done.add(idx)
+
+    def finish(self, inc: Incoming) -> Result:
+        """Verify the whole file and put it in place. The partial is dropped
+        when it can never become right; kept when only a resend is missing."""
+        p = inc.partial
+        try:
+            missing = set(range(p.segments_total)) - inc.done
+            if missing:
+                raise TransferFailed(f"{p.path}: {len(missing)} segments missing at file_done")
+            os.ftruncate(inc.fd, p.size)
+            if hashing.of_fd(inc.fd) != p.target_blake3:
+                self._discard(p)
+                raise TransferFailed(f"{p.path}: whole-file blake3 mismatch; partial dropped")
+            self._expect(p.path, p.replaces)
+            safe.finish(inc.fd, p.mode, p.mtime_ns)
+            self.safe.replace(self.folder.partials / p.name, p.path)
+            entry = Entry(p.path, FILE, p.size, p.mtime_ns, p.mode, p.target_blake3)
+            self._record(entry)
+            self.manifest.drop_partial(p.path)
+            self._precompute_signature(entry)
+            return Result(p.path, True, whole=inc.basis is None)
+        finally:
+            inc.close()
+            self._release(p.path)
+
+    def abandon(self, inc: Incoming) -> None:
+        """The session ended mid-file: keep the verified segments for a resume."""
+        inc.close()
+        self._release(inc.partial.path)
+
+    def _discard(self, p: Partial) -> None:
+        (self.folder.partials / p.name).unlink(missing_ok=True)
+        self.manifest.drop_partial(p.path)
+
+    def clean_stale(self, max_age_s: float) -> int:
+        """Drop partials untouched for longer than `max_age_s`, and orphan temp files."""
+        now = time.time()
+        dropped = 0
+        for p in self.manifest.partials():
+            if now - p.updated > max_age_s and p.path not in self._busy:
+                self._discard(p)
+                dropped += 1
+        known = {p.name for p in self.manifest.partials()}
+        for d in (self.folder.partials, self.folder.tmp):
+            for f in d.iterdir():
+                if f.name not in known and now - f.stat().st_mtime > 60:
+                    f.unlink(missing_ok=True)
+        return dropped
+
+    # -- signatures ----------------------------------------------------------
+    def signature_for(self, path: str, blake3: str) -> tuple[int, bytes] | None:
+        """Our signature of `path` if it still has content `blake3`; None if not.
+        Served from the manifest cache when possible, so an unchanged basis is
+        never re-read."""
+        safe.check_relpath(path)
+        cur = self.current(path)
+        if cur is None or cur.kind != FILE or cur.blake3 != blake3:
+            return None
+        cached = self.manifest.signature(path, blake3)
+        if cached is not None:
+            return cached
+        job = self._sig_jobs.get((path, blake3))
+        if job is not None:
+            return job.result()
+        return self._compute_signature(cur)
+
+    def _compute_signature(self, entry: Entry) -> tuple[int, bytes]:
+        block = engine.block_len_for(entry.size)
+        with self.safe.open_read(entry.path) as f:
+            sig = engine.signature(f, block)
+        assert entry.blake3 is not None
+        cur = self.current(entry.path)
+        if cur is not None and cur.blake3 == entry.blake3:
+            self.manifest.store_signature(entry.path, entry.blake3, block, sig)
+        return block, sig
+
+    def _precompute_signature(self, entry: Entry) -> None:
+        """Cache the new version's signature in the background, so the next
+        delta against it does not wait for a read of the whole file."""
+        if entry.size < 1024 * 1024:
+            return
+        key = (entry.path, entry.blake3 or "")
+        fut = self._sig_pool.submit(self._compute_signature, entry)
+        self._sig_jobs[key] = fut
+        fut.add_done_callback(lambda _f: self._sig_jobs.pop(key, None))
+
+    # -- directories, symlinks, deletes, metadata ----------------------------
+    def apply_op(self, op: Any) -> Result:
+        if not isinstance(op, dict) or not isinstance(op.get("op"), str):
+            raise ProtocolError("send_changes: op is not an object with an op name")
+        kind = op["op"]
+        e = Entry.from_wire({k: v for k, v in op.items() if k != "op"})
+        safe.check_relpath(e.path)
+        try:
+            if kind == "mkdir":
+                cur = self.current(e.path)
+                if cur is not None and cur.kind != DIR:
+                    raise TransferFailed(f"{e.path}: is a {cur.kind} here, not a directory")
+                self.safe.mkdir(e.path, e.mode)
+            elif kind == "symlink":
+                cur = self.current(e.path)
+                if cur is not None and cur.kind not in (SYMLINK,):
+                    raise TransferFailed(f"{e.path}: is a {cur.kind} here, not a symlink")
+                assert e.target is not None
+                self.safe.symlink(e.target, e.path, f".deltasync-tmp-{uuid.uuid4().hex}")
+            elif kind == "meta":
+                cur = self.current(e.path)
+                if cur is None or not cur.same_content(e):
+                    raise TransferFailed(f"{e.path}: changed here since the index was sent")
+                self.safe.set_meta(e.path, e.mode, e.mtime_ns)
+            elif kind == "delete":
+                cur = self.current(e.path)
+                if cur is None:
+                    return Result(e.path, True)
+                if not cur.same_content(e):
+                    raise TransferFailed(f"{e.path}: changed here since the index was sent; not deleted")
+                try:
+                    self.safe.delete(e.path)
+                except OSError as err:
+                    raise TransferFailed(f"{e.path}: not deleted: {err.strerror}") from None
+                self.manifest.record([], [e.path])
+                return Result(e.path, True)
+            else:
+                raise ProtocolError(f"send_changes: unknown op {kind[:32]!r}")
+            self._record(e)
+            return Result(e.path, True)
+        except (TransferFailed, UnsafePath) as err:
+            if isinstance(err, UnsafePath):
+                raise
+            return Result(e.path, False, str(err))

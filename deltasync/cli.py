@@ -1,0 +1,203 @@
+"""The `deltasync` command. Parses, calls one library function, renders.
+
+Every DeltasyncError reaches the user as one line on stderr with the exit
+code the README documents (0 ok, 1 error, 2 usage, 3 partial, 4 peer).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable, List, Optional
+
+import typer
+
+from .errors import EXIT_ERROR, DeltasyncError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Keep folders in sync between peers by rolling-signature deltas, verified end to end.")
+
+DirArg = typer.Argument(..., help="The shared folder.", file_okay=False)
+JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout.")
+VerboseOpt = typer.Option(0, "--verbose", "-v", count=True, help="More log lines on stderr.")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="Only errors on stderr.")
+
+
+def _logging(verbose: int, quiet: bool) -> None:
+    level = logging.ERROR if quiet else logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, stream=sys.stderr, format="deltasync: %(message)s")
+
+
+def _run(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except DeltasyncError as e:
+        typer.echo(f"deltasync: error: {e}", err=True)
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("deltasync: interrupted", err=True)
+        raise typer.Exit(130) from None
+    except OSError as e:
+        typer.echo(f"deltasync: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), err=True)
+        raise typer.Exit(EXIT_ERROR) from None
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=None, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+@app.command()
+def init(directory: Path = DirArg) -> None:
+    """Make DIR a shared folder (key, certificate, manifest) and print its peer ID.
+
+    Example: deltasync init ./A
+    """
+    from . import identity
+    from .config import Folder
+
+    _, peer_id, _ = _run(lambda: Folder.init(directory))
+    typer.echo(identity.format_id(peer_id))
+
+
+@app.command("id")
+def id_(directory: Path = DirArg) -> None:
+    """Print this folder's peer ID alone on one line.
+
+    Example: deltasync id ./A
+    """
+    from . import identity
+    from .config import Folder
+
+    typer.echo(identity.format_id(_run(lambda: Folder.open(directory).peer_id)))
+
+
+@app.command()
+def trust(directory: Path = DirArg, peer_id: str = typer.Argument(..., help="The peer's ID (from `deltasync id`)."),
+          name: Optional[str] = typer.Option(None, "--name", help="A name to use instead of an address."),
+          address: Optional[str] = typer.Option(None, "--address", help="HOST:PORT where this peer listens.")) -> None:
+    """Trust a peer: it may connect to us, and we accept it when we connect.
+
+    Example: deltasync trust ./A ABCDEFG-... --name laptop --address 10.0.0.2:8730
+    """
+    from . import identity
+    from .config import Folder
+
+    peer = _run(lambda: Folder.open(directory).trust(peer_id, name, address))
+    typer.echo(f"trusted {peer.name} = {identity.format_id(peer.id)}")
+
+
+@app.command()
+def serve(directory: Path = DirArg,
+          listen: Optional[str] = typer.Option(None, "--listen", help="HOST:PORT (port 0 picks a free one)."),
+          verbose: int = VerboseOpt, quiet: bool = QuietOpt) -> None:
+    """Receive from trusted peers until SIGINT/SIGTERM.
+
+    Prints `listening on HOST:PORT` once it accepts connections.
+    Example: deltasync serve ./B --listen 127.0.0.1:8730
+    """
+    from .config import Folder
+    from .server import run
+
+    _logging(verbose, quiet)
+
+    def go() -> None:
+        folder = Folder.open(directory)
+        addr = listen or str(folder.config().setting("listen"))
+
+        def announce(actual: str) -> None:
+            print(f"listening on {actual}", flush=True)
+
+        asyncio.run(run(folder, addr, announce))
+
+    _run(go)
+
+
+@app.command()
+def push(directory: Path = DirArg,
+         peer: str = typer.Argument(..., help="HOST:PORT, or a peer name from config.toml."),
+         delete: bool = typer.Option(False, "--delete", help="Remove on the peer what is absent here."),
+         dry_run: bool = typer.Option(False, "--dry-run", "-n", help="Print the plan; change nothing."),
+         exclude: List[str] = typer.Option([], "--exclude", help="Gitignore-style pattern (repeatable)."),
+         as_json: bool = JsonOpt, verbose: int = VerboseOpt, quiet: bool = QuietOpt) -> None:
+    """Send what the peer lacks or holds differently; exit 0 only when all is verified there.
+
+    Example: deltasync push ./A 127.0.0.1:8730 --delete --json
+    """
+    from . import client
+    from .config import Folder
+
+    _logging(verbose, quiet)
+    report = _run(lambda: asyncio.run(client.push(Folder.open(directory), peer, delete, dry_run, exclude)))
+    if as_json:
+        _print_json(report.to_json())
+    elif not quiet:
+        if report.plan is not None:
+            for item in report.plan:
+                typer.echo(f"{item['op']:<11} {item['path']}")
+        typer.echo(f"{report.files_total} files: {report.files_sent_whole} whole, {report.files_sent_delta} by delta, "
+                   f"{report.files_unchanged} unchanged, {report.files_deleted} deleted, "
+                   f"{report.files_failed} failed; {report.bytes_sent} bytes sent in {report.seconds:.2f} s",
+                   err=True)
+    _run(lambda: client.check(report))
+
+
+@app.command()
+def status(directory: Path = DirArg, as_json: bool = JsonOpt) -> None:
+    """This peer's ID, trusted peers and their last sync, partial transfers.
+
+    Example: deltasync status ./A --json
+    """
+    from .status import collect
+
+    info = _run(lambda: collect(directory))
+    if as_json:
+        _print_json(info)
+        return
+    typer.echo(f"peer ID: {info['peer_id']}")
+    for p in info["peers"]:
+        typer.echo(f"peer {p['name']}: {p['id']} {p.get('address') or ''} last sync: {p['last_sync'] or 'never'}")
+    for p in info["partials"]:
+        typer.echo(f"partial {p['path']}: {p['segments_done']}/{p['segments_total']} segments, "
+                   f"{p['bytes_done']}/{p['size']} bytes")
+
+
+@app.command()
+def demo(scale: float = typer.Option(0.2, "--scale", help="Size factor: 1.0 is the full seed plan (File_2 = 500 MB)."),
+         keep: Optional[Path] = typer.Option(None, "--keep", help="Keep the two peers' folders here."),
+         as_json: bool = JsonOpt) -> None:
+    """Two peers on this machine run the seed test plan and print its table; exit 0 only if every md5 matches.
+
+    Example: deltasync demo --scale 0.05
+    """
+    from dataclasses import asdict
+
+    from . import demo as demo_mod
+
+    steps = _run(lambda: demo_mod.run(scale, keep))
+    ok = all(s.md5_match is not False for s in steps)
+    if as_json:
+        _print_json({"ok": ok, "steps": [asdict(s) for s in steps]})
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"deltasync demo: the seed test plan at scale {scale}")
+        for col in ("step", "files", "bytes sent", "time (s)", "md5 match"):
+            table.add_column(col, justify="left" if col == "step" else "right")
+        for s in steps:
+            match = "-" if s.md5_match is None else "yes" if s.md5_match else "NO"
+            table.add_row(s.name, str(s.files), f"{s.bytes_sent:,}", f"{s.seconds:.2f}", match)
+        Console().print(table)
+    if not ok:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""A shared folder's settings in ``DIR/.deltasync/config.toml``: where to listen,
+which peers are trusted (name -> ID, optional address), and limits.
+
+Read with stdlib `tomllib`; written by a small serializer for our own fixed
+schema (strings, ints, floats, one level of tables), so no extra dependency.
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import identity
+from .errors import ConfigError, NotInitialised
+
+META = ".deltasync"
+
+DEFAULTS: dict[str, Any] = {
+    "listen": "127.0.0.1:8730",
+    "partial_max_age_hours": 72.0,
+    "idle_timeout": 300.0,
+    "handshake_timeout": 10.0,
+    "max_connections": 16,
+    "max_index_entries": 2_000_000,
+    "max_path_length": 4096,
+    "settle_seconds": 1.0,
+    "rescan_seconds": 60.0,
+}
+
+
+@dataclass
+class Peer:
+    name: str
+    id: str
+    address: str | None = None
+
+
+@dataclass
+class Config:
+    folder: dict[str, Any] = field(default_factory=lambda: dict(DEFAULTS))
+    peers: dict[str, Peer] = field(default_factory=dict)
+
+    def setting(self, key: str) -> Any:
+        return self.folder.get(key, DEFAULTS[key])
+
+    def trusted_ids(self) -> set[str]:
+        return {p.id for p in self.peers.values()}
+
+    def peer_by_id(self, peer_id: str) -> Peer | None:
+        return next((p for p in self.peers.values() if p.id == peer_id), None)
+
+    def resolve(self, target: str) -> tuple[str, str | None]:
+        """A peer name or HOST:PORT -> (address, pinned ID or None)."""
+        peer = self.peers.get(target)
+        if peer is not None:
+            if not peer.address:
+                raise ConfigError(f"peer {target!r} has no address in config.toml")
+            return peer.address, peer.id
+        return target, None
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    raise ConfigError(f"cannot write {type(v).__name__} to config.toml")
+
+
+def _toml_key(k: str) -> str:
+    return k if k.replace("_", "").replace("-", "").isalnum() and k.isascii() else _toml_value(k)
+
+
+def dumps(cfg: Config) -> str:
+    lines = ["# deltasync folder settings", "[folder]"]
+    lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in cfg.folder.items()]
+    for name, p in sorted(cfg.peers.items()):
+        lines += ["", f"[peers.{_toml_key(name)}]", f"id = {_toml_value(p.id)}"]
+        if p.address:
+            lines.append(f"address = {_toml_value(p.address)}")
+    return "\n".join(lines) + "\n"
+
+
+def loads(text: str) -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config.toml: {e}") from None
+    folder = dict(DEFAULTS)
+    folder.update(data.get("folder", {}))
+    peers = {}
+    for name, p in data.get("peers", {}).items():
+        if not isinstance(p, dict) or "id" not in p:
+            raise ConfigError(f"config.toml: peer {name!r} needs an id")
+        peers[name] = Peer(name, identity.normalise_id(p["id"]), p.get("address"))
+    return Config(folder, peers)
+
+
+class Folder:
+    """Paths of one shared folder and its `.deltasync/` state."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.meta = self.root / META
+        self.key = self.meta / "key.pem"
+        self.cert = self.meta / "cert.pem"
+        self.db = self.meta / "manifest.db"
+        self.config_path = self.meta / "config.toml"
+        self.partials = self.meta / "partial"
+        self.tmp = self.meta / "tmp"
+
+    @classmethod
+    def open(cls, root: str | Path) -> "Folder":
+        f = cls(Path(root))
+        if not f.cert.is_file() or not f.key.is_file():
+            raise NotInitialised(f"{root} is not a deltasync folder (run: deltasync init {root})")
+        return f
+
+    @classmethod
+    def init(cls, root: str | Path) -> tuple["Folder", str, bool]:
+        """Create the folder's state if absent. Returns (folder, peer ID, created)."""
+        f = cls(Path(root))
+        f.root.mkdir(parents=True, exist_ok=True)
+        created = not f.cert.exists()
+        f.meta.mkdir(mode=0o700, exist_ok=True)
+        for d in (f.partials, f.tmp):
+            d.mkdir(mode=0o700, exist_ok=True)
+        if created:
+            identity.generate(f.key, f.cert, name=f.root.name or "deltasync")
+        if not f.config_path.exists():
+            f.save_config(Config())
+        from .manifest import Manifest
+
+        Manifest(f.db).close()
+        return f, f.peer_id, created
+
+    @property
+    def peer_id(self) -> str:
+        return identity.fingerprint(identity.cert_der(self.cert))
+
+    def config(self) -> Config:
+        try:
+            return loads(self.config_path.read_text())
+        except FileNotFoundError:
+            return Config()
+
+    def save_config(self, cfg: Config) -> None:
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text(dumps(cfg))
+        os.replace(tmp, self.config_path)
+
+    def trust(self, peer_id: str, name: str | None = None, address: str | None = None) -> Peer:
+        pid = identity.normalise_id(peer_id)
+        cfg = self.config()
+        existing = cfg.peer_by_id(pid)
+        if existing is not None:
+            del cfg.peers[existing.name]
+        name = name or (existing.name if existing else pid[:7])
+        peer = Peer(name, pid, address or (existing.address if existing else None))
+        cfg.peers[name] = peer
+        self.save_config(cfg)
+        return peer

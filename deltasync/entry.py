@@ -1,0 +1,60 @@
+"""The record of one path in an index: what scan produces, the manifest
+stores, `send_file_list` carries and the planner compares."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .errors import ProtocolError
+
+FILE, DIR, SYMLINK = "file", "dir", "symlink"
+KINDS = (FILE, DIR, SYMLINK)
+
+
+@dataclass(frozen=True)
+class Entry:
+    path: str
+    kind: str
+    size: int = 0
+    mtime_ns: int = 0
+    mode: int = 0
+    blake3: str | None = None  # files only
+    target: str | None = None  # symlinks only
+
+    def same_content(self, other: "Entry") -> bool:
+        if self.kind != other.kind:
+            return False
+        if self.kind == FILE:
+            return self.size == other.size and self.blake3 == other.blake3
+        if self.kind == SYMLINK:
+            return self.target == other.target
+        return True
+
+    def same_meta(self, other: "Entry") -> bool:
+        """Mode and mtime as we keep them (symlink metadata is not kept; dir mtimes are)."""
+        if self.kind == SYMLINK:
+            return True
+        return self.mode == other.mode and self.mtime_ns == other.mtime_ns
+
+    def to_wire(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {k: v for k, v in d.items() if v is not None}
+
+    @classmethod
+    def from_wire(cls, d: Any) -> "Entry":
+        """Validate a peer's index entry; a bad one is a protocol error."""
+        if not isinstance(d, dict):
+            raise ProtocolError("index entry is not an object")
+        path, kind = d.get("path"), d.get("kind")
+        if not isinstance(path, str) or kind not in KINDS:
+            raise ProtocolError("index entry needs a path and a kind")
+        ints = {k: d.get(k, 0) for k in ("size", "mtime_ns", "mode")}
+        if any(type(v) is not int or v < 0 for v in ints.values()):
+            raise ProtocolError(f"index entry {path[:200]!r}: size, mtime_ns and mode must be non-negative ints")
+        b3, target = d.get("blake3"), d.get("target")
+        if kind == FILE and not (isinstance(b3, str) and len(b3) == 64):
+            raise ProtocolError(f"index entry {path[:200]!r}: a file needs a blake3")
+        if kind == SYMLINK and not isinstance(target, str):
+            raise ProtocolError(f"index entry {path[:200]!r}: a symlink needs a target")
+        return cls(path, kind, ints["size"], ints["mtime_ns"], ints["mode"] & 0o7777,
+                   b3 if kind == FILE else None, target if kind == SYMLINK else None)

@@ -1,0 +1,193 @@
+"""The only place that turns a peer's path into something done on disk.
+
+A peer path is a relative POSIX path: no empty, `.` or `..` component, not
+absolute, no NUL, not under `.deltasync/`, bounded in length. Every operation
+then walks from the folder's root one directory at a time with
+``O_DIRECTORY | O_NOFOLLOW`` on directory file descriptors, so a symlink (or a
+directory swapped for one mid-way) can never lead a write outside the folder:
+the kernel refuses instead of following. Files are written aside, fsynced and
+renamed into place, so a final path holds the old or the new version, never a
+torn one.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from ..errors import TransferFailed, UnsafePath
+
+META = ".deltasync"
+MAX_PATH = 4096
+MAX_NAME = 255
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def check_relpath(path: object, max_len: int = MAX_PATH) -> tuple[str, ...]:
+    """Validate a peer's path; return its components or raise UnsafePath."""
+    if not isinstance(path, str) or not path:
+        raise UnsafePath("path is empty or not a string")
+    shown = repr(path[:200])
+    if "\x00" in path:
+        raise UnsafePath(f"path {shown} contains NUL")
+    try:
+        encoded = path.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise UnsafePath(f"path {shown} is not encodable") from None
+    if len(encoded) > max_len:
+        raise UnsafePath(f"path {shown} is longer than {max_len} bytes")
+    if path.startswith("/"):
+        raise UnsafePath(f"path {shown} is absolute")
+    parts = tuple(path.split("/"))
+    for part in parts:
+        if part in ("", ".", ".."):
+            raise UnsafePath(f"path {shown} has an empty, '.' or '..' component")
+        if len(part.encode("utf-8", "surrogateescape")) > MAX_NAME:
+            raise UnsafePath(f"path {shown} has a component longer than {MAX_NAME} bytes")
+    if parts[0] == META:
+        raise UnsafePath(f"path {shown} names the {META}/ state folder")
+    return parts
+
+
+def _unsafe_from(e: OSError, path: str) -> Exception:
+    if e.errno in (errno.ELOOP, errno.ENOTDIR):
+        return UnsafePath(f"path {path[:200]!r} passes through a symlink or a non-directory")
+    if e.errno == errno.ENOSPC:
+        return TransferFailed(f"{path[:200]}: no space left on device")
+    return TransferFailed(f"{path[:200]}: {e.strerror}")
+
+
+class SafeRoot:
+    """Operations on peer-named paths below one folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.meta = root / META
+
+    @contextmanager
+    def parent(self, path: str, create: bool = False) -> Iterator[tuple[int, str]]:
+        """Yield (fd of the parent directory, final name), walked without following links."""
+        parts = check_relpath(path)
+        fd = os.open(self.root, _DIR_FLAGS)
+        try:
+            for part in parts[:-1]:
+                try:
+                    nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    try:
+                        os.mkdir(part, 0o755, dir_fd=fd)
+                    except FileExistsError:
+                        pass
+                    nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = nfd
+            yield fd, parts[-1]
+        except OSError as e:
+            raise _unsafe_from(e, path) from None
+        finally:
+            os.close(fd)
+
+    def lstat(self, path: str) -> os.stat_result | None:
+        try:
+            with self.parent(path) as (fd, name):
+                return os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except (FileNotFoundError, TransferFailed):
+            return None
+
+    def open_read(self, path: str) -> BinaryIO:
+        """Open a regular file for reading; a symlink or special file is refused."""
+        with self.parent(path) as (dfd, name):
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            except OSError as e:
+                raise _unsafe_from(e, path) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise UnsafePath(f"{path[:200]!r} is not a regular file")
+        return os.fdopen(fd, "rb")
+
+    def replace(self, src: Path, path: str, durable: bool = True) -> None:
+        """Atomically rename our own file `src` (under .deltasync/) to `path`."""
+        with self.parent(path, create=True) as (fd, name):
+            try:
+                os.rename(src, name, dst_dir_fd=fd)
+            except IsADirectoryError:
+                raise TransferFailed(f"{path[:200]}: is a directory here, not a file") from None
+            except OSError as e:
+                raise _unsafe_from(e, path) from None
+            if durable:
+                os.fsync(fd)
+
+    def symlink(self, target: str, path: str, tmp_name: str) -> None:
+        """Create or replace a symlink atomically (made aside in the same directory)."""
+        if "\x00" in target or len(target) > MAX_PATH:
+            raise UnsafePath(f"symlink target for {path[:200]!r} is not acceptable")
+        with self.parent(path, create=True) as (fd, name):
+            os.symlink(target, tmp_name, dir_fd=fd)
+            try:
+                os.rename(tmp_name, name, src_dir_fd=fd, dst_dir_fd=fd)
+            except OSError:
+                os.unlink(tmp_name, dir_fd=fd)
+                raise
+
+    def mkdir(self, path: str, mode: int) -> None:
+        with self.parent(path, create=True) as (fd, name):
+            try:
+                os.mkdir(name, 0o700, dir_fd=fd)
+            except FileExistsError:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                if not stat.S_ISDIR(st.st_mode):
+                    raise TransferFailed(f"{path[:200]}: exists here and is not a directory") from None
+        self.set_meta(path, mode, None)
+
+    def set_meta(self, path: str, mode: int, mtime_ns: int | None) -> None:
+        """Mode bits and mtime of a file or directory (never through a symlink)."""
+        with self.parent(path) as (dfd, name):
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            try:
+                os.fchmod(fd, mode & 0o7777)
+                if mtime_ns is not None:
+                    os.utime(fd, ns=(mtime_ns, mtime_ns))
+            finally:
+                os.close(fd)
+
+    def delete(self, path: str) -> None:
+        """Remove a file, symlink or empty directory; a non-empty directory stays."""
+        with self.parent(path) as (fd, name):
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                os.rmdir(name, dir_fd=fd)
+            else:
+                os.unlink(name, dir_fd=fd)
+
+
+def write_aside(directory: Path, name: str, chunks: "Iterator[bytes] | list[bytes]", mode: int,
+                mtime_ns: int, fsync: bool = True) -> Path:
+    """Write a new file under our own state folder with its final mode and mtime."""
+    tmp = directory / name
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        for chunk in chunks:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
+        finish(fd, mode, mtime_ns, fsync)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    return tmp
+
+
+def finish(fd: int, mode: int, mtime_ns: int, fsync: bool = True) -> None:
+    """Final mode and mtime on an open file, then make it durable."""
+    os.fchmod(fd, mode & 0o7777)
+    os.utime(fd, ns=(mtime_ns, mtime_ns))
+    if fsync:
+        os.fsync(fd)

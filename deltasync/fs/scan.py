@@ -1,0 +1,116 @@
+"""Walk the folder and produce its index. Never follows symlinks; rehashes
+(blake3) only files whose size, mtime, ctime or inode changed since the
+manifest last saw them, so a no-change scan of a big tree costs one stat each."""
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import hashing
+from ..entry import DIR, FILE, SYMLINK, Entry
+from ..manifest import Manifest, Seen
+from .ignore import Ignore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ScanResult:
+    entries: dict[str, Entry]
+    hashed_files: int = 0
+    hashed_bytes: int = 0
+    skipped: list[str] = field(default_factory=list)  # unreadable, unstable or un-encodable names
+
+
+def _stat_fields(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns
+
+
+def hash_file(path: Path, st: os.stat_result) -> str | None:
+    """blake3 of a regular file, or None if it changed while we read it (try later)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        before = os.fstat(fd)
+        if _stat_fields(before)[:3] != _stat_fields(st)[:3]:
+            return None
+        digest = hashing.of_fd(fd)
+        after = os.fstat(fd)
+    finally:
+        os.close(fd)
+    return digest if _stat_fields(after) == _stat_fields(before) else None
+
+
+def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None) -> ScanResult:
+    ignore = ignore or Ignore.for_folder(root)
+    seen = manifest.seen()
+    result = ScanResult({})
+    rows: list[Seen] = []
+
+    def visit(dirpath: Path, rel: str) -> None:
+        try:
+            it = list(os.scandir(dirpath))
+        except OSError as e:
+            log.warning("cannot list %s: %s", dirpath, e.strerror)
+            result.skipped.append(rel)
+            return
+        for de in sorted(it, key=lambda d: d.name):
+            path = f"{rel}/{de.name}" if rel else de.name
+            try:
+                path.encode("utf-8")
+                st = de.stat(follow_symlinks=False)
+            except (UnicodeEncodeError, OSError):
+                result.skipped.append(path)
+                continue
+            mode = st.st_mode
+            is_dir = stat.S_ISDIR(mode)
+            if ignore(path, is_dir):
+                continue
+            old = seen.get(path)
+            if is_dir:
+                e = Entry(path, DIR, 0, st.st_mtime_ns, stat.S_IMODE(mode))
+            elif stat.S_ISLNK(mode):
+                try:
+                    e = Entry(path, SYMLINK, 0, 0, 0, target=os.readlink(de.path))
+                except OSError:
+                    result.skipped.append(path)
+                    continue
+            elif stat.S_ISREG(mode):
+                if (old and old.entry.kind == FILE and old.entry.blake3
+                        and (old.entry.size, old.entry.mtime_ns, old.ino, old.ctime_ns) == _stat_fields(st)):
+                    digest: str | None = old.entry.blake3
+                else:
+                    try:
+                        digest = hash_file(Path(de.path), st)
+                    except OSError:
+                        digest = None
+                    if digest is None:
+                        result.skipped.append(path)
+                        continue
+                    result.hashed_files += 1
+                    result.hashed_bytes += st.st_size
+                e = Entry(path, FILE, st.st_size, st.st_mtime_ns, stat.S_IMODE(mode), digest)
+            else:
+                continue  # fifos, sockets, devices are not synced
+            result.entries[path] = e
+            if old is None or old.entry != e or (old.ino, old.ctime_ns) != (st.st_ino, st.st_ctime_ns):
+                rows.append(Seen(e, st.st_ino, st.st_ctime_ns))
+            if is_dir:
+                visit(Path(de.path), path)
+
+    visit(root, "")
+    removed = [p for p in seen if p not in result.entries and p not in result.skipped]
+    if rows or removed:
+        manifest.record(rows, removed)
+    return result
+
+
+def seen_now(root: Path, entry: Entry) -> Seen:
+    """The manifest row for a path we just wrote (so the next scan need not rehash it)."""
+    st = os.stat(root / entry.path, follow_symlinks=False)
+    return Seen(Entry(entry.path, entry.kind, st.st_size if entry.kind == FILE else 0,
+                      st.st_mtime_ns if entry.kind != SYMLINK else 0,
+                      stat.S_IMODE(st.st_mode) if entry.kind != SYMLINK else 0,
+                      entry.blake3, entry.target), st.st_ino, st.st_ctime_ns)

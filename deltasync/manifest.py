@@ -1,0 +1,172 @@
+"""The folder's memory, in SQLite (WAL): what each path was when last seen
+(so a scan rehashes only what changed), cached librsync signatures, and the
+journal of partial transfers (so a crash resumes at the first missing segment).
+
+One `Manifest` may be shared by threads: every call takes the lock.
+"""
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from .entry import Entry
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    path TEXT PRIMARY KEY, kind TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+    mode INTEGER NOT NULL, ino INTEGER NOT NULL, ctime_ns INTEGER NOT NULL DEFAULT 0,
+    blake3 TEXT, target TEXT
+);
+CREATE TABLE IF NOT EXISTS signatures (
+    path TEXT PRIMARY KEY, blake3 TEXT NOT NULL, block_len INTEGER NOT NULL, sig BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS partials (
+    path TEXT PRIMARY KEY, target_blake3 TEXT NOT NULL, replaces TEXT, size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL, mode INTEGER NOT NULL, segment_size INTEGER NOT NULL,
+    name TEXT NOT NULL, started REAL NOT NULL, updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS partial_segments (
+    path TEXT NOT NULL, idx INTEGER NOT NULL, PRIMARY KEY (path, idx)
+);
+CREATE TABLE IF NOT EXISTS peers_seen (
+    peer_id TEXT PRIMARY KEY, last_sync REAL NOT NULL, direction TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A manifest row: the entry plus the stat fields that tell us whether to rehash."""
+
+    entry: Entry
+    ino: int
+    ctime_ns: int
+
+
+@dataclass(frozen=True)
+class Partial:
+    path: str
+    target_blake3: str
+    replaces: str | None
+    size: int
+    mtime_ns: int
+    mode: int
+    segment_size: int
+    name: str
+    started: float
+    updated: float
+    done: frozenset[int]
+
+    @property
+    def segments_total(self) -> int:
+        return max(1, -(-self.size // self.segment_size))
+
+    @property
+    def bytes_done(self) -> int:
+        return sum(min(self.segment_size, self.size - i * self.segment_size) for i in self.done)
+
+
+class Manifest:
+    def __init__(self, path: Path) -> None:
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- files -------------------------------------------------------------
+    def seen(self) -> dict[str, Seen]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT path, kind, size, mtime_ns, mode, ino, ctime_ns, blake3, target FROM files").fetchall()
+        return {r[0]: Seen(Entry(r[0], r[1], r[2], r[3], r[4], r[7], r[8]), r[5], r[6]) for r in rows}
+
+    def get(self, path: str) -> Seen | None:
+        with self._lock:
+            r = self._db.execute(
+                "SELECT path, kind, size, mtime_ns, mode, ino, ctime_ns, blake3, target FROM files WHERE path=?",
+                (path,)).fetchone()
+        return Seen(Entry(r[0], r[1], r[2], r[3], r[4], r[7], r[8]), r[5], r[6]) if r else None
+
+    def record(self, rows: Iterable[Seen], removed: Iterable[str] = ()) -> None:
+        """Store what a scan (or a commit) saw, in one transaction."""
+        with self._lock, self._tx():
+            self._db.executemany(
+                "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?)",
+                [(s.entry.path, s.entry.kind, s.entry.size, s.entry.mtime_ns, s.entry.mode, s.ino, s.ctime_ns,
+                  s.entry.blake3, s.entry.target) for s in rows])
+            gone = [(p,) for p in removed]
+            self._db.executemany("DELETE FROM files WHERE path=?", gone)
+            self._db.executemany("DELETE FROM signatures WHERE path=?", gone)
+
+    # -- signatures --------------------------------------------------------
+    def signature(self, path: str, blake3: str) -> tuple[int, bytes] | None:
+        with self._lock:
+            r = self._db.execute("SELECT block_len, sig FROM signatures WHERE path=? AND blake3=?",
+                                 (path, blake3)).fetchone()
+        return (r[0], bytes(r[1])) if r else None
+
+    def store_signature(self, path: str, blake3: str, block_len: int, sig: bytes) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO signatures VALUES (?,?,?,?)", (path, blake3, block_len, sig))
+
+    # -- partial-transfer journal -----------------------------------------
+    def partials(self) -> list[Partial]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM partials ORDER BY path").fetchall()
+            segs: dict[str, set[int]] = {}
+            for p, i in self._db.execute("SELECT path, idx FROM partial_segments"):
+                segs.setdefault(p, set()).add(i)
+        return [Partial(*r, done=frozenset(segs.get(r[0], ()))) for r in rows]
+
+    def partial(self, path: str) -> Partial | None:
+        return next((p for p in self.partials() if p.path == path), None)
+
+    def begin_partial(self, p: Partial) -> None:
+        with self._lock, self._tx():
+            self._db.execute("DELETE FROM partial_segments WHERE path=?", (p.path,))
+            self._db.execute("INSERT OR REPLACE INTO partials VALUES (?,?,?,?,?,?,?,?,?,?)",
+                             (p.path, p.target_blake3, p.replaces, p.size, p.mtime_ns, p.mode,
+                              p.segment_size, p.name, p.started, p.updated))
+
+    def segment_done(self, path: str, idx: int) -> None:
+        """Called only after the segment's bytes are verified and fsynced."""
+        with self._lock, self._tx():
+            self._db.execute("INSERT OR IGNORE INTO partial_segments VALUES (?,?)", (path, idx))
+            self._db.execute("UPDATE partials SET updated=? WHERE path=?", (time.time(), path))
+
+    def drop_partial(self, path: str) -> None:
+        with self._lock, self._tx():
+            self._db.execute("DELETE FROM partial_segments WHERE path=?", (path,))
+            self._db.execute("DELETE FROM partials WHERE path=?", (path,))
+
+    # -- peers -------------------------------------------------------------
+    def mark_synced(self, peer_id: str, direction: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO peers_seen VALUES (?,?,?)", (peer_id, time.time(), direction))
+
+    def last_synced(self) -> dict[str, tuple[float, str]]:
+        with self._lock:
+            return {r[0]: (r[1], r[2]) for r in self._db.execute("SELECT * FROM peers_seen")}
+
+    def _tx(self) -> "_Tx":
+        return _Tx(self._db)
+
+
+class _Tx:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self._db.execute("ROLLBACK" if exc_type else "COMMIT")

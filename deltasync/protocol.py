@@ -1,0 +1,193 @@
+"""Sans-IO framing and messages: bytes in, typed frames out; frames out, bytes in.
+
+A frame is the seed design made robust:
+``u32 header_len (big-endian) · header (UTF-8 JSON object) · body``.
+The header always holds ``action`` and ``body_len``. Every length is checked
+against its limit *before* anything is buffered, so a hostile length costs
+nothing. No sockets here: `transport.py` feeds bytes in and writes bytes out.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from .errors import ProtocolError
+
+PROTOCOL_VERSIONS = (1,)
+MAX_HEADER = 64 * 1024
+MAX_BODY = 16 * 1024 * 1024
+_LEN = struct.Struct(">I")
+
+# action -> {field: type}. `body_len` and `action` are implied. Extra fields are
+# allowed (newer peers may add some); missing or wrongly typed ones are not.
+_NUM = (int,)
+_STR = (str,)
+_OPT_STR = (str, type(None))
+_LIST = (list,)
+_BOOL = (bool,)
+SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
+    "hello": {"versions": _LIST, "peer_id": _STR, "features": _LIST},
+    "error": {"message": _STR},
+    "bye": {},
+    # index exchange (seed: send_file_list)
+    "request_file_list": {},
+    "send_file_list": {"more": _BOOL},
+    # whole small files, many per frame (seed: send_file)
+    "send_file": {"files": _LIST},
+    # pull (seed: request_file)
+    "request_file": {"paths": _LIST},
+    # big files: signature, then segments
+    "request_signature": {"path": _STR, "blake3": _STR},
+    "signature": {"path": _STR, "blake3": _OPT_STR},
+    "begin_file": {"path": _STR, "size": _NUM, "mtime_ns": _NUM, "mode": _NUM, "blake3": _STR,
+                   "segment_size": _NUM, "basis": _OPT_STR, "replaces": _OPT_STR},
+    "send_delta": {"path": _STR, "index": _NUM, "offset": _NUM, "length": _NUM, "blake3": _STR,
+                   "literal": _BOOL},
+    "file_done": {"path": _STR},
+    "abort_file": {"path": _STR, "reason": _STR},
+    # directories, symlinks, deletes, metadata-only changes
+    "send_changes": {},  # body: JSON list of ops
+    "ack": {"path": _STR, "ok": _BOOL},
+}
+
+
+@dataclass
+class Frame:
+    action: str
+    header: dict[str, Any] = field(default_factory=dict)
+    body: bytes = b""
+
+    def __getitem__(self, key: str) -> Any:
+        return self.header[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.header.get(key, default)
+
+
+def encode(action: str, body: bytes = b"", **fields: Any) -> bytes:
+    """One frame as bytes. Raises ProtocolError if it would break a limit,
+    so we never send what a correct peer must refuse."""
+    if action not in SCHEMAS:
+        raise ProtocolError(f"unknown action {action!r}")
+    if len(body) > MAX_BODY:
+        raise ProtocolError(f"{action}: body of {len(body)} bytes exceeds {MAX_BODY}")
+    header = dict(fields, action=action, body_len=len(body))
+    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(raw) > MAX_HEADER:
+        raise ProtocolError(f"{action}: header of {len(raw)} bytes exceeds {MAX_HEADER}")
+    return b"".join((_LEN.pack(len(raw)), raw, body))
+
+
+def validate(header: Any) -> None:
+    """Check a decoded header against its action's schema."""
+    if not isinstance(header, dict):
+        raise ProtocolError("frame header is not a JSON object")
+    action = header.get("action")
+    if not isinstance(action, str):
+        raise ProtocolError("frame header has no action")
+    schema = SCHEMAS.get(action)
+    if schema is None:
+        raise ProtocolError(f"unknown action {action[:64]!r}")
+    body_len = header.get("body_len")
+    if type(body_len) is not int or not 0 <= body_len <= MAX_BODY:
+        raise ProtocolError(f"{action}: bad body_len")
+    for name, types in schema.items():
+        value = header.get(name)
+        if name not in header or type(value) not in types:
+            raise ProtocolError(f"{action}: field {name!r} missing or of the wrong type")
+        if types is _NUM and value < 0:
+            raise ProtocolError(f"{action}: field {name!r} is negative")
+
+
+class FrameDecoder:
+    """Incremental decoder. `feed` bytes as they arrive; complete frames come out.
+
+    Any malformed input raises ProtocolError and nothing else; after that the
+    decoder is poisoned (the connection is to be closed).
+    """
+
+    def __init__(self, max_header: int = MAX_HEADER, max_body: int = MAX_BODY) -> None:
+        self._buf = bytearray()
+        self._max_header = max_header
+        self._max_body = max_body
+        self._pending: dict[str, Any] | None = None
+        self._broken = False
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def needed(self) -> int:
+        """Bytes still missing for the next step (for readers that read exactly)."""
+        if self._pending is not None:
+            return max(0, self._pending["body_len"] - len(self._buf))
+        if len(self._buf) < 4:
+            return 4 - len(self._buf)
+        (hlen,) = _LEN.unpack_from(self._buf)
+        return max(0, 4 + hlen - len(self._buf))
+
+    def feed(self, data: bytes) -> list[Frame]:
+        return list(self._feed(data))
+
+    def _feed(self, data: bytes) -> Iterator[Frame]:
+        if self._broken:
+            raise ProtocolError("decoder used after a protocol error")
+        self._buf += data
+        try:
+            while True:
+                frame = self._next()
+                if frame is None:
+                    return
+                yield frame
+        except ProtocolError:
+            self._broken = True
+            self._buf.clear()
+            raise
+
+    def _next(self) -> Frame | None:
+        if self._pending is None:
+            if len(self._buf) < 4:
+                return None
+            (hlen,) = _LEN.unpack_from(self._buf)
+            if hlen == 0 or hlen > self._max_header:
+                raise ProtocolError(f"header length {hlen} outside 1..{self._max_header}")
+            if len(self._buf) < 4 + hlen:
+                return None
+            try:
+                header = json.loads(bytes(self._buf[4 : 4 + hlen]).decode("utf-8"))
+            except (UnicodeDecodeError, ValueError, RecursionError) as e:
+                raise ProtocolError(f"frame header is not valid UTF-8 JSON ({type(e).__name__})") from None
+            validate(header)
+            if header["body_len"] > self._max_body:
+                raise ProtocolError(f"body length {header['body_len']} exceeds {self._max_body}")
+            del self._buf[: 4 + hlen]
+            self._pending = header
+        need = self._pending["body_len"]
+        if len(self._buf) < need:
+            return None
+        body = bytes(self._buf[:need])
+        del self._buf[:need]
+        header, self._pending = self._pending, None
+        return Frame(header["action"], header, body)
+
+
+def negotiate(ours: tuple[int, ...], theirs: list[Any]) -> int:
+    """The highest protocol version both sides speak."""
+    common = set(ours) & {v for v in theirs if type(v) is int}
+    if not common:
+        raise ProtocolError(f"no common protocol version (we speak {list(ours)}, peer speaks {theirs[:8]})")
+    return max(common)
+
+
+def body_json(frame: Frame) -> Any:
+    """A frame body that carries JSON (indexes, op lists)."""
+    try:
+        return json.loads(frame.body.decode("utf-8")) if frame.body else None
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ProtocolError(f"{frame.action}: body is not valid UTF-8 JSON") from None
+
+
+def json_body(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()

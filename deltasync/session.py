@@ -1,0 +1,79 @@
+"""What both ends of a session share: the `hello` exchange with version
+negotiation, and reading the peer's index."""
+from __future__ import annotations
+
+from typing import Any
+
+from .entry import Entry
+from .errors import ProtocolError
+from .plan import PartialInfo
+from .protocol import PROTOCOL_VERSIONS, Frame, body_json, encode, negotiate
+from .transport import Connection
+
+FEATURES: list[str] = []
+INDEX_CHUNK = 5000
+
+
+def hello_frame(peer_id: str) -> bytes:
+    return encode("hello", versions=list(PROTOCOL_VERSIONS), peer_id=peer_id, features=FEATURES)
+
+
+def check_hello(frame: Frame | None) -> int:
+    if frame is None:
+        raise ProtocolError("peer closed the connection before hello")
+    if frame.action == "error":
+        raise ProtocolError(f"peer: {frame.get('message', '')[:500]}")
+    if frame.action != "hello":
+        raise ProtocolError(f"expected hello, got {frame.action}")
+    return negotiate(PROTOCOL_VERSIONS, frame["versions"])
+
+
+async def client_hello(conn: Connection, own_id: str) -> int:
+    await conn.send(hello_frame(own_id))
+    return check_hello(await conn.recv())
+
+
+def index_frames(entries: list[Entry], partials: list[dict[str, Any]]) -> list[bytes]:
+    """An index as `send_file_list` frames, chunked to stay under the body limit."""
+    from .protocol import json_body
+
+    frames = []
+    wire = [e.to_wire() for e in entries]
+    for i in range(0, max(1, len(wire)), INDEX_CHUNK):
+        last = i + INDEX_CHUNK >= len(wire)
+        body = {"entries": wire[i : i + INDEX_CHUNK], "partials": partials if last else []}
+        frames.append(encode("send_file_list", json_body(body), more=not last))
+    return frames
+
+
+async def read_index(conn: Connection, max_entries: int) -> tuple[dict[str, Entry], dict[str, PartialInfo]]:
+    """Collect the peer's `send_file_list` frames into entries and partials."""
+    entries: dict[str, Entry] = {}
+    partials: dict[str, PartialInfo] = {}
+    while True:
+        frame = await conn.recv()
+        if frame is None:
+            raise ProtocolError("peer closed the connection while sending its index")
+        if frame.action == "error":
+            raise ProtocolError(f"peer: {frame.get('message', '')[:500]}")
+        if frame.action != "send_file_list":
+            raise ProtocolError(f"expected send_file_list, got {frame.action}")
+        body = body_json(frame)
+        if not isinstance(body, dict) or not isinstance(body.get("entries"), list):
+            raise ProtocolError("send_file_list: body must be an object with entries")
+        for d in body["entries"]:
+            e = Entry.from_wire(d)
+            entries[e.path] = e
+        if len(entries) > max_entries:
+            raise ProtocolError(f"peer index has more than {max_entries} entries")
+        for d in body.get("partials") or []:
+            p = PartialInfo.from_wire(d)
+            if p is not None:
+                partials[p.path] = p
+        if not frame["more"]:
+            return entries, partials
+
+
+def partials_wire(partials: list[Any]) -> list[dict[str, Any]]:
+    return [{"path": p.path, "target_blake3": p.target_blake3, "replaces": p.replaces,
+             "segment_size": p.segment_size, "done": sorted(p.done)} for p in partials]

@@ -1,0 +1,212 @@
+"""Sockets: asyncio streams, the trust preamble, TLS 1.3, and frames.
+
+The only module that touches the network. How a connection starts:
+
+1. Plain TCP. The client sends ``DSYNC1`` and its certificate (DER). The server
+   compares the certificate's fingerprint with its trust list; an unknown peer
+   gets one "refused" byte and the connection closes -- it learns no file name,
+   no index, not even the server's certificate.
+2. A trusted client gets the server's certificate. The client closes unless that
+   fingerprint is one it trusts (and the one it pinned for this address).
+3. Both upgrade to TLS 1.3, each loading *only the other's pinned certificate*
+   as its trust anchor and requiring the other's certificate: the handshake
+   proves each side holds the key of the ID it claimed. Python's ssl module has
+   no verify callback, so this is how stdlib TLS gets pinned mutual auth that
+   follows trust-list edits without a restart.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+import struct
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+from . import identity
+from .config import Folder
+from .errors import PeerRefused, PeerUnreachable, ProtocolError
+from .protocol import Frame, FrameDecoder
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"DSYNC1"
+MAX_CERT = 16 * 1024
+READ_SIZE = 256 * 1024
+_OK, _REFUSED = b"\x00", b"\x01"
+
+
+@dataclass
+class Peer:
+    id: str
+    address: str
+
+
+class Connection:
+    """Frames over one TLS stream, with byte counters and an idle timeout."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer,
+                 idle_timeout: float = 300.0) -> None:
+        self._reader = reader
+        self._writer = writer
+        self.peer = peer
+        self.idle_timeout = idle_timeout
+        self._decoder = FrameDecoder()
+        self._ready: list[Frame] = []
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    async def send(self, data: bytes) -> None:
+        try:
+            self._writer.write(data)
+            self.bytes_sent += len(data)
+            await self._writer.drain()
+        except (ConnectionError, ssl.SSLError) as e:
+            raise PeerUnreachable(f"connection to {self.peer.address} lost: {e or type(e).__name__}") from None
+
+    async def recv(self) -> Frame | None:
+        """The next frame, or None on a clean end of stream between frames."""
+        while not self._ready:
+            try:
+                chunk = await asyncio.wait_for(self._reader.read(READ_SIZE), self.idle_timeout)
+            except asyncio.TimeoutError:
+                raise ProtocolError(f"peer idle for {self.idle_timeout:.0f} s") from None
+            except (ConnectionError, ssl.SSLError) as e:
+                raise PeerUnreachable(f"connection to {self.peer.address} lost: {e}") from None
+            if not chunk:
+                if self._decoder.buffered:
+                    raise PeerUnreachable(f"connection to {self.peer.address} closed mid-frame")
+                return None
+            self.bytes_received += len(chunk)
+            self._ready.extend(self._decoder.feed(chunk))
+        return self._ready.pop(0)
+
+    async def close(self) -> None:
+        try:
+            self._writer.close()
+            await asyncio.wait_for(self._writer.wait_closed(), 5)
+        except (OSError, ssl.SSLError, asyncio.TimeoutError):
+            pass
+
+
+def _context(folder: Folder, server_side: bool, peer_der: bytes) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server_side else ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(folder.cert, folder.key)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(cadata=peer_der)
+    return ctx
+
+
+def _pack_cert(der: bytes) -> bytes:
+    return struct.pack(">H", len(der)) + der
+
+
+async def _read_cert(reader: asyncio.StreamReader) -> bytes:
+    (n,) = struct.unpack(">H", await reader.readexactly(2))
+    if not 0 < n <= MAX_CERT:
+        raise ProtocolError("certificate length out of range")
+    return await reader.readexactly(n)
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise PeerUnreachable(f"not a HOST:PORT address: {address!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+async def connect(folder: Folder, address: str, expect_id: str | None = None,
+                  timeout: float = 10.0, idle_timeout: float = 300.0) -> Connection:
+    """Open a trusted, encrypted connection to the peer at `address`."""
+    host, port = split_address(address)
+    trusted = folder.config().trusted_ids()
+    own_der = identity.cert_der(folder.cert)
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, asyncio.TimeoutError) as e:
+        raise PeerUnreachable(f"cannot reach {address}: {getattr(e, 'strerror', None) or e or 'timed out'}") from None
+    try:
+        writer.write(MAGIC + _pack_cert(own_der))
+        await writer.drain()
+        magic = await asyncio.wait_for(reader.readexactly(len(MAGIC) + 1), timeout)
+        if magic[: len(MAGIC)] != MAGIC:
+            raise PeerRefused(f"{address} does not speak deltasync")
+        if magic[-1:] == _REFUSED:
+            raise PeerRefused(f"{address} does not trust this folder; on the peer run: "
+                              f"deltasync trust DIR {identity.format_id(folder.peer_id)}")
+        peer_der = await asyncio.wait_for(_read_cert(reader), timeout)
+        peer_id = identity.fingerprint(peer_der)
+        if (expect_id and peer_id != expect_id) or peer_id not in trusted:
+            raise PeerRefused(f"{address} presented peer ID {identity.format_id(peer_id)}, which is not trusted "
+                              f"here (verify it, then: deltasync trust {folder.root} {identity.format_id(peer_id)})")
+        await asyncio.wait_for(writer.start_tls(_context(folder, False, peer_der)), timeout)
+        got = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        if got != peer_der:
+            raise PeerRefused(f"{address} changed certificate during the handshake")
+    except (asyncio.IncompleteReadError, ConnectionError, asyncio.TimeoutError) as e:
+        writer.close()
+        raise PeerRefused(f"{address} closed the connection during the handshake ({type(e).__name__})") from None
+    except ssl.SSLError as e:
+        writer.close()
+        raise PeerRefused(f"TLS handshake with {address} failed: {e.reason or e}") from None
+    except BaseException:
+        writer.close()
+        raise
+    return Connection(reader, writer, Peer(peer_id, address), idle_timeout)
+
+
+Handler = Callable[[Connection], Awaitable[None]]
+
+
+async def serve(folder: Folder, host: str, port: int, handler: Handler, handshake_timeout: float = 10.0,
+                idle_timeout: float = 300.0, max_connections: int = 16) -> asyncio.Server:
+    """Accept connections; hand each trusted, encrypted one to `handler`."""
+    own_der = identity.cert_der(folder.cert)
+    slots = asyncio.Semaphore(max_connections)
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        addr = writer.get_extra_info("peername")
+        address = f"{addr[0]}:{addr[1]}" if addr else "?"
+        if slots.locked():
+            log.warning("refusing %s: %d connections already", address, max_connections)
+            writer.close()
+            return
+        async with slots:
+            try:
+                peer_der = await asyncio.wait_for(_handshake(reader, writer, own_der), handshake_timeout)
+            except PeerRefused as e:
+                log.warning("refused %s: %s", address, e)
+                writer.close()
+                return
+            except (ProtocolError, asyncio.IncompleteReadError, ConnectionError, ssl.SSLError,
+                    asyncio.TimeoutError, OSError) as e:
+                log.warning("handshake with %s failed: %s", address, e or type(e).__name__)
+                writer.close()
+                return
+            conn = Connection(reader, writer, Peer(identity.fingerprint(peer_der), address), idle_timeout)
+            try:
+                await handler(conn)
+            finally:
+                await conn.close()
+
+    async def _handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, own: bytes) -> bytes:
+        if await reader.readexactly(len(MAGIC)) != MAGIC:
+            raise ProtocolError("not a deltasync client")
+        peer_der = await _read_cert(reader)
+        peer_id = identity.fingerprint(peer_der)
+        if peer_id not in folder.config().trusted_ids():
+            writer.write(MAGIC + _REFUSED)
+            await writer.drain()
+            raise PeerRefused(f"peer {identity.format_id(peer_id)} is not trusted")
+        writer.write(MAGIC + _OK + _pack_cert(own))
+        await writer.drain()
+        await writer.start_tls(_context(folder, True, peer_der))
+        if writer.get_extra_info("ssl_object").getpeercert(binary_form=True) != peer_der:
+            raise PeerRefused("certificate changed during the handshake")
+        return peer_der
+
+    server = await asyncio.start_server(accept, host, port, reuse_address=True, family=socket.AF_UNSPEC)
+    return server

@@ -1,0 +1,100 @@
+"""Shared helpers: real peer processes, the seed fixture, digests."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE = ROOT / "bench" / "fixture.py"  # an identical copy of ../shared/scenario/fixture.py (tested)
+DELTASYNC = [sys.executable, "-m", "deltasync"]
+
+
+def fixture(*args: str) -> str:
+    return subprocess.run([sys.executable, str(FIXTURE), *args], check=True, capture_output=True,
+                          text=True).stdout
+
+
+def digest(d: Path) -> str:
+    return fixture("digest", str(d))
+
+
+def ds(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    p = subprocess.run([*DELTASYNC, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"deltasync {' '.join(map(str, args))} -> {p.returncode}\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def push_json(src: Path, addr: str, *extra: str) -> dict:
+    return json.loads(ds("push", src, addr, "--json", *extra).stdout)
+
+
+class Serve:
+    """A real `deltasync serve` process on loopback."""
+
+    def __init__(self, folder: Path, listen: str = "127.0.0.1:0", netns: str | None = None) -> None:
+        cmd = [*DELTASYNC, "serve", str(folder), "--listen", listen, "-v"]
+        if netns:
+            cmd = ["ip", "netns", "exec", netns, *cmd]
+        self.log = open(folder.parent / f"serve-{folder.name}.log", "w")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.startswith("listening on "):
+            self.stop()
+            raise AssertionError(f"serve did not start: {line!r} {(folder.parent / f'serve-{folder.name}.log').read_text()}")
+        self.address = line.split()[-1]
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self.log.close()
+
+    def stop(self) -> int:
+        self.proc.terminate()
+        try:
+            rc = self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        self.log.close()
+        return rc
+
+
+def make_pair(tmp: Path) -> tuple[Path, Path]:
+    a, b = tmp / "A", tmp / "B"
+    ida = ds("init", a).stdout.strip()
+    idb = ds("init", b).stdout.strip()
+    ds("trust", a, idb, "--name", "b")
+    ds("trust", b, ida, "--name", "a")
+    return a, b
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> tuple[Path, Path]:
+    return make_pair(tmp_path)
+
+
+@pytest.fixture
+def served(pair: tuple[Path, Path]) -> Iterator[tuple[Path, Path, Serve]]:
+    a, b = pair
+    s = Serve(b)
+    yield a, b, s
+    s.stop()
+
+
+def no_leftovers(folder: Path) -> list[str]:
+    """Temp or partial files left in a folder's state directory."""
+    meta = folder / ".deltasync"
+    return [str(p) for d in ("partial", "tmp") if (meta / d).exists() for p in (meta / d).iterdir()]
+
+
+requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+have_rdiff = shutil.which("rdiff") is not None

@@ -1,0 +1,112 @@
+"""`serve` and `push` as separate real processes over loopback."""
+import json
+import os
+import stat
+
+import pytest
+
+from conftest import Serve, digest, ds, fixture, no_leftovers, push_json
+
+
+def test_seed_tree_then_every_mutation_kind(served):
+    a, b, s = served
+    fixture("seed", str(a), "--scale", "0.05")
+    r = push_json(a, s.address)
+    assert r["files_total"] == 52 and r["files_sent_whole"] == 52 and r["files_failed"] == 0
+    assert digest(a) == digest(b)
+
+    again = push_json(a, s.address)
+    assert again["files_unchanged"] == 52
+    assert again["literal_bytes"] == 0 and again["bytes_sent"] < 64 * 1024
+
+    size = (a / "File_2").stat().st_size
+    for n, kind in enumerate(["regions", "scattered", "shift", "append", "truncate"]):
+        fixture("mutate", str(a / "File_2"), kind, "--seed", str(100 + n))
+        r = push_json(a, s.address)
+        assert r["files_sent_delta"] == 1 and r["files_unchanged"] == 51, (kind, r)
+        # a delta, not the file: well under the file's size
+        assert r["bytes_sent"] < size * 0.3, (kind, r)
+        assert digest(a) == digest(b), kind
+    assert no_leftovers(b) == []
+
+
+def test_metadata_symlinks_empty_dirs_and_delete(served):
+    a, b, s = served
+    (a / "empty" / "nested").mkdir(parents=True)
+    (a / "script.sh").write_text("#!/bin/sh\n")
+    os.chmod(a / "script.sh", 0o751)
+    os.utime(a / "script.sh", ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
+    os.symlink("script.sh", a / "link")
+    os.symlink("../../outside", a / "escaping-link")
+    (a / "big").write_bytes(os.urandom(3_000_000))
+    push_json(a, s.address)
+    assert (b / "empty" / "nested").is_dir()
+    st = os.stat(b / "script.sh")
+    assert stat.S_IMODE(st.st_mode) == 0o751 and st.st_mtime_ns == 1_600_000_000_123_456_789
+    assert os.readlink(b / "link") == "script.sh" and os.readlink(b / "escaping-link") == "../../outside"
+    assert (b / "big").read_bytes() == (a / "big").read_bytes()
+
+    (b / "extra").write_text("only on B")
+    (a / "big").unlink()
+    r = push_json(a, s.address)
+    assert (b / "big").exists() and (b / "extra").exists()  # no --delete: nothing removed
+    r = push_json(a, s.address, "--delete")
+    assert not (b / "big").exists() and not (b / "extra").exists() and r["files_deleted"] == 2
+    assert digest(a) == digest(b)
+
+
+def test_metadata_only_change_sends_no_data(served):
+    a, b, s = served
+    (a / "f").write_bytes(os.urandom(500_000))
+    push_json(a, s.address)
+    os.chmod(a / "f", 0o600)
+    r = push_json(a, s.address)
+    assert r["literal_bytes"] == 0 and r["files_failed"] == 0
+    assert stat.S_IMODE(os.stat(b / "f").st_mode) == 0o600
+
+
+def test_dry_run_changes_nothing(served):
+    a, b, s = served
+    fixture("seed", str(a), "--scale", "0.01")
+    before = digest(b)
+    r = push_json(a, s.address, "--dry-run")
+    assert digest(b) == before
+    ops = {i["op"] for i in r["plan"]}
+    assert {"send_whole", "mkdir"} <= ops
+
+
+def test_untrusted_peer_is_refused_and_nothing_written(tmp_path, served):
+    a, b, s = served
+    stranger = tmp_path / "C"
+    ds("init", stranger)
+    ds("trust", stranger, ds("id", b).stdout.strip())  # C trusts B, but B does not trust C
+    (stranger / "evil").write_text("x")
+    p = ds("push", stranger, s.address, check=False)
+    assert p.returncode == 4 and "does not trust" in p.stderr and "Traceback" not in p.stderr
+    assert not (b / "evil").exists()
+    # and the other way: A pushing to a server it does not trust
+    ds("init", tmp_path / "D")
+    ds("trust", tmp_path / "D", ds("id", a).stdout.strip())  # D trusts A; A does not trust D
+    s2 = Serve(tmp_path / "D")
+    try:
+        p = ds("push", a, s2.address, check=False)
+        assert p.returncode == 4 and "not trusted" in p.stderr
+    finally:
+        s2.stop()
+
+
+def test_exit_codes_for_user_errors(tmp_path):
+    p = ds("push", tmp_path / "nothing", "127.0.0.1:1", check=False)
+    assert p.returncode == 1 and "not a deltasync folder" in p.stderr and "Traceback" not in p.stderr
+    ds("init", tmp_path / "A")
+    p = ds("push", tmp_path / "A", "127.0.0.1:1", check=False)
+    assert p.returncode == 4 and "cannot reach" in p.stderr
+    p = ds("push", tmp_path / "A", check=False)
+    assert p.returncode == 2
+
+
+def test_status_json_lists_peers(pair):
+    a, b = pair
+    info = json.loads(ds("status", a, "--json").stdout)
+    assert info["peer_id"] == ds("id", a).stdout.strip()
+    assert [p["name"] for p in info["peers"]] == ["b"] and info["partials"] == []

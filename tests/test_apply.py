@@ -1,0 +1,102 @@
+"""The receiver without a network: replaces-checks, segment verification, resume state."""
+import os
+
+import pytest
+
+from deltasync import hashing
+from deltasync.apply import Receiver
+from deltasync.config import Folder
+from deltasync.errors import ProtocolError, TransferFailed, UnsafePath
+from deltasync.manifest import Manifest
+
+SEG = 1024
+
+
+@pytest.fixture
+def rx(tmp_path):
+    folder, _, _ = Folder.init(tmp_path / "B")
+    m = Manifest(folder.db)
+    r = Receiver(folder, m)
+    yield r
+    r.close()
+    m.close()
+
+
+def begin(rx, path, data, replaces=None, basis=None):
+    return rx.begin({"path": path, "size": len(data), "mtime_ns": 5, "mode": 0o644,
+                     "blake3": hashing.of_bytes(data), "segment_size": SEG, "basis": basis, "replaces": replaces})
+
+
+def seg(inc, data, i, digest=None):
+    chunk = data[i * SEG:(i + 1) * SEG]
+    return {"index": i, "offset": i * SEG, "length": len(chunk), "blake3": digest or hashing.of_bytes(chunk),
+            "literal": True}, chunk
+
+
+def test_literal_file_in_segments_then_resume_after_abandon(rx):
+    data = os.urandom(3 * SEG + 100)
+    inc = begin(rx, "f", data)
+    rx.segment(inc, *seg(inc, data, 0))
+    rx.segment(inc, *seg(inc, data, 2))
+    rx.abandon(inc)  # the connection dropped
+    (p,) = rx.manifest.partials()
+    assert p.done == {0, 2}
+    assert not (rx.folder.root / "f").exists()
+    inc = begin(rx, "f", data)  # a new session resumes the same partial
+    assert inc.done == {0, 2}
+    rx.segment(inc, *seg(inc, data, 1))
+    rx.segment(inc, *seg(inc, data, 3))
+    assert rx.finish(inc).ok
+    assert (rx.folder.root / "f").read_bytes() == data
+    assert rx.manifest.partials() == [] and list(rx.folder.partials.iterdir()) == []
+
+
+def test_bad_segment_hash_is_refused_and_not_journaled(rx):
+    data = os.urandom(2 * SEG)
+    inc = begin(rx, "f", data)
+    h, chunk = seg(inc, data, 0)
+    with pytest.raises(TransferFailed, match="verification"):
+        rx.segment(inc, h, chunk[:-1] + b"!")
+    assert rx.manifest.partials()[0].done == frozenset()
+    with pytest.raises(ProtocolError, match="out of range"):
+        rx.segment(inc, dict(h, index=9, offset=9 * SEG), chunk)
+    rx.abandon(inc)
+
+
+def test_file_changed_here_is_never_overwritten(rx):
+    target = rx.folder.root / "f"
+    target.write_bytes(b"local edit the sender never saw")
+    with pytest.raises(TransferFailed, match="changed here"):
+        begin(rx, "f", b"new", replaces=None)
+    with pytest.raises(TransferFailed, match="changed here"):
+        begin(rx, "f", b"new", replaces="0" * 64)
+    results = rx.receive_small([{"path": "f", "size": 3, "mtime_ns": 1, "mode": 0o644,
+                                 "blake3": hashing.of_bytes(b"new"), "replaces": None}], b"new")
+    assert not results[0].ok
+    assert target.read_bytes() == b"local edit the sender never saw"
+
+
+def test_edit_during_transfer_blocks_the_final_rename(rx):
+    target = rx.folder.root / "f"
+    target.write_bytes(b"v1")
+    data = os.urandom(SEG)
+    inc = begin(rx, "f", data, replaces=hashing.of_bytes(b"v1"))
+    rx.segment(inc, *seg(inc, data, 0))
+    target.write_bytes(b"v1 edited here meanwhile")
+    with pytest.raises(TransferFailed, match="changed here"):
+        rx.finish(inc)
+    assert target.read_bytes() == b"v1 edited here meanwhile"
+
+
+def test_hostile_paths_and_ops(rx, tmp_path):
+    os.symlink(tmp_path, rx.folder.root / "out")
+    for path in ["../x", "/abs", ".deltasync/config.toml", "out/x"]:
+        with pytest.raises((UnsafePath, TransferFailed)):
+            begin(rx, path, b"x")
+        with pytest.raises((UnsafePath, ProtocolError)):
+            rx.apply_op({"op": "mkdir", "path": path, "kind": "dir", "mode": 0o755})
+    with pytest.raises(ProtocolError):
+        rx.apply_op({"op": "chmod-everything", "path": "a", "kind": "dir"})
+    with pytest.raises(ProtocolError, match="add up"):
+        rx.receive_small([{"path": "a", "size": 10, "mtime_ns": 1, "mode": 0, "blake3": "0" * 64}], b"short")
+    assert sorted(os.listdir(tmp_path)) == ["B"]

@@ -1,0 +1,115 @@
+import json
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from deltasync.errors import ProtocolError
+from deltasync.protocol import MAX_BODY, MAX_HEADER, FrameDecoder, encode, negotiate
+
+
+def raw_frame(header: object, body: bytes = b"") -> bytes:
+    h = json.dumps(header).encode()
+    return struct.pack(">I", len(h)) + h + body
+
+
+def test_round_trip_byte_by_byte():
+    data = encode("send_delta", b"xyz" * 100, path="a/b", index=1, offset=4, length=300, blake3="0" * 64,
+                  literal=True) + encode("bye")
+    d = FrameDecoder()
+    frames = []
+    for i in range(len(data)):
+        frames += d.feed(data[i : i + 1])
+    assert [f.action for f in frames] == ["send_delta", "bye"]
+    assert frames[0].body == b"xyz" * 100 and frames[0]["path"] == "a/b"
+
+
+def test_oversized_header_length_refused_before_buffering():
+    d = FrameDecoder()
+    with pytest.raises(ProtocolError, match="header length"):
+        d.feed(struct.pack(">I", 0xFFFFFFFF))
+    assert d.buffered == 0
+    with pytest.raises(ProtocolError):
+        d.feed(b"more")  # poisoned after an error
+
+
+def test_oversized_body_len_refused_before_body():
+    d = FrameDecoder()
+    with pytest.raises(ProtocolError, match="body_len"):
+        d.feed(raw_frame({"action": "bye", "body_len": 2**40}))
+    with pytest.raises(ProtocolError):
+        FrameDecoder().feed(raw_frame({"action": "bye", "body_len": MAX_BODY + 1}))
+
+
+@pytest.mark.parametrize("header, match", [
+    ([1, 2], "not a JSON object"),
+    ({"body_len": 0}, "no action"),
+    ({"action": "nope", "body_len": 0}, "unknown action"),
+    ({"action": "hello", "body_len": 0}, "missing"),
+    ({"action": "ack", "body_len": 0, "path": 3, "ok": True}, "wrong type"),
+    ({"action": "ack", "body_len": True, "path": "x", "ok": True}, "body_len"),
+    ({"action": "send_delta", "body_len": 0, "path": "x", "index": -1, "offset": 0, "length": 0,
+      "blake3": "", "literal": True}, "negative"),
+])
+def test_bad_headers(header, match):
+    with pytest.raises(ProtocolError, match=match):
+        FrameDecoder().feed(raw_frame(header))
+
+
+def test_bad_json_and_zero_length():
+    with pytest.raises(ProtocolError, match="JSON"):
+        FrameDecoder().feed(struct.pack(">I", 3) + b"{x}")
+    with pytest.raises(ProtocolError, match="JSON"):
+        FrameDecoder().feed(struct.pack(">I", 2) + b"\xff\xfe")
+    with pytest.raises(ProtocolError):
+        FrameDecoder().feed(struct.pack(">I", 0))
+    deep = b"[" * 100000
+    with pytest.raises(ProtocolError):
+        FrameDecoder(max_header=200000).feed(struct.pack(">I", len(deep)) + deep)
+
+
+def test_encode_refuses_what_a_peer_must_refuse():
+    with pytest.raises(ProtocolError):
+        encode("bye", b"x" * (MAX_BODY + 1))
+    with pytest.raises(ProtocolError):
+        encode("error", message="x" * MAX_HEADER)
+    with pytest.raises(ProtocolError):
+        encode("not_an_action")
+
+
+def test_negotiate():
+    assert negotiate((1, 2), [2, 1, 7]) == 2
+    with pytest.raises(ProtocolError, match="no common"):
+        negotiate((1,), [5, "1"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=2000))
+def test_arbitrary_bytes_give_frames_or_protocol_error(data):
+    d = FrameDecoder()
+    try:
+        for i in range(0, len(data), 7):
+            d.feed(data[i : i + 7])
+    except ProtocolError:
+        pass
+    assert d.buffered <= 4 + MAX_HEADER + MAX_BODY
+
+
+VALID = encode("hello", versions=[1], peer_id="X", features=[]) + encode(
+    "send_file", b"abcdef", files=[{"path": "a", "size": 6}]) + encode("bye")
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, len(VALID) - 1), st.integers(0, 255)), max_size=8),
+       st.integers(0, len(VALID)))
+def test_mutated_valid_streams(flips, cut):
+    data = bytearray(VALID)
+    for pos, val in flips:
+        data[pos] = val
+    try:
+        frames = FrameDecoder().feed(bytes(data[:cut]))
+    except ProtocolError:
+        return
+    for f in frames:
+        assert isinstance(f.header, dict) and isinstance(f.body, bytes)

@@ -1,0 +1,57 @@
+import os
+
+import pytest
+
+from deltasync.errors import TransferFailed, UnsafePath
+from deltasync.fs import safe
+
+
+@pytest.mark.parametrize("path", ["", "/etc/passwd", "../x", "a/../../x", "a//b", "a/./b", "a/", ".deltasync/key.pem",
+                                  ".deltasync", "a\x00b", "x" * 5000, "y" * 300 + "/z"])
+def test_unsafe_paths_refused(path):
+    with pytest.raises(UnsafePath):
+        safe.check_relpath(path)
+
+
+@pytest.mark.parametrize("path", ["a", "a/b/c", ".hidden", "a/.deltasync", "..a", "sp ace/ü.txt"])
+def test_ordinary_paths_accepted(path):
+    assert safe.check_relpath(path) == tuple(path.split("/"))
+
+
+def test_symlinked_parent_is_never_followed(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    os.symlink(outside, root / "link")
+    s = safe.SafeRoot(root)
+    tmp = safe.write_aside(tmp_path, "t", [b"evil"], 0o644, 1)
+    with pytest.raises(UnsafePath):
+        s.replace(tmp, "link/x")
+    with pytest.raises(UnsafePath):
+        s.mkdir("link/d", 0o755)
+    with pytest.raises(UnsafePath):
+        s.open_read("link")
+    assert list(outside.iterdir()) == []
+
+
+def test_replace_is_atomic_and_keeps_metadata(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "f").write_bytes(b"old")
+    s = safe.SafeRoot(root)
+    tmp = safe.write_aside(tmp_path, "t", [b"new", b"er"], 0o600, 123_000_000_000)
+    s.replace(tmp, "sub/f")
+    s.replace(safe.write_aside(tmp_path, "t", [b"x"], 0o640, 5), "f")
+    assert (root / "sub/f").read_bytes() == b"newer"
+    st = os.stat(root / "sub/f")
+    assert st.st_mtime_ns == 123_000_000_000 and st.st_mode & 0o777 == 0o600
+    assert (root / "f").read_bytes() == b"x"
+
+
+def test_file_over_directory_is_a_clear_failure(tmp_path):
+    root = tmp_path / "root"
+    (root / "d").mkdir(parents=True)
+    (root / "d" / "keep").write_bytes(b"k")
+    with pytest.raises(TransferFailed, match="directory"):
+        safe.SafeRoot(root).replace(safe.write_aside(tmp_path, "t", [b"x"], 0o644, 1), "d")
+    assert (root / "d" / "keep").read_bytes() == b"k"
