@@ -48,7 +48,9 @@ class Incoming:
         self.done = set(partial.done)
 
     def close(self) -> None:
-        os.close(self.fd)
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
         if self.basis is not None:
             self.basis.close()
 
@@ -157,6 +159,8 @@ class Receiver:
                 results.append(Result(e.path, True, whole=True))
             except TransferFailed as err:
                 results.append(Result(e.path, False, str(err)))
+            except OSError as err:  # a full disk fails this file; the old version stays
+                results.append(Result(e.path, False, f"{e.path}: {err.strerror or err}"))
         self._sync_dirs({os.path.dirname(r.path) for r in results if r.ok})
         return results
 
@@ -262,9 +266,12 @@ class Receiver:
             inc.close()
             self._release(p.path)
 
-    def abandon(self, inc: Incoming) -> None:
-        """The session ended mid-file: keep the verified segments for a resume."""
+    def abandon(self, inc: Incoming, drop: bool = False) -> None:
+        """The session ended mid-file: keep the verified segments for a resume
+        (or drop them, when the disk is full and the space is worth more)."""
         inc.close()
+        if drop:
+            self._discard(inc.partial)
         self._release(inc.partial.path)
 
     def _discard(self, p: Partial) -> None:

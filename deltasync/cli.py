@@ -121,6 +121,7 @@ def push(directory: Path = DirArg,
          delete: bool = typer.Option(False, "--delete", help="Remove on the peer what is absent here."),
          dry_run: bool = typer.Option(False, "--dry-run", "-n", help="Print the plan; change nothing."),
          exclude: List[str] = typer.Option([], "--exclude", help="Gitignore-style pattern (repeatable)."),
+         bwlimit: Optional[str] = typer.Option(None, "--bwlimit", help="Send at most RATE: KiB/s, or 10M, 500K."),
          as_json: bool = JsonOpt, verbose: int = VerboseOpt, quiet: bool = QuietOpt) -> None:
     """Send what the peer lacks or holds differently; exit 0 only when all is verified there.
 
@@ -129,8 +130,11 @@ def push(directory: Path = DirArg,
     from . import client
     from .config import Folder
 
+    from .transport import parse_rate
+
     _logging(verbose, quiet)
-    report = _run(lambda: asyncio.run(client.push(Folder.open(directory), peer, delete, dry_run, exclude)))
+    rate = _run(lambda: parse_rate(bwlimit)) if bwlimit else None
+    report = _run(lambda: asyncio.run(client.push(Folder.open(directory), peer, delete, dry_run, exclude, rate)))
     if as_json:
         _print_json(report.to_json())
     elif not quiet:

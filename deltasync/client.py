@@ -268,7 +268,7 @@ def local_index(folder: Folder, manifest: Manifest, excludes: list[str] | None =
 
 
 async def push(folder: Folder, target: str, delete: bool = False, dry_run: bool = False,
-               excludes: list[str] | None = None) -> Report:
+               excludes: list[str] | None = None, bwlimit: float | None = None) -> Report:
     """Make the peer at `target` hold what this folder holds."""
     started = time.monotonic()
     cfg = folder.config()
@@ -277,6 +277,7 @@ async def push(folder: Folder, target: str, delete: bool = False, dry_run: bool 
     try:
         local = await asyncio.to_thread(local_index, folder, manifest, excludes)
         conn = await connect(folder, address, expect, idle_timeout=float(cfg.setting("idle_timeout")))
+        conn.bwlimit = bwlimit
         report = Report()
         try:
             await client_hello(conn, folder.peer_id)

@@ -49,6 +49,10 @@ class TransferFailed(DeltasyncError):
     """One file could not be delivered; the session goes on with the others."""
 
 
+class DiskFull(TransferFailed):
+    """The receiving disk is full: the file fails, its partial is dropped to give the space back."""
+
+
 class SourceChanged(TransferFailed):
     """A file changed while it was being sent; it is retried or reported, never delivered torn."""
 

@@ -21,12 +21,13 @@ import logging
 import socket
 import ssl
 import struct
+import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from . import identity
 from .config import Folder
-from .errors import PeerRefused, PeerUnreachable, ProtocolError
+from .errors import PeerRefused, PeerUnreachable, ProtocolError, UsageError
 from .protocol import Frame, FrameDecoder
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,14 @@ class Connection:
         self._ready: list[Frame] = []
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.bwlimit: float | None = None  # bytes per second, for what we send
+        self._started = time.monotonic()
 
     async def send(self, data: bytes) -> None:
+        if self.bwlimit:
+            ahead = (self.bytes_sent + len(data)) / self.bwlimit - (time.monotonic() - self._started)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
         try:
             self._writer.write(data)
             self.bytes_sent += len(data)
@@ -109,6 +116,20 @@ async def _read_cert(reader: asyncio.StreamReader) -> bytes:
     if not 0 < n <= MAX_CERT:
         raise ProtocolError("certificate length out of range")
     return await reader.readexactly(n)
+
+
+def parse_rate(text: str) -> float:
+    """`--bwlimit` values like rsync's: a number of KiB/s, or with a K, M or G suffix."""
+    units = {"K": 1024, "M": 1024**2, "G": 1024**3}
+    t = text.strip().upper().removesuffix("B").removesuffix("/S")
+    mult = units.get(t[-1:], None)
+    try:
+        value = float(t[:-1] if mult else t) * (mult or 1024)
+    except ValueError:
+        raise UsageError(f"not a rate: {text!r} (try 10M or 500K)") from None
+    if value <= 0:
+        raise UsageError(f"--bwlimit must be positive, not {text!r}")
+    return value
 
 
 def split_address(address: str) -> tuple[str, int]:
