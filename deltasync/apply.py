@@ -216,7 +216,8 @@ class Receiver:
             return  # already verified and journaled; an idempotent resend
         if h["literal"]:
             if len(body) != length or hashing.of_bytes(body) != h["blake3"]:
-                raise TransferFailed(f"{p.path}: segment {idx} failed verification")
+                # the sender hashed exactly these bytes: a mismatch is never innocent
+                raise ProtocolError(f"{p.path}: segment {idx} failed verification")
             view = memoryview(body)
             pos = offset
             while view:
@@ -232,12 +233,12 @@ class Receiver:
                 try:
                     engine.patch(inc.basis, body, w)
                 except engine.DeltaError as e:
-                    raise TransferFailed(f"{p.path}: segment {idx}: {e}") from None
+                    raise ProtocolError(f"{p.path}: segment {idx}: {e}") from None
                 out.flush()
             finally:
                 out.close()
             if w.written != length or w.hexdigest() != h["blake3"]:
-                raise TransferFailed(f"{p.path}: segment {idx} failed verification")
+                raise ProtocolError(f"{p.path}: segment {idx} failed verification")
         os.fdatasync(inc.fd)
         self.manifest.segment_done(p.path, idx)
         inc.done.add(idx)

@@ -62,11 +62,35 @@ def delta_to(new: BinaryIO, sig: BinaryIO, out: BinaryIO) -> None:
         raise DeltaError(f"delta failed: {e}") from None
 
 
+class _Basis:
+    """The basis as librsync's patch reads it: a COPY that reaches past the end
+    is an error here (librsync itself would retry the short read forever)."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        self._size = f.seek(0, io.SEEK_END)
+        self._pos = 0
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        self._pos = self._f.seek(pos, whence)
+        return self._pos
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0 or self._pos + n > self._size:
+            raise DeltaError(f"delta copies bytes {self._pos}..{self._pos + n} from a basis of {self._size} bytes")
+        data = self._f.read(n)
+        self._pos += len(data)
+        return data
+
+    def write(self, _: bytes) -> int:  # the binding checks for a file-like object
+        raise OSError("read-only")
+
+
 def patch(basis: BinaryIO, delta_bytes: bytes | BinaryIO, out: BinaryIO) -> None:
     """Apply a delta; `basis` must be seekable, and so must the delta (librsync's rule)."""
     d = io.BytesIO(delta_bytes) if isinstance(delta_bytes, (bytes, bytearray)) else delta_bytes
     try:
-        pyrsync.patch(basis, d, out)
+        pyrsync.patch(_Basis(basis), d, out)
     except DeltaError:
         raise
     except Exception as e:

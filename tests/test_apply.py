@@ -55,7 +55,7 @@ def test_bad_segment_hash_is_refused_and_not_journaled(rx):
     data = os.urandom(2 * SEG)
     inc = begin(rx, "f", data)
     h, chunk = seg(inc, data, 0)
-    with pytest.raises(TransferFailed, match="verification"):
+    with pytest.raises(ProtocolError, match="verification"):
         rx.segment(inc, h, chunk[:-1] + b"!")
     assert rx.manifest.partials()[0].done == frozenset()
     with pytest.raises(ProtocolError, match="out of range"):

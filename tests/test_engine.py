@@ -66,3 +66,12 @@ def test_our_delta_patches_with_rdiff(tmp_path):
     subprocess.run(["rdiff", "patch", str(tmp_path / "old"), str(tmp_path / "delta"), str(tmp_path / "new")],
                    check=True)
     assert (tmp_path / "new").read_bytes() == new
+
+
+def test_delta_reaching_past_the_basis_is_refused_not_looped():
+    rng = random.Random(4)
+    real = rng.randbytes(50_000)
+    pretend = real + rng.randbytes(400_000)  # the sender claims a longer basis
+    d = engine.delta(pretend[100_000:200_000], engine.signature(io.BytesIO(pretend), 8192))
+    with pytest.raises(engine.DeltaError, match="basis"):
+        engine.patch(io.BytesIO(real), d, io.BytesIO())
