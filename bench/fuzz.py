@@ -76,7 +76,7 @@ async def session(client: Folder, address: str, frames: list[bytes]) -> None:
         for f in frames:
             await conn.send(f)
         await conn.send(encode("bye"))
-        while await asyncio.wait_for(conn.recv(), 5) is not None:
+        while await asyncio.wait_for(conn.recv(), 0.3) is not None:
             pass
     except Exception:
         pass  # the server closing on us is normal here
