@@ -9,6 +9,7 @@ first missing segment and never trusts unverified bytes.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import stat
@@ -16,10 +17,11 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, BinaryIO
+from dataclasses import dataclass, replace
+from typing import Any, BinaryIO, Iterator
 
 from . import engine, hashing
+from . import version as vv
 from .config import Folder
 from .entry import DIR, FILE, SYMLINK, Entry
 from .errors import ProtocolError, TransferFailed, UnsafePath
@@ -106,12 +108,15 @@ class Receiver:
         return cur
 
     def _record(self, entry: Entry) -> None:
+        """Remember what we just wrote, with the version it came with, so the
+        next scan neither rehashes it nor takes it for a local change."""
         st = self.safe.lstat(entry.path)
         if st is not None:
-            self.manifest.record([Seen(Entry(entry.path, entry.kind, st.st_size if entry.kind == FILE else 0,
-                                             st.st_mtime_ns if entry.kind != SYMLINK else 0,
-                                             stat.S_IMODE(st.st_mode) if entry.kind != SYMLINK else 0,
-                                             entry.blake3, entry.target), st.st_ino, st.st_ctime_ns)])
+            link = entry.kind == SYMLINK
+            self.manifest.record([Seen(replace(entry, size=st.st_size if entry.kind == FILE else 0,
+                                               mtime_ns=0 if link else st.st_mtime_ns,
+                                               mode=0 if link else stat.S_IMODE(st.st_mode)),
+                                       st.st_ino, st.st_ctime_ns)])
 
     def _claim(self, path: str) -> None:
         with self._lock:
@@ -195,8 +200,9 @@ class Receiver:
                 if old is not None:
                     self._discard(old)
                 now = time.time()
+                version = json.dumps(vv.to_wire(vv.from_wire(h.get("version"))))
                 part = Partial(path, h["blake3"], h["replaces"], h["size"], h["mtime_ns"], h["mode"],
-                               h["segment_size"], uuid.uuid4().hex + ".part", now, now, frozenset())
+                               h["segment_size"], uuid.uuid4().hex + ".part", now, now, version, frozenset())
             fd = os.open(self.folder.partials / part.name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             if not keep:
                 os.ftruncate(fd, 0)
@@ -258,7 +264,8 @@ class Receiver:
             self._expect(p.path, p.replaces)
             safe.finish(inc.fd, p.mode, p.mtime_ns)
             self.safe.replace(self.folder.partials / p.name, p.path)
-            entry = Entry(p.path, FILE, p.size, p.mtime_ns, p.mode, p.target_blake3)
+            entry = Entry(p.path, FILE, p.size, p.mtime_ns, p.mode, p.target_blake3,
+                          version=vv.from_wire(json.loads(p.version)))
             self._record(entry)
             self.manifest.drop_partial(p.path)
             self._precompute_signature(entry)
@@ -331,6 +338,43 @@ class Receiver:
         self._sig_jobs[key] = fut
         fut.add_done_callback(lambda _f: self._sig_jobs.pop(key, None))
 
+    def copy_local(self, e: Entry, origin: str, replaces: str | None) -> Result:
+        """Make `e` from content we already hold at `origin` (a rename or a copy
+        on the peer): read, verified and written aside like any received file."""
+        safe.check_relpath(origin)
+        self._claim(e.path)
+        try:
+            self._expect(e.path, replaces)
+            with self.safe.open_read(origin) as f:
+                chunks = iter(lambda: f.read(hashing.READ_SIZE), b"")
+                h = hashing.blake3(max_threads=hashing.blake3.AUTO)
+
+                def hashed() -> Iterator[bytes]:
+                    for c in chunks:
+                        h.update(c)
+                        yield c
+
+                tmp = safe.write_aside(self.folder.tmp, uuid.uuid4().hex, hashed(), e.mode, e.mtime_ns)
+            try:
+                if h.hexdigest() != e.blake3:
+                    raise TransferFailed(f"{e.path}: {origin} no longer holds that content")
+                self.safe.replace(tmp, e.path)
+            finally:
+                tmp.unlink(missing_ok=True)
+            self._record(e)
+            return Result(e.path, True)
+        finally:
+            self._release(e.path)
+
+    def move_aside(self, path: str, new_path: str) -> None:
+        """Keep our losing version of a conflict under its conflict name."""
+        safe.check_relpath(new_path)
+        with self.safe.parent(path) as (sfd, sname), self.safe.parent(new_path, create=True) as (dfd, dname):
+            if os.path.lexists(os.path.join(f"/proc/self/fd/{dfd}", dname)):
+                raise TransferFailed(f"{new_path}: exists already")
+            os.rename(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd)
+        self.manifest.record([], [path])
+
     # -- directories, symlinks, deletes, metadata ----------------------------
     def apply_op(self, op: Any) -> Result:
         if not isinstance(op, dict) or not isinstance(op.get("op"), str):
@@ -350,6 +394,11 @@ class Receiver:
                     raise TransferFailed(f"{e.path}: is a {cur.kind} here, not a symlink")
                 assert e.target is not None
                 self.safe.symlink(e.target, e.path, f".deltasync-tmp-{uuid.uuid4().hex}")
+            elif kind == "copy":
+                origin, replaces = op.get("from"), op.get("replaces")
+                if not isinstance(origin, str) or not (replaces is None or isinstance(replaces, str)):
+                    raise ProtocolError("send_changes: copy needs from and replaces")
+                return self.copy_local(e, origin, replaces)
             elif kind == "meta":
                 cur = self.current(e.path)
                 if cur is None or not cur.same_content(e):
@@ -358,6 +407,7 @@ class Receiver:
             elif kind == "delete":
                 cur = self.current(e.path)
                 if cur is None:
+                    self.manifest.record([Seen(Entry(e.path, e.kind, version=e.version, deleted=True), 0, 0)])
                     return Result(e.path, True)
                 if not cur.same_content(e):
                     raise TransferFailed(f"{e.path}: changed here since the index was sent; not deleted")
@@ -365,7 +415,7 @@ class Receiver:
                     self.safe.delete(e.path)
                 except OSError as err:
                     raise TransferFailed(f"{e.path}: not deleted: {err.strerror}") from None
-                self.manifest.record([], [e.path])
+                self.manifest.record([Seen(Entry(e.path, e.kind, version=e.version, deleted=True), 0, 0)])
                 return Result(e.path, True)
             else:
                 raise ProtocolError(f"send_changes: unknown op {kind[:32]!r}")

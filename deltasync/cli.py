@@ -134,7 +134,7 @@ def push(directory: Path = DirArg,
 
     _logging(verbose, quiet)
     rate = _run(lambda: parse_rate(bwlimit)) if bwlimit else None
-    report = _run(lambda: asyncio.run(client.push(Folder.open(directory), peer, delete, dry_run, exclude, rate)))
+    report = _run(lambda: asyncio.run(client.session(Folder.open(directory), peer, "push", delete, dry_run, exclude, rate)))
     if as_json:
         _print_json(report.to_json())
     elif not quiet:

@@ -1,38 +1,35 @@
-"""Drives a session against one peer: push (what they lack or hold older).
+"""Drives one session against one peer: `push` (make the peer hold what we
+hold, like rsync), `pull` (fetch what the peer has newer, by version vectors)
+or `sync` (both, in one session, with the same conflict rules).
 
 The sender never waits per file or per segment: acks are collected by a
-reader task while frames keep flowing; deltas of the next segments are
-computed on worker threads (librsync releases the GIL) while the current one
-is on the wire.
+reader task while frames keep flowing.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from . import engine, hashing
+from .apply import Receiver, Result
 from .config import Folder
 from .entry import Entry
-from .errors import DeltasyncError, PartialSuccess, ProtocolError, SourceChanged
+from .errors import DeltasyncError, PartialSuccess, ProtocolError
 from .fs.ignore import Ignore
 from .fs.safe import SafeRoot
 from .fs.scan import scan
+from .inbound import Inbound
 from .manifest import Manifest
-from .plan import Plan, Transfer, make_plan
-from .protocol import MAX_HEADER, Frame, encode, json_body
+from .plan import PartialInfo, Plan, SyncPlan, Transfer, make_plan, plan_sync
+from .protocol import Frame, encode
+from .sender import FileSender, Outcome, batches, op_dict
 from .session import client_hello, read_index
 from .transport import Connection, connect
 
 log = logging.getLogger(__name__)
-
-BATCH_BYTES = 4 * 1024 * 1024
-BATCH_FILES = 1000
-WINDOW = 3  # segments computed ahead of the one being sent
+REQUEST_BATCH = 200
 
 
 @dataclass
@@ -40,6 +37,7 @@ class Report:
     files_total: int = 0
     files_sent_whole: int = 0
     files_sent_delta: int = 0
+    files_received: int = 0
     files_unchanged: int = 0
     files_deleted: int = 0
     files_failed: int = 0
@@ -48,6 +46,7 @@ class Report:
     literal_bytes: int = 0
     seconds: float = 0.0
     failures: list[dict[str, str]] = field(default_factory=list)
+    conflicts: list[dict[str, str]] = field(default_factory=list)
     plan: list[dict[str, Any]] | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -56,6 +55,11 @@ class Report:
             del d["plan"]
         d["seconds"] = round(self.seconds, 3)
         return d
+
+    def fail(self, path: str, why: str) -> None:
+        self.files_failed += 1
+        self.failures.append({"path": path, "error": why[:1000]})
+        log.warning("%s", why if path in why else f"{path}: {why}")
 
 
 class _Acks:
@@ -94,9 +98,7 @@ class _Acks:
     def _ack(self, f: Frame) -> None:
         path = f["path"]
         if not f["ok"]:
-            self.report.files_failed += 1
-            self.report.failures.append({"path": path, "error": str(f.get("error", "failed"))[:1000]})
-            log.warning("%s", f.get("error", path))
+            self.report.fail(path, str(f.get("error", "failed")))
         elif path in self.delete_paths:
             self.report.files_deleted += 1
         elif f.get("whole") is True:
@@ -105,37 +107,15 @@ class _Acks:
             self.report.files_sent_delta += 1
 
 
-def _batches(small: list[tuple[Entry, str | None]]) -> list[list[tuple[Entry, str | None]]]:
-    out: list[list[tuple[Entry, str | None]]] = []
-    cur: list[tuple[Entry, str | None]] = []
-    size = header = 0
-    for item in small:
-        e = item[0]
-        h = len(e.path.encode()) + 200
-        if cur and (size + e.size > BATCH_BYTES or len(cur) >= BATCH_FILES or header + h > MAX_HEADER // 2):
-            out.append(cur)
-            cur, size, header = [], 0, 0
-        cur.append(item)
-        size += e.size
-        header += h
-    if cur:
-        out.append(cur)
-    return out
-
-
 class Pusher:
+    """The sending half of a session (push, and the second half of sync)."""
+
     def __init__(self, folder: Folder, conn: Connection, report: Report) -> None:
-        self.folder = folder
         self.conn = conn
         self.report = report
-        self.safe = SafeRoot(folder.root)
-        self.pool = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="delta")
+        self.outcome = Outcome()
+        self.sender = FileSender(SafeRoot(folder.root), conn, self.outcome)
         self.acks = _Acks(conn, report)
-
-    def _failed(self, path: str, why: str) -> None:
-        self.report.files_failed += 1
-        self.report.failures.append({"path": path, "error": why})
-        log.warning("%s: %s", path, why)
 
     async def run(self, plan: Plan) -> None:
         reader = asyncio.create_task(self.acks.run())
@@ -151,47 +131,10 @@ class Pusher:
             await self.acks.bye
         finally:
             reader.cancel()
-            self.pool.shutdown(wait=False, cancel_futures=True)
-
-    async def _send_all(self, plan: Plan) -> None:
-        self.acks.delete_paths = {e.path for e in plan.deletes}
-        await self._ops("delete", plan.deletes)
-        await self._ops("mkdir", plan.mkdirs)
-        for batch in _batches(plan.small):
-            await self._send_small(batch)
-        await self._ops("symlink", plan.symlinks)
-        await self._ops("meta", plan.meta)
-        for t in plan.large:
-            await self._send_large(t)
-        await self._ops("meta", plan.dir_meta)
-
-    async def _ops(self, op: str, entries: list[Entry]) -> None:
-        for i in range(0, len(entries), 500):
-            ops = [dict(e.to_wire(), op=op) for e in entries[i : i + 500]]
-            await self.conn.send(encode("send_changes", json_body(ops)))
-
-    def _read_small(self, e: Entry) -> bytes:
-        with self.safe.open_read(e.path) as f:
-            data = f.read(e.size + 1)
-        if len(data) != e.size or hashing.of_bytes(data) != e.blake3:
-            raise SourceChanged(f"{e.path}: changed since it was scanned; run again")
-        return data
-
-    async def _send_small(self, batch: list[tuple[Entry, str | None]]) -> None:
-        metas, chunks = [], []
-        for e, replaces in batch:
-            try:
-                data = await asyncio.to_thread(self._read_small, e)
-            except (OSError, SourceChanged) as err:
-                self._failed(e.path, str(err))
-                continue
-            metas.append({"path": e.path, "size": e.size, "mtime_ns": e.mtime_ns, "mode": e.mode,
-                          "blake3": e.blake3, "replaces": replaces})
-            chunks.append(data)
-        if metas:
-            body = b"".join(chunks)
-            self.report.literal_bytes += len(body)
-            await self.conn.send(encode("send_file", body, files=metas))
+            self.sender.close()
+            self.report.literal_bytes += self.outcome.literal_bytes
+            for fail in self.outcome.failures:
+                self.report.fail(fail["path"], fail["error"])
 
     async def _signature(self, t: Transfer) -> bytes | None:
         await self.conn.send(encode("request_signature", path=t.entry.path, blake3=t.basis))
@@ -200,76 +143,137 @@ class Pusher:
             raise ProtocolError("signature for the wrong file")
         return f.body if f.get("blake3") == t.basis else None
 
-    def _segment(self, fd: int, t: Transfer, idx: int, sig: bytes | None) -> tuple[bytes, dict[str, Any]]:
-        offset = idx * t.segment_size
-        length = min(t.segment_size, t.entry.size - offset)
-        data = os.pread(fd, length, offset)
-        if len(data) != length:
-            raise SourceChanged(f"{t.entry.path}: shrank while being sent")
-        header = {"path": t.entry.path, "index": idx, "offset": offset, "length": length,
-                  "blake3": hashing.of_bytes(data), "literal": True}
-        if sig is not None:
-            d = engine.delta(data, sig)
-            if len(d) < length:
-                header["literal"] = False
-                return d, header
-        return data, header
-
-    async def _send_large(self, t: Transfer) -> None:
-        e = t.entry
-        sig = None
-        if t.basis is not None:
-            sig = await self._signature(t)
-            if sig is None:
-                self._failed(e.path, "changed on the peer since its index was sent; not overwritten")
-                return
-        try:
-            f = self.safe.open_read(e.path)
-        except OSError as err:
-            self._failed(e.path, f"cannot read: {err}")
-            return
-        with f:
-            fd = f.fileno()
-            st = os.fstat(fd)
-            if (st.st_size, st.st_mtime_ns) != (e.size, e.mtime_ns):
-                self._failed(e.path, "changed since it was scanned; run again")
-                return
+    async def _send_all(self, plan: Plan) -> None:
+        s = self.sender
+        self.acks.delete_paths = {e.path for e in plan.deletes}
+        for e, origin, replaces in plan.copies:  # before deletes: a rename's origin must still be there
+            await self.conn.send(encode("send_changes", _json([dict(op_dict("copy", e), **{"from": origin},
+                                                                    replaces=replaces)])))
+        await s.ops("delete", plan.deletes)
+        await s.ops("mkdir", plan.mkdirs)
+        for batch in batches(plan.small):
+            await s.small(batch)
+        await s.ops("symlink", plan.symlinks)
+        await s.ops("meta", plan.meta)
+        for t in plan.large:
             if t.basis is not None:
-                self.acks.delta_paths.add(e.path)
-            await self.conn.send(encode("begin_file", path=e.path, size=e.size, mtime_ns=e.mtime_ns, mode=e.mode,
-                                        blake3=e.blake3, segment_size=t.segment_size, basis=t.basis,
-                                        replaces=t.replaces))
-            todo = [i for i in range(t.segments) if i not in t.done]
-            loop = asyncio.get_running_loop()
-            window: list[Future[tuple[bytes, dict[str, Any]]]] = []
+                self.acks.delta_paths.add(t.entry.path)
+            await s.large(t, self._signature)
+        await s.ops("meta", plan.dir_meta)
+
+
+def _json(value: Any) -> bytes:
+    from .protocol import json_body
+
+    return json_body(value)
+
+
+class Puller:
+    """The receiving half of a pull or sync: local changes applied here, files
+    requested from the peer and received through the same `Inbound` the server uses."""
+
+    def __init__(self, folder: Folder, manifest: Manifest, conn: Connection, report: Report) -> None:
+        self.conn = conn
+        self.report = report
+        self.receiver = Receiver(folder, manifest)
+        self.inbound = Inbound(self.receiver, conn.send, self._result)
+
+    async def _result(self, r: Result) -> None:
+        if r.ok:
+            self.report.files_received += 1
+        else:
+            self.report.fail(r.path, r.error or "failed")
+
+    async def _local(self, op: str, entries: list[Entry]) -> None:
+        for e in entries:
             try:
-                for pos in range(len(todo)):
-                    while len(window) <= WINDOW and pos + len(window) < len(todo):
-                        window.append(self.pool.submit(self._segment, fd, t, todo[pos + len(window)], sig))
-                    body, header = await asyncio.wrap_future(window.pop(0), loop=loop)
-                    self.report.literal_bytes += len(body)
-                    await self.conn.send(encode("send_delta", body, **header))
-            except SourceChanged as err:
-                for w in window:
-                    w.cancel()
-                await self.conn.send(encode("abort_file", path=e.path, reason=str(err)))
-                self._failed(e.path, str(err))
-                return
-            st2 = os.fstat(fd)
-            if (st2.st_size, st2.st_mtime_ns, st2.st_ino) != (st.st_size, st.st_mtime_ns, st.st_ino):
-                await self.conn.send(encode("abort_file", path=e.path, reason="source changed"))
-                self._failed(e.path, "changed while being sent; not delivered (run again)")
-                return
-            await self.conn.send(encode("file_done", path=e.path))
+                res = await asyncio.to_thread(self.receiver.apply_op, op_dict(op, e))
+            except (OSError, DeltasyncError) as err:
+                res = Result(e.path, False, str(err))
+            if not res.ok:
+                self.report.fail(e.path, res.error or "failed")
+            elif op == "delete":
+                self.report.files_deleted += 1
+
+    async def run(self, sp: SyncPlan) -> None:
+        plan = sp.pull
+        try:
+            for c in sp.conflicts:
+                if c.loser == "local":
+                    await asyncio.to_thread(self.receiver.move_aside, c.path, c.copy)
+            for e, origin, replaces in plan.copies:
+                res = await asyncio.to_thread(self.receiver.copy_local, e, origin, replaces)
+                await self._result(res)
+            await self._local("delete", plan.deletes)
+            await self._local("mkdir", plan.mkdirs)
+            await self._local("symlink", plan.symlinks)
+            await self._local("meta", plan.meta)
+            await self._fetch(plan, sp.fetch_as)
+            await self._local("meta", plan.dir_meta)
+        finally:
+            await self.inbound.close()
+            self.receiver.close()
+
+    async def _fetch(self, plan: Plan, fetch_as: dict[str, str]) -> None:
+        requests: list[tuple[dict[str, Any], bytes]] = []
+        small = [{"path": fetch_as.get(e.path, e.path), "dest": e.path, "blake3": e.blake3, "replaces": r}
+                 for e, r in plan.small]
+        for i in range(0, len(small), REQUEST_BATCH):
+            requests.append(({"files": small[i : i + REQUEST_BATCH]}, b""))
+        for t in plan.large:
+            basis, sig = t.basis, b""
+            if basis is not None:
+                got = await asyncio.to_thread(self.receiver.signature_for, t.entry.path, basis)
+                if got is None:
+                    basis = None  # our copy changed meanwhile: fetch it whole (replaces still guards it)
+                else:
+                    sig = got[1]
+            requests.append(({"files": [{"path": fetch_as.get(t.entry.path, t.entry.path), "dest": t.entry.path,
+                                         "blake3": t.entry.blake3, "replaces": t.replaces, "basis": basis,
+                                         "segment_size": t.segment_size, "done": sorted(t.done)}]}, sig))
+        if not requests:
+            return
+
+        async def ask() -> None:
+            for header, body in requests:
+                await self.conn.send(encode("request_file", body, **header))
+
+        asker = asyncio.create_task(ask())
+        done = 0
+        try:
+            while done < len(requests):
+                f = await self.conn.recv()
+                if f is None:
+                    raise ProtocolError("peer closed the session during a pull")
+                if f.action == "request_done":
+                    done += 1
+                elif f.action == "ack":  # the peer could not send a file
+                    self.report.fail(f["path"], str(f.get("error", "not sent")))
+                elif f.action == "error":
+                    raise ProtocolError(f"peer: {f.get('message', '')[:500]}")
+                else:
+                    await self.inbound.handle(f)
+            await asker
+        finally:
+            asker.cancel()
 
 
 def local_index(folder: Folder, manifest: Manifest, excludes: list[str] | None = None) -> dict[str, Entry]:
-    return scan(folder.root, manifest, Ignore.for_folder(folder.root, excludes)).entries
+    return scan(folder.root, manifest, Ignore.for_folder(folder.root, excludes), folder.short_id).entries
 
 
-async def push(folder: Folder, target: str, delete: bool = False, dry_run: bool = False,
-               excludes: list[str] | None = None, bwlimit: float | None = None) -> Report:
-    """Make the peer at `target` hold what this folder holds."""
+def _record_merged(manifest: Manifest, merged: dict[str, Entry]) -> None:
+    rows = []
+    for path, e in merged.items():
+        seen = manifest.get(path)
+        if seen is not None:
+            rows.append(replace(seen, entry=replace(seen.entry, version=e.version)))
+    manifest.record(rows)
+
+
+async def session(folder: Folder, target: str, mode: str = "push", delete: bool = False, dry_run: bool = False,
+                  excludes: list[str] | None = None, bwlimit: float | None = None) -> Report:
+    """One session with the peer at `target` (HOST:PORT or a peer name)."""
     started = time.monotonic()
     cfg = folder.config()
     address, expect = cfg.resolve(target)
@@ -282,22 +286,42 @@ async def push(folder: Folder, target: str, delete: bool = False, dry_run: bool 
         try:
             await client_hello(conn, folder.peer_id)
             await conn.send(encode("request_file_list"))
-            remote, partials = await read_index(conn, int(cfg.setting("max_index_entries")))
+            remote, rpartials = await read_index(conn, int(cfg.setting("max_index_entries")))
             ignore = Ignore.for_folder(folder.root, excludes)
             remote = {p: e for p, e in remote.items() if not ignore(p, e.kind == "dir")}
-            plan = make_plan(local, remote, partials, delete=delete)
-            report.files_total = plan.files_total
-            report.files_unchanged = plan.unchanged
-            for path, why in plan.blocked:
-                report.failures.append({"path": path, "error": why})
-                report.files_failed += 1
+            if mode == "push":
+                push_plan: Plan | None = make_plan(local, remote, rpartials, delete=delete, me=folder.short_id)
+                sp = None
+            else:
+                lpartials = {p.path: PartialInfo(p.path, p.target_blake3, p.replaces, p.segment_size, p.done)
+                             for p in manifest.partials()}
+                sp = plan_sync(local, remote, folder.short_id, conn.peer.id[:12], time.time(), lpartials,
+                               rpartials, pull=True, push=mode == "sync")
+                push_plan = sp.push if mode == "sync" else None
+                report.conflicts = [{"path": c.path, "copy": c.copy, "loser": c.loser} for c in sp.conflicts]
+            for p in ([push_plan] if push_plan else []) + ([sp.pull] if sp else []):
+                report.files_total += p.files_total
+                report.files_unchanged += p.unchanged
+                for path, why in p.blocked:
+                    report.fail(path, why)
             if dry_run:
-                report.plan = plan.items()
+                report.plan = ([dict(i, direction="pull") for i in sp.pull.items()] if sp else []) + \
+                              ([dict(i, direction="push") for i in push_plan.items()] if push_plan else [])
                 await conn.send(encode("bye"))
                 await conn.recv()
             else:
-                await Pusher(folder, conn, report).run(plan)
-                manifest.mark_synced(conn.peer.id, "sent")
+                if sp is not None:
+                    for c in sp.conflicts:
+                        log.warning("conflict on %s: the %s version is kept as %s", c.path, c.loser, c.copy)
+                    await Puller(folder, manifest, conn, report).run(sp)
+                    _record_merged(manifest, sp.merged)
+                if push_plan is not None:
+                    await Pusher(folder, conn, report).run(push_plan)
+                else:
+                    await conn.send(encode("bye"))
+                    while (f := await conn.recv()) is not None and f.action != "bye":
+                        pass
+                manifest.mark_synced(conn.peer.id, mode)
         finally:
             report.bytes_sent = conn.bytes_sent
             report.bytes_received = conn.bytes_received
@@ -308,8 +332,18 @@ async def push(folder: Folder, target: str, delete: bool = False, dry_run: bool 
         manifest.close()
 
 
+async def push(folder: Folder, target: str, delete: bool = False, dry_run: bool = False,
+               excludes: list[str] | None = None, bwlimit: float | None = None) -> Report:
+    """Make the peer at `target` hold what this folder holds."""
+    return await session(folder, target, "push", delete, dry_run, excludes, bwlimit)
+
+
 def check(report: Report) -> None:
-    """Raise PartialSuccess (exit 3) when some files did not make it."""
+    """Raise PartialSuccess (exit 3) when some files did not make it or conflicted."""
     if report.files_failed:
         first = report.failures[0]
         raise PartialSuccess(f"{report.files_failed} file(s) failed; first: {first['path']}: {first['error']}")
+    if report.conflicts:
+        c = report.conflicts[0]
+        raise PartialSuccess(f"{len(report.conflicts)} conflict(s); first: {c['path']} (other version kept as "
+                             f"{c['copy']})")

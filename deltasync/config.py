@@ -142,6 +142,11 @@ class Folder:
     def peer_id(self) -> str:
         return identity.fingerprint(identity.cert_der(self.cert))
 
+    @property
+    def short_id(self) -> str:
+        """Our key in version vectors: 12 base32 characters (60 bits) keep them short."""
+        return self.peer_id[:12]
+
     def config(self) -> Config:
         try:
             return loads(self.config_path.read_text())

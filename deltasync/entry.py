@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from . import version as vv
 from .errors import ProtocolError
 
 FILE, DIR, SYMLINK = "file", "dir", "symlink"
@@ -20,8 +21,12 @@ class Entry:
     mode: int = 0
     blake3: str | None = None  # files only
     target: str | None = None  # symlinks only
+    version: vv.Version = ()
+    deleted: bool = False  # a tombstone: deletes travel, so a deleted file does not come back
 
     def same_content(self, other: "Entry") -> bool:
+        if self.deleted or other.deleted:
+            return self.deleted == other.deleted
         if self.kind != other.kind:
             return False
         if self.kind == FILE:
@@ -38,6 +43,9 @@ class Entry:
 
     def to_wire(self) -> dict[str, Any]:
         d = asdict(self)
+        d["version"] = vv.to_wire(self.version)
+        if not self.deleted:
+            del d["deleted"]
         return {k: v for k, v in d.items() if v is not None}
 
     @classmethod
@@ -52,9 +60,14 @@ class Entry:
         if any(type(v) is not int or v < 0 for v in ints.values()):
             raise ProtocolError(f"index entry {path[:200]!r}: size, mtime_ns and mode must be non-negative ints")
         b3, target = d.get("blake3"), d.get("target")
+        version, deleted = vv.from_wire(d.get("version")), d.get("deleted", False)
+        if type(deleted) is not bool:
+            raise ProtocolError(f"index entry {path[:200]!r}: deleted must be a bool")
+        if deleted:
+            return cls(path, kind, 0, ints["mtime_ns"], 0, version=version, deleted=True)
         if kind == FILE and not (isinstance(b3, str) and len(b3) == 64):
             raise ProtocolError(f"index entry {path[:200]!r}: a file needs a blake3")
         if kind == SYMLINK and not isinstance(target, str):
             raise ProtocolError(f"index entry {path[:200]!r}: a symlink needs a target")
         return cls(path, kind, ints["size"], ints["mtime_ns"], ints["mode"] & 0o7777,
-                   b3 if kind == FILE else None, target if kind == SYMLINK else None)
+                   b3 if kind == FILE else None, target if kind == SYMLINK else None, version)

@@ -6,6 +6,7 @@ One `Manifest` may be shared by threads: every call takes the lock.
 """
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -13,13 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from . import version as vv
 from .entry import Entry
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     path TEXT PRIMARY KEY, kind TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
     mode INTEGER NOT NULL, ino INTEGER NOT NULL, ctime_ns INTEGER NOT NULL DEFAULT 0,
-    blake3 TEXT, target TEXT
+    blake3 TEXT, target TEXT, version TEXT NOT NULL DEFAULT '{}', deleted INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS signatures (
     path TEXT PRIMARY KEY, blake3 TEXT NOT NULL, block_len INTEGER NOT NULL, sig BLOB NOT NULL
@@ -27,7 +29,7 @@ CREATE TABLE IF NOT EXISTS signatures (
 CREATE TABLE IF NOT EXISTS partials (
     path TEXT PRIMARY KEY, target_blake3 TEXT NOT NULL, replaces TEXT, size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL, mode INTEGER NOT NULL, segment_size INTEGER NOT NULL,
-    name TEXT NOT NULL, started REAL NOT NULL, updated REAL NOT NULL
+    name TEXT NOT NULL, started REAL NOT NULL, updated REAL NOT NULL, version TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS partial_segments (
     path TEXT NOT NULL, idx INTEGER NOT NULL, PRIMARY KEY (path, idx)
@@ -59,6 +61,7 @@ class Partial:
     name: str
     started: float
     updated: float
+    version: str  # JSON of the version vector the finished file will carry
     done: frozenset[int]
 
     @property
@@ -77,32 +80,48 @@ class Manifest:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Add columns that newer versions introduced to a manifest made by an older one."""
+        for table, column, decl in (("files", "version", "TEXT NOT NULL DEFAULT '{}'"),
+                                    ("files", "deleted", "INTEGER NOT NULL DEFAULT 0"),
+                                    ("partials", "version", "TEXT NOT NULL DEFAULT '{}'")):
+            have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
     # -- files -------------------------------------------------------------
+    _COLS = "path, kind, size, mtime_ns, mode, ino, ctime_ns, blake3, target, version, deleted"
+
+    @staticmethod
+    def _seen(r: tuple) -> Seen:
+        version = vv.from_wire(json.loads(r[9]))
+        return Seen(Entry(r[0], r[1], r[2], r[3], r[4], r[7], r[8], version, bool(r[10])), r[5], r[6])
+
     def seen(self) -> dict[str, Seen]:
+        """Every path we know, tombstones included."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT path, kind, size, mtime_ns, mode, ino, ctime_ns, blake3, target FROM files").fetchall()
-        return {r[0]: Seen(Entry(r[0], r[1], r[2], r[3], r[4], r[7], r[8]), r[5], r[6]) for r in rows}
+            rows = self._db.execute(f"SELECT {self._COLS} FROM files").fetchall()
+        return {r[0]: self._seen(r) for r in rows}
 
     def get(self, path: str) -> Seen | None:
         with self._lock:
-            r = self._db.execute(
-                "SELECT path, kind, size, mtime_ns, mode, ino, ctime_ns, blake3, target FROM files WHERE path=?",
-                (path,)).fetchone()
-        return Seen(Entry(r[0], r[1], r[2], r[3], r[4], r[7], r[8]), r[5], r[6]) if r else None
+            r = self._db.execute(f"SELECT {self._COLS} FROM files WHERE path=?", (path,)).fetchone()
+        return self._seen(r) if r else None
 
     def record(self, rows: Iterable[Seen], removed: Iterable[str] = ()) -> None:
         """Store what a scan (or a commit) saw, in one transaction."""
         with self._lock, self._tx():
             self._db.executemany(
-                "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?)",
+                f"INSERT OR REPLACE INTO files ({self._COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 [(s.entry.path, s.entry.kind, s.entry.size, s.entry.mtime_ns, s.entry.mode, s.ino, s.ctime_ns,
-                  s.entry.blake3, s.entry.target) for s in rows])
+                  s.entry.blake3, s.entry.target, json.dumps(vv.to_wire(s.entry.version)), int(s.entry.deleted))
+                 for s in rows])
             gone = [(p,) for p in removed]
             self._db.executemany("DELETE FROM files WHERE path=?", gone)
             self._db.executemany("DELETE FROM signatures WHERE path=?", gone)
@@ -133,9 +152,9 @@ class Manifest:
     def begin_partial(self, p: Partial) -> None:
         with self._lock, self._tx():
             self._db.execute("DELETE FROM partial_segments WHERE path=?", (p.path,))
-            self._db.execute("INSERT OR REPLACE INTO partials VALUES (?,?,?,?,?,?,?,?,?,?)",
+            self._db.execute("INSERT OR REPLACE INTO partials VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                              (p.path, p.target_blake3, p.replaces, p.size, p.mtime_ns, p.mode,
-                              p.segment_size, p.name, p.started, p.updated))
+                              p.segment_size, p.name, p.started, p.updated, p.version))
 
     def segment_done(self, path: str, idx: int) -> None:
         """Called only after the segment's bytes are verified and fsynced."""

@@ -5,9 +5,10 @@ with the roles swapped, and `--dry-run` prints a plan without running it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 
+from . import version as vv
 from .entry import DIR, FILE, SYMLINK, Entry
 
 SEGMENT_SIZE = 4 * 1024 * 1024
@@ -62,6 +63,7 @@ class Plan:
     meta: list[Entry] = field(default_factory=list)
     dir_meta: list[Entry] = field(default_factory=list)
     deletes: list[Entry] = field(default_factory=list)
+    copies: list[tuple[Entry, str, str | None]] = field(default_factory=list)  # (entry, from path, replaces)
     blocked: list[tuple[str, str]] = field(default_factory=list)
     unchanged: int = 0
     files_total: int = 0
@@ -69,13 +71,14 @@ class Plan:
     @property
     def empty(self) -> bool:
         return not (self.mkdirs or self.small or self.large or self.symlinks or self.meta
-                    or self.dir_meta or self.deletes)
+                    or self.dir_meta or self.deletes or self.copies)
 
     def items(self) -> list[dict[str, Any]]:
         """An itemized list (like `rsync -i`) for --dry-run and --json."""
         out: list[dict[str, Any]] = []
         out += [{"op": "delete", "path": e.path, "kind": e.kind} for e in self.deletes]
         out += [{"op": "mkdir", "path": e.path} for e in self.mkdirs]
+        out += [{"op": "copy", "path": e.path, "from": src} for e, src, _ in self.copies]
         out += [{"op": "send_whole", "path": e.path, "size": e.size} for e, _ in self.small]
         for t in self.large:
             out.append({"op": "send_delta" if t.basis else "send_whole", "path": t.entry.path,
@@ -94,7 +97,7 @@ def _parents(path: str) -> Iterable[str]:
 
 def make_plan(source: dict[str, Entry], target: dict[str, Entry],
               partials: dict[str, PartialInfo] | None = None, delete: bool = False,
-              delta_min: int = DELTA_MIN) -> Plan:
+              delta_min: int = DELTA_MIN, me: str = "local") -> Plan:
     """Make the target hold what the source holds.
 
     Files whose content matches but whose mode or mtime differ get a metadata
@@ -103,16 +106,23 @@ def make_plan(source: dict[str, Entry], target: dict[str, Entry],
     blocked and nothing there is touched.
     """
     partials = partials or {}
+    tombs = {p: e for p, e in source.items() if e.deleted}
+    source = {p: e for p, e in source.items() if not e.deleted}
+    target = {p: e for p, e in target.items() if not e.deleted}
     plan = Plan()
     touched: set[str] = set()
     blocked_paths: set[str] = set()
 
     if delete:
-        doomed = [t for p, t in target.items() if p not in source or source[p].kind != t.kind]
+        # a delete carries the tombstone's version: ours if we have one, else the peer's, bumped by us
+        doomed = [replace(t, version=tombs[p].version if p in tombs else vv.bump(t.version, me))
+                  for p, t in target.items() if p not in source or source[p].kind != t.kind]
         # deepest first, so a directory is empty by the time it is removed
         plan.deletes = sorted(doomed, key=lambda e: (-e.path.count("/"), e.path))
         touched.update(e.path for e in plan.deletes)
     gone = {e.path for e in plan.deletes}
+    # content the target already holds elsewhere (a rename or a copy) is copied there, not sent
+    by_hash = {t.blake3: p for p, t in target.items() if t.kind == FILE and t.size > 0}
 
     for path in sorted(source, key=lambda p: (p.count("/"), p)):
         src = source[path]
@@ -131,7 +141,7 @@ def make_plan(source: dict[str, Entry], target: dict[str, Entry],
         if have is not None and have.same_content(src):
             if src.kind == DIR:
                 continue  # directory metadata is settled after its contents, below
-            if have.same_meta(src):
+            if have.same_meta(src) and have.version == src.version:
                 plan.unchanged += 1
             else:
                 plan.meta.append(src)
@@ -146,7 +156,10 @@ def make_plan(source: dict[str, Entry], target: dict[str, Entry],
             replaces = have.blake3 if have is not None else None
             part = partials.get(path)
             resumable = part is not None and part.target_blake3 == src.blake3 and part.replaces == replaces
-            if src.size < delta_min and not resumable:
+            origin = by_hash.get(src.blake3) if (have is None or have.size == 0) and path not in gone else None
+            if origin is not None and not resumable:
+                plan.copies.append((src, origin, replaces))
+            elif src.size < delta_min and not resumable:
                 plan.small.append((src, replaces))
             else:
                 basis = replaces if (replaces is not None and have is not None and have.size > 0) else None
@@ -162,6 +175,100 @@ def make_plan(source: dict[str, Entry], target: dict[str, Entry],
         if src.kind != DIR or path in blocked_paths:
             continue
         have = target.get(path)
-        if path in dirty_dirs or have is None or path in gone or not have.same_meta(src):
+        if path in dirty_dirs or have is None or path in gone or not have.same_meta(src) \
+                or have.version != src.version:
             plan.dir_meta.append(src)
     return plan
+
+
+@dataclass(frozen=True)
+class Conflict:
+    path: str
+    copy: str  # where the losing version is kept
+    loser: str  # "local" or "remote"
+
+
+@dataclass
+class SyncPlan:
+    pull: Plan
+    push: Plan
+    conflicts: list[Conflict]
+    # versions to record locally before pushing (a local winner must dominate both sides)
+    merged: dict[str, Entry]
+    fetch_as: dict[str, str] = field(default_factory=dict)  # local dest -> the peer's path (conflict copies)
+
+
+def conflict_name(path: str, peer: str, when: float) -> str:
+    """`name.sync-conflict-YYYYMMDD-HHMMSS-<peer>.ext`, beside the original."""
+    import time as _time
+
+    head, _, name = path.rpartition("/")
+    stem, dot, ext = name.rpartition(".")
+    if not stem:  # no extension (or a dotfile)
+        stem, dot, ext = name, "", ""
+    stamp = _time.strftime("%Y%m%d-%H%M%S", _time.gmtime(when))
+    new = f"{stem}.sync-conflict-{stamp}-{peer[:7]}{dot}{ext}"
+    return f"{head}/{new}" if head else new
+
+
+def plan_sync(local: dict[str, Entry], remote: dict[str, Entry], me: str, peer: str, now: float,
+              local_partials: dict[str, PartialInfo] | None = None,
+              remote_partials: dict[str, PartialInfo] | None = None, pull: bool = True,
+              push: bool = True) -> SyncPlan:
+    """Two-way sync by version vectors. The newer version of each path wins;
+    deletes travel as tombstones; concurrent edits are a conflict: the newer
+    mtime wins (an edit always beats a delete, ties go to the larger peer key)
+    and the losing version is kept beside it under a conflict name."""
+    to_pull: set[str] = set()
+    to_push: set[str] = set()
+    conflicts: list[Conflict] = []
+    merged: dict[str, Entry] = {}
+    for path in sorted(local.keys() | remote.keys()):
+        l, r = local.get(path), remote.get(path)
+        if r is None:
+            if l is not None and not l.deleted:
+                to_push.add(path)
+            continue
+        if l is None:
+            if not r.deleted:
+                to_pull.add(path)
+            continue
+        order = vv.compare(l.version, r.version)
+        if order == vv.EQUAL and l.same_content(r):
+            continue
+        if order == vv.NEWER:
+            to_push.add(path)
+        elif order == vv.OLDER:
+            to_pull.add(path)
+        elif l.same_content(r) and l.kind == r.kind:
+            merged[path] = replace(l, version=vv.merge(l.version, r.version))
+            to_push.add(path)  # a version-only update for the peer
+        else:
+            local_wins = r.deleted or (not l.deleted and (l.mtime_ns, me) > (r.mtime_ns, peer))
+            if local_wins:
+                if r.kind == FILE and not r.deleted:
+                    conflicts.append(Conflict(path, conflict_name(path, peer, now), "remote"))
+                merged[path] = replace(l, version=vv.merge(l.version, r.version))
+                to_push.add(path)
+            else:
+                if l.kind == FILE and not l.deleted:
+                    conflicts.append(Conflict(path, conflict_name(path, me, now), "local"))
+                to_pull.add(path)
+    local_now = {**local, **merged}
+    # a remote-wins conflict moves our copy aside first, so the pull finds nothing there
+    moved = {c.path for c in conflicts if c.loser == "local"}
+    pull_target = {p: e for p, e in local_now.items() if p in to_pull and p not in moved}
+    pull_plan = make_plan({p: remote[p] for p in to_pull}, pull_target, local_partials, delete=True, me=peer) \
+        if pull else Plan()
+    fetch_as: dict[str, str] = {}
+    for c in conflicts:
+        if c.loser == "remote" and pull:  # fetch the peer's losing version under its conflict name
+            copy = replace(remote[c.path], path=c.copy)
+            fetch_as[c.copy] = c.path
+            if copy.size < DELTA_MIN:
+                pull_plan.small.append((copy, None))
+            else:
+                pull_plan.large.append(Transfer(copy, None, None))
+    push_plan = make_plan({p: local_now[p] for p in to_push}, {p: remote[p] for p in to_push if p in remote},
+                          remote_partials, delete=True, me=me) if push else Plan()
+    return SyncPlan(pull_plan, push_plan, conflicts, merged, fetch_as)

@@ -36,8 +36,9 @@ SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
     "send_file_list": {"more": _BOOL},
     # whole small files, many per frame (seed: send_file)
     "send_file": {"files": _LIST},
-    # pull (seed: request_file)
-    "request_file": {"paths": _LIST},
+    # pull (seed: request_file): the peer sends what was asked, then request_done
+    "request_file": {"files": _LIST},
+    "request_done": {},
     # big files: signature, then segments
     "request_signature": {"path": _STR, "blake3": _STR},
     "signature": {"path": _STR, "blake3": _OPT_STR},

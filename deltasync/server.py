@@ -1,5 +1,6 @@
 """The main server: accept, handshake, then read each frame's header and hand
-the work to its handler (the seed's "server helpers").
+the work to its handler (the seed's "server helpers"): the index, the
+receiving side of files (`inbound.py`), and the sending side for pulls.
 
 A peer that breaks the protocol gets one `error` frame and its connection is
 closed; it is logged with its peer ID, and the server keeps serving others.
@@ -9,43 +10,29 @@ while a segment is being patched and fsynced.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import signal
 import sqlite3
 from typing import Any, Callable
 
 from . import identity
-from .apply import Incoming, Receiver, Result
+from .apply import Receiver, Result
 from .config import Folder
-from .errors import DeltasyncError, DiskFull, PeerUnreachable, ProtocolError, TransferFailed, UnsafePath
+from .entry import FILE, Entry
+from .errors import DeltasyncError, PeerUnreachable, ProtocolError, UnsafePath
+from .fs import safe
 from .fs.ignore import Ignore
 from .fs.scan import scan
+from .inbound import ACTIONS, Inbound, ack
 from .manifest import Manifest
+from .plan import DELTA_MIN, SEGMENT_SIZE, Transfer
 from .protocol import Frame, encode
+from .sender import FileSender, Outcome, batches
 from .session import check_hello, hello_frame, index_frames, partials_wire
 from .transport import Connection, serve, split_address
 
 log = logging.getLogger(__name__)
 READ_AHEAD = 4
-
-
-async def disk(fn: Callable[..., Any], *args: Any) -> Any:
-    """Run receiver work on a thread; an OS error (a full disk, say) fails the
-    file at hand, not the session or the server."""
-    try:
-        return await asyncio.to_thread(fn, *args)
-    except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFull("no space left on the receiving device") from None
-        raise TransferFailed(f"{e.strerror or e}{': ' + str(e.filename) if e.filename else ''}") from None
-
-
-def ack(r: Result) -> bytes:
-    fields: dict[str, Any] = {"whole": r.whole}
-    if r.error:
-        fields["error"] = r.error[:1000]
-    return encode("ack", path=r.path, ok=r.ok, **fields)
 
 
 class Server:
@@ -61,10 +48,11 @@ class Server:
         self.receiver.close()
         self.manifest.close()
 
-    async def index(self) -> list[bytes]:
+    async def scan(self) -> dict[str, Entry]:
         async with self._scan_lock:
-            result = await asyncio.to_thread(scan, self.folder.root, self.manifest, Ignore.for_folder(self.folder.root))
-        return index_frames(list(result.entries.values()), partials_wire(self.manifest.partials()))
+            result = await asyncio.to_thread(scan, self.folder.root, self.manifest, Ignore.for_folder(self.folder.root),
+                                             self.folder.short_id)
+        return result.entries
 
     async def handle(self, conn: Connection) -> None:
         task = asyncio.current_task()
@@ -96,9 +84,12 @@ class Server:
             except BaseException as e:  # delivered to the handler loop in order
                 await queue.put(e)
 
+        async def send_ack(res: Result) -> None:
+            await conn.send(ack(res))
+
         reader = asyncio.create_task(read_ahead())
-        incoming: dict[str, Incoming] = {}
-        failed: set[str] = set()
+        inbound = Inbound(self.receiver, conn.send, send_ack)
+        index: dict[str, Entry] | None = None
         try:
             first = await queue.get()
             if isinstance(first, BaseException):
@@ -114,12 +105,23 @@ class Server:
                     return
                 if item.action == "bye":
                     try:
-                        self.manifest.mark_synced(conn.peer.id, "received")
+                        self.manifest.mark_synced(conn.peer.id, "served")
                     except sqlite3.Error as e:  # bookkeeping only; never fail a finished session
                         log.warning("cannot record the sync time: %s", e)
                     await conn.send(encode("bye"))
                     return
-                await self.dispatch(conn, item, incoming, failed)
+                if item.action == "request_file_list":
+                    index = await self.scan()
+                    for frame in index_frames(list(index.values()), partials_wire(self.manifest.partials())):
+                        await conn.send(frame)
+                elif item.action == "request_file":
+                    if index is None:
+                        raise ProtocolError("request_file before request_file_list")
+                    await self.send_requested(conn, item, index)
+                elif item.action in ACTIONS:
+                    await inbound.handle(item)
+                else:
+                    raise ProtocolError(f"unexpected {item.action} in this session")
         except (ProtocolError, UnsafePath) as e:
             log.warning("peer %s (%s): protocol error: %s", who, conn.peer.address, e)
             try:
@@ -138,85 +140,52 @@ class Server:
                 pass
         finally:
             reader.cancel()
-            for inc in incoming.values():
-                await asyncio.to_thread(self.receiver.abandon, inc)
+            await inbound.close()
 
-    async def dispatch(self, conn: Connection, f: Frame, incoming: dict[str, Incoming], failed: set[str]) -> None:
-        r = self.receiver
-        a = f.action
-        if a == "request_file_list":
-            for frame in await self.index():
-                await conn.send(frame)
-        elif a == "send_file":
-            for res in await disk(r.receive_small, f["files"], f.body):
-                await conn.send(ack(res))
-        elif a == "send_changes":
-            from .protocol import body_json
+    async def send_requested(self, conn: Connection, f: Frame, index: dict[str, Entry]) -> None:
+        """A pull: send the files asked for (as of the index we sent), then `request_done`.
+        A file that changed here since is refused with a failed ack."""
+        outcome = Outcome()
+        sender = FileSender(safe.SafeRoot(self.folder.root), conn, outcome)
+        small: list[tuple[Entry, str | None]] = []
+        dests: dict[str, str] = {}
+        sig = f.body or None
 
-            ops = body_json(f)
-            if not isinstance(ops, list):
-                raise ProtocolError("send_changes: body must be a list")
-            for op in ops:
-                try:
-                    res = await disk(r.apply_op, op)
-                except TransferFailed as e:
-                    res = Result(str(op.get("path", "?"))[:4096], False, str(e))
-                await conn.send(ack(res))
-        elif a == "request_signature":
-            try:
-                sig = await disk(r.signature_for, f["path"], f["blake3"])
-            except TransferFailed:
-                sig = None
-            if sig is None:
-                await conn.send(encode("signature", path=f["path"], blake3=None))
-            else:
-                await conn.send(encode("signature", sig[1], path=f["path"], blake3=f["blake3"], block_len=sig[0]))
-        elif a == "begin_file":
-            path = f["path"]
-            if path in incoming:
-                raise ProtocolError(f"begin_file: {path!r} is already in flight")
-            failed.discard(path)
-            try:
-                incoming[path] = await disk(r.begin, f.header)
-            except TransferFailed as e:
-                failed.add(path)
-                await conn.send(ack(Result(path, False, str(e))))
-        elif a in ("send_delta", "file_done", "abort_file"):
-            path = f["path"]
-            if path in failed:
-                if a != "send_delta":
-                    failed.discard(path)
-                return
-            inc = incoming.get(path)
-            if inc is None:
-                raise ProtocolError(f"{a}: {path[:200]!r} was not begun")
-            await self._file_step(conn, f, inc, incoming, failed)
-        else:
-            raise ProtocolError(f"unexpected {a} in this session")
+        async def given_signature(_: Transfer) -> bytes | None:
+            return sig
 
-    async def _file_step(self, conn: Connection, f: Frame, inc: Incoming, incoming: dict[str, Incoming],
-                         failed: set[str]) -> None:
-        r = self.receiver
-        path = f["path"]
         try:
-            if f.action == "send_delta":
-                await disk(r.segment, inc, f.header, f.body)
-                return
-            del incoming[path]
-            if f.action == "abort_file":
-                await asyncio.to_thread(r.abandon, inc)
-                return
-            await conn.send(ack(await disk(r.finish, inc)))
-        except TransferFailed as e:
-            if path in incoming:
-                del incoming[path]
-                failed.add(path)
-            await asyncio.to_thread(r.abandon, inc, isinstance(e, DiskFull))
-            await conn.send(ack(Result(path, False, str(e))))
-        except BaseException:
-            if incoming.pop(path, None) is not None:
-                await asyncio.to_thread(r.abandon, inc)
-            raise
+            for req in f["files"]:
+                if not isinstance(req, dict):
+                    raise ProtocolError("request_file: entry is not an object")
+                path, dest = req.get("path"), req.get("dest", req.get("path"))
+                safe.check_relpath(path)
+                safe.check_relpath(dest)
+                e = index.get(path)
+                if e is None or e.deleted or e.kind != FILE or e.blake3 != req.get("blake3"):
+                    await conn.send(ack(Result(dest, False, f"{path}: changed on the peer; run again")))
+                    continue
+                replaces, basis = req.get("replaces"), req.get("basis")
+                done = req.get("done") or []
+                if not isinstance(done, list) or not all(type(i) is int for i in done):
+                    raise ProtocolError("request_file: done must be a list of ints")
+                if basis is None and e.size < DELTA_MIN and not done:
+                    small.append((e, replaces))
+                    dests[e.path] = dest
+                    continue
+                if basis is not None and (sig is None or len(f["files"]) != 1):
+                    raise ProtocolError("request_file: a delta request carries its signature, one per frame")
+                seg = req.get("segment_size", SEGMENT_SIZE)
+                if type(seg) is not int or not 0 < seg <= 64 * 1024 * 1024:
+                    raise ProtocolError("request_file: bad segment_size")
+                await sender.large(Transfer(e, basis, replaces, seg, frozenset(done)), given_signature, dest)
+            for batch in batches(small):
+                await sender.small(batch, dest=lambda e: dests[e.path])
+            for fail in outcome.failures:
+                await conn.send(ack(Result(dests.get(fail["path"], fail["path"]), False, fail["error"])))
+        finally:
+            sender.close()
+        await conn.send(encode("request_done"))
 
 
 async def run(folder: Folder, listen: str, on_listening: Callable[[str], None] | None = None,

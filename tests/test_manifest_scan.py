@@ -25,10 +25,13 @@ def test_scan_rehashes_only_what_changed(tmp_path):
     time.sleep(0.01)
     (root / "f3").write_bytes(b"changed")
     (root / "f4").unlink()
-    third = scan(root, m)
-    assert third.hashed_files == 1 and "f4" not in third.entries
+    third = scan(root, m, me="me")
+    assert third.hashed_files == 1 and third.entries["f4"].deleted  # a tombstone, with a bumped version
+    assert third.entries["f4"].version == (("local", 1), ("me", 1))
     assert third.entries["f3"].kind == FILE and third.entries["f3"].size == 7
-    assert m.get("f4") is None
+    assert third.entries["f3"].version == (("local", 1), ("me", 1))
+    assert third.entries["f5"].version == (("local", 1),)  # unchanged: same version
+    assert m.get("f4").entry.deleted
     m.close()
 
 
@@ -48,7 +51,7 @@ def test_ignore_rules(tmp_path):
 def test_partials_journal_survives_reopen(tmp_path):
     db = tmp_path / "m.db"
     m = Manifest(db)
-    p = Partial("big", "a" * 64, None, 10 * 2**20, 1, 0o644, 4 * 2**20, "x.part", 1.0, 1.0, frozenset())
+    p = Partial("big", "a" * 64, None, 10 * 2**20, 1, 0o644, 4 * 2**20, "x.part", 1.0, 1.0, "{}", frozenset())
     m.begin_partial(p)
     m.segment_done("big", 0)
     m.segment_done("big", 2)

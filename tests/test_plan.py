@@ -81,3 +81,16 @@ def test_dir_meta_after_contents_for_touched_dirs():
     assert [e.path for e in plan.dir_meta] == ["a/b", "a"]
     plan = make_plan(idx(d("a"), f("a/c")), idx(d("a"), f("a/c")))
     assert plan.dir_meta == [] and plan.empty
+
+
+def test_rename_is_a_local_copy_plus_delete():
+    big = f("old/name.bin", DELTA_MIN * 8, H2)
+    plan = make_plan(idx(f("new/name.bin", DELTA_MIN * 8, H2)), idx(big), delete=True)
+    assert plan.copies == [(f("new/name.bin", DELTA_MIN * 8, H2), "old/name.bin", None)]
+    assert not plan.large and [e.path for e in plan.deletes] == ["old/name.bin"]
+
+
+def test_versions_travel_even_when_content_matches():
+    a = Entry("x", FILE, 1, 1, 0o644, H1, version=(("p", 2),))
+    b = Entry("x", FILE, 1, 1, 0o644, H1, version=(("p", 1),))
+    assert make_plan(idx(a), idx(b)).meta == [a]

@@ -6,10 +6,11 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .. import hashing
+from .. import version as vv
 from ..entry import DIR, FILE, SYMLINK, Entry
 from ..manifest import Manifest, Seen
 from .ignore import Ignore
@@ -43,7 +44,16 @@ def hash_file(path: Path, st: os.stat_result) -> str | None:
     return digest if _stat_fields(after) == _stat_fields(before) else None
 
 
-def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None) -> ScanResult:
+def _versioned(e: Entry, old: Seen | None, me: str) -> Entry:
+    """Keep the known version if nothing but mtime moved; else it is a local change."""
+    if old is not None and not old.entry.deleted and old.entry.same_content(e) and old.entry.mode == e.mode:
+        return replace(e, version=old.entry.version)
+    return replace(e, version=vv.bump(old.entry.version if old else (), me))
+
+
+def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None, me: str = "local") -> ScanResult:
+    """Index the folder. `entries` holds live paths and tombstones (deleted
+    paths we knew, with a bumped version); `me` is our key in version vectors."""
     ignore = ignore or Ignore.for_folder(root)
     seen = manifest.seen()
     result = ScanResult({})
@@ -94,6 +104,7 @@ def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None) -> ScanRe
                 e = Entry(path, FILE, st.st_size, st.st_mtime_ns, stat.S_IMODE(mode), digest)
             else:
                 continue  # fifos, sockets, devices are not synced
+            e = _versioned(e, old, me)
             result.entries[path] = e
             if old is None or old.entry != e or (old.ino, old.ctime_ns) != (st.st_ino, st.st_ctime_ns):
                 rows.append(Seen(e, st.st_ino, st.st_ctime_ns))
@@ -101,10 +112,28 @@ def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None) -> ScanRe
                 visit(Path(de.path), path)
 
     visit(root, "")
-    removed = [p for p in seen if p not in result.entries and p not in result.skipped]
-    if rows or removed:
-        manifest.record(rows, removed)
+    for path, old in seen.items():
+        if path in result.entries or path in result.skipped or any(
+                path.startswith(s + "/") for s in result.skipped):
+            continue
+        if old.entry.deleted:
+            result.entries[path] = old.entry
+        elif not ignore(path, old.entry.kind == DIR):
+            tomb = Entry(path, old.entry.kind, 0, old.entry.mtime_ns, 0,
+                         version=vv.bump(old.entry.version, me), deleted=True)
+            result.entries[path] = tomb
+            rows.append(Seen(tomb, 0, 0))
+    if rows:
+        manifest.record(rows)
     return result
+
+
+def live(entries: dict[str, Entry]) -> dict[str, Entry]:
+    return {p: e for p, e in entries.items() if not e.deleted}
+
+
+def live(entries: dict[str, Entry]) -> dict[str, Entry]:
+    return {p: e for p, e in entries.items() if not e.deleted}
 
 
 def seen_now(root: Path, entry: Entry) -> Seen:

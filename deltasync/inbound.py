@@ -1,0 +1,119 @@
+"""The receiving side of one connection: the frames that carry files in
+(`send_file`, `begin_file`, `send_delta`, `file_done`, `abort_file`,
+`send_changes`, `request_signature`), whichever end receives -- the server in
+a push, the client in a pull. Disk work runs on threads; each file's verdict
+goes to `on_result` (the server turns it into an `ack`)."""
+from __future__ import annotations
+
+import asyncio
+import errno
+from typing import Any, Awaitable, Callable
+
+from .apply import Incoming, Receiver, Result
+from .errors import DiskFull, ProtocolError, TransferFailed
+from .protocol import Frame, body_json, encode
+
+ACTIONS = frozenset({"send_file", "send_changes", "request_signature", "begin_file", "send_delta", "file_done",
+                     "abort_file"})
+
+
+async def disk(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run receiver work on a thread; an OS error (a full disk, say) fails the
+    file at hand, not the session or the server."""
+    try:
+        return await asyncio.to_thread(fn, *args)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull("no space left on the receiving device") from None
+        raise TransferFailed(f"{e.strerror or e}{': ' + str(e.filename) if e.filename else ''}") from None
+
+
+def ack(r: Result) -> bytes:
+    fields: dict[str, Any] = {"whole": r.whole}
+    if r.error:
+        fields["error"] = r.error[:1000]
+    return encode("ack", path=r.path, ok=r.ok, **fields)
+
+
+class Inbound:
+    def __init__(self, receiver: Receiver, send: Callable[[bytes], Awaitable[None]],
+                 on_result: Callable[[Result], Awaitable[None]]) -> None:
+        self.r = receiver
+        self.send = send
+        self.on_result = on_result
+        self.incoming: dict[str, Incoming] = {}
+        self.failed: set[str] = set()
+
+    async def close(self) -> None:
+        """The session ended: in-flight files stay as resumable partials."""
+        for inc in self.incoming.values():
+            await asyncio.to_thread(self.r.abandon, inc)
+        self.incoming.clear()
+
+    async def handle(self, f: Frame) -> None:
+        r, a = self.r, f.action
+        if a == "send_file":
+            for res in await disk(r.receive_small, f["files"], f.body):
+                await self.on_result(res)
+        elif a == "send_changes":
+            ops = body_json(f)
+            if not isinstance(ops, list):
+                raise ProtocolError("send_changes: body must be a list")
+            for op in ops:
+                try:
+                    res = await disk(r.apply_op, op)
+                except TransferFailed as e:
+                    res = Result(str(op.get("path", "?"))[:4096], False, str(e))
+                await self.on_result(res)
+        elif a == "request_signature":
+            try:
+                sig = await disk(r.signature_for, f["path"], f["blake3"])
+            except TransferFailed:
+                sig = None
+            if sig is None:
+                await self.send(encode("signature", path=f["path"], blake3=None))
+            else:
+                await self.send(encode("signature", sig[1], path=f["path"], blake3=f["blake3"], block_len=sig[0]))
+        elif a == "begin_file":
+            path = f["path"]
+            if path in self.incoming:
+                raise ProtocolError(f"begin_file: {path[:200]!r} is already in flight")
+            self.failed.discard(path)
+            try:
+                self.incoming[path] = await disk(r.begin, f.header)
+            except TransferFailed as e:
+                self.failed.add(path)
+                await self.on_result(Result(path, False, str(e)))
+        elif a in ("send_delta", "file_done", "abort_file"):
+            path = f["path"]
+            if path in self.failed:
+                if a != "send_delta":
+                    self.failed.discard(path)
+                return
+            inc = self.incoming.get(path)
+            if inc is None:
+                raise ProtocolError(f"{a}: {path[:200]!r} was not begun")
+            await self._file_step(f, inc)
+        else:
+            raise ProtocolError(f"unexpected {a} in this session")
+
+    async def _file_step(self, f: Frame, inc: Incoming) -> None:
+        path = f["path"]
+        try:
+            if f.action == "send_delta":
+                await disk(self.r.segment, inc, f.header, f.body)
+                return
+            del self.incoming[path]
+            if f.action == "abort_file":
+                await asyncio.to_thread(self.r.abandon, inc)
+                return
+            await self.on_result(await disk(self.r.finish, inc))
+        except TransferFailed as e:
+            if self.incoming.pop(path, None) is not None:
+                self.failed.add(path)
+            await asyncio.to_thread(self.r.abandon, inc, isinstance(e, DiskFull))
+            await self.on_result(Result(path, False, str(e)))
+        except BaseException:
+            if self.incoming.pop(path, None) is not None:
+                await asyncio.to_thread(self.r.abandon, inc)
+            raise

@@ -1,0 +1,175 @@
+"""The sending side of files, for whichever end sends: the client in a push,
+the server answering a pull's `request_file`.
+
+Small files go many per `send_file` frame; large ones in segments, each a
+librsync delta against the receiver's signature (or literal without a basis).
+Deltas of the next segments are computed on worker threads (librsync releases
+the GIL) while the current one is on the wire. A source that changes while it
+is read is detected and the file is aborted, never delivered torn.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+from . import engine, hashing
+from . import version as vv
+from .entry import Entry
+from .errors import SourceChanged
+from .fs.safe import SafeRoot
+from .plan import Transfer
+from .protocol import MAX_HEADER, encode, json_body
+from .transport import Connection
+
+log = logging.getLogger(__name__)
+
+BATCH_BYTES = 4 * 1024 * 1024
+BATCH_FILES = 1000
+WINDOW = 3  # segments computed ahead of the one being sent
+
+
+@dataclass
+class Outcome:
+    """What the sending side itself saw fail (the receiver's verdicts come as acks)."""
+
+    literal_bytes: int = 0
+    failures: list[dict[str, str]] = field(default_factory=list)
+
+    def failed(self, path: str, why: str) -> None:
+        self.failures.append({"path": path, "error": why})
+        log.warning("%s: %s", path, why)
+
+
+def batches(small: list[tuple[Entry, str | None]]) -> list[list[tuple[Entry, str | None]]]:
+    """Group small files so each `send_file` frame stays well under the limits."""
+    out: list[list[tuple[Entry, str | None]]] = []
+    cur: list[tuple[Entry, str | None]] = []
+    size = header = 0
+    for item in small:
+        e = item[0]
+        h = len(e.path.encode()) * 2 + 300
+        if cur and (size + e.size > BATCH_BYTES or len(cur) >= BATCH_FILES or header + h > MAX_HEADER // 2):
+            out.append(cur)
+            cur, size, header = [], 0, 0
+        cur.append(item)
+        size += e.size
+        header += h
+    if cur:
+        out.append(cur)
+    return out
+
+
+def op_dict(op: str, e: Entry) -> dict[str, Any]:
+    """One `send_changes` op: the entry's wire form plus the op name (applied
+    remotely by the peer's `Receiver.apply_op`, or locally by ours in a pull)."""
+    return dict(e.to_wire(), op=op)
+
+
+SignatureSource = Callable[[Transfer], Awaitable["bytes | None"]]
+
+
+class FileSender:
+    def __init__(self, safe: SafeRoot, conn: Connection, outcome: Outcome) -> None:
+        self.safe = safe
+        self.conn = conn
+        self.outcome = outcome
+        self.pool = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="delta")
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    async def ops(self, op: str, entries: list[Entry]) -> None:
+        for i in range(0, len(entries), 500):
+            ops = [op_dict(op, e) for e in entries[i : i + 500]]
+            await self.conn.send(encode("send_changes", json_body(ops)))
+
+    def _read_small(self, e: Entry) -> bytes:
+        with self.safe.open_read(e.path) as f:
+            data = f.read(e.size + 1)
+        if len(data) != e.size or hashing.of_bytes(data) != e.blake3:
+            raise SourceChanged(f"{e.path}: changed since it was scanned; run again")
+        return data
+
+    async def small(self, batch: list[tuple[Entry, str | None]],
+                    dest: Callable[[Entry], str] = lambda e: e.path) -> None:
+        metas, chunks = [], []
+        for e, replaces in batch:
+            try:
+                data = await asyncio.to_thread(self._read_small, e)
+            except (OSError, SourceChanged) as err:
+                self.outcome.failed(e.path, str(err))
+                continue
+            metas.append({"path": dest(e), "size": e.size, "mtime_ns": e.mtime_ns, "mode": e.mode,
+                          "blake3": e.blake3, "replaces": replaces, "version": vv.to_wire(e.version)})
+            chunks.append(data)
+        if metas:
+            body = b"".join(chunks)
+            self.outcome.literal_bytes += len(body)
+            await self.conn.send(encode("send_file", body, files=metas))
+
+    def _segment(self, fd: int, t: Transfer, idx: int, sig: bytes | None, path: str) -> tuple[bytes, dict[str, Any]]:
+        offset = idx * t.segment_size
+        length = min(t.segment_size, t.entry.size - offset)
+        data = os.pread(fd, length, offset)
+        if len(data) != length:
+            raise SourceChanged(f"{t.entry.path}: shrank while being sent")
+        header = {"path": path, "index": idx, "offset": offset, "length": length,
+                  "blake3": hashing.of_bytes(data), "literal": True}
+        if sig is not None:
+            d = engine.delta(data, sig)
+            if len(d) < length:
+                header["literal"] = False
+                return d, header
+        return data, header
+
+    async def large(self, t: Transfer, signature: SignatureSource, dest: str | None = None) -> bool:
+        """Send one file in segments; False if it could not be sent (reported)."""
+        e = t.entry
+        path = dest or e.path
+        sig = None
+        if t.basis is not None:
+            sig = await signature(t)
+            if sig is None:
+                self.outcome.failed(path, "changed on the peer since its index was sent; not overwritten")
+                return False
+        try:
+            f = self.safe.open_read(e.path)
+        except OSError as err:
+            self.outcome.failed(path, f"cannot read: {err}")
+            return False
+        with f:
+            fd = f.fileno()
+            st = os.fstat(fd)
+            if (st.st_size, st.st_mtime_ns) != (e.size, e.mtime_ns):
+                self.outcome.failed(path, "changed since it was scanned; run again")
+                return False
+            await self.conn.send(encode("begin_file", path=path, size=e.size, mtime_ns=e.mtime_ns, mode=e.mode,
+                                        blake3=e.blake3, segment_size=t.segment_size, basis=t.basis,
+                                        replaces=t.replaces, version=vv.to_wire(e.version)))
+            todo = [i for i in range(t.segments) if i not in t.done]
+            loop = asyncio.get_running_loop()
+            window: list[Future[tuple[bytes, dict[str, Any]]]] = []
+            try:
+                for pos in range(len(todo)):
+                    while len(window) <= WINDOW and pos + len(window) < len(todo):
+                        window.append(self.pool.submit(self._segment, fd, t, todo[pos + len(window)], sig, path))
+                    body, header = await asyncio.wrap_future(window.pop(0), loop=loop)
+                    self.outcome.literal_bytes += len(body)
+                    await self.conn.send(encode("send_delta", body, **header))
+            except SourceChanged as err:
+                for w in window:
+                    w.cancel()
+                await self.conn.send(encode("abort_file", path=path, reason=str(err)))
+                self.outcome.failed(path, str(err))
+                return False
+            st2 = os.fstat(fd)
+            if (st2.st_size, st2.st_mtime_ns, st2.st_ino) != (st.st_size, st.st_mtime_ns, st.st_ino):
+                await self.conn.send(encode("abort_file", path=path, reason="source changed"))
+                self.outcome.failed(path, "changed while being sent; not delivered (run again)")
+                return False
+            await self.conn.send(encode("file_done", path=path))
+            return True
