@@ -145,7 +145,11 @@ def reset_targets(work: Path, pristine: Path, full: bool) -> None:
         for child in d.iterdir() if d.exists() else []:
             if child.name != ".deltasync":
                 shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-        if not full:
+        if full:  # a receiver that has never seen anything: no manifest, no partials
+            meta = d / ".deltasync"
+            for f in [*meta.glob("manifest.db*"), *meta.glob("partial/*"), *meta.glob("tmp/*")]:
+                f.unlink()
+        else:
             sh(["cp", "-a", f"{pristine}/.", str(d)])
 
 

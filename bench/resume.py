@@ -51,8 +51,10 @@ def killed_push(hosts: bench.Hosts, work: Path, src: Path, tool: str, kill_after
     link0 = hosts.link_bytes()
     push = subprocess.Popen(hosts.on("a", push_cmd()), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(kill_after)
-    for child in Path(f"/proc/{rx.proc.pid}/task/{rx.proc.pid}/children").read_text().split():
-        os.kill(int(child), signal.SIGKILL)
+    # every process on the receiving host: the daemon and the children it forked per connection
+    for pid in subprocess.run(["ip", "netns", "pids", f"{hosts.prefix}_b"], capture_output=True,
+                              text=True).stdout.split():
+        os.kill(int(pid), signal.SIGKILL)
     rx.proc.wait()
     push.wait()
     link1 = hosts.link_bytes()

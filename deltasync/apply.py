@@ -24,7 +24,7 @@ from . import engine, hashing
 from . import version as vv
 from .config import Folder
 from .entry import DIR, FILE, SYMLINK, Entry
-from .errors import ProtocolError, TransferFailed, UnsafePath
+from .errors import AlreadyPresent, ProtocolError, TransferFailed, UnsafePath
 from .fs import safe
 from .fs.scan import hash_file
 from .manifest import Manifest, Partial, Seen
@@ -98,8 +98,15 @@ class Receiver:
                 raise TransferFailed(f"{path}: changing here right now")
         return Entry(path, FILE, st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode), digest)
 
-    def _expect(self, path: str, replaces: str | None) -> Entry | None:
+    def _expect(self, path: str, replaces: str | None, incoming: Entry | None = None) -> Entry | None:
+        """Check that `path` still holds what the sender planned against. If it
+        already holds exactly the incoming content, record its version and
+        raise AlreadyPresent: two sessions crossed, and nothing is lost."""
         cur = self.current(path)
+        if incoming is not None and cur is not None and cur.kind == FILE and cur.blake3 == incoming.blake3 \
+                and replaces != cur.blake3:
+            self._record(replace(incoming, mtime_ns=cur.mtime_ns, mode=cur.mode))
+            raise AlreadyPresent(path)
         have = cur.blake3 if cur is not None and cur.kind == FILE else None
         if cur is not None and cur.kind != FILE:
             raise TransferFailed(f"{path}: is a {cur.kind} here, not a file")
@@ -152,7 +159,7 @@ class Receiver:
                 try:
                     if hashing.of_bytes(data) != e.blake3:
                         raise TransferFailed(f"{e.path}: blake3 mismatch, not applied")
-                    self._expect(e.path, replaces)
+                    self._expect(e.path, replaces, e)
                     tmp = safe.write_aside(self.folder.tmp, uuid.uuid4().hex, [data], e.mode, e.mtime_ns)
                     try:
                         self.safe.replace(tmp, e.path, durable=False)
@@ -162,6 +169,8 @@ class Receiver:
                 finally:
                     self._release(e.path)
                 results.append(Result(e.path, True, whole=True))
+            except AlreadyPresent:
+                results.append(Result(e.path, True))
             except TransferFailed as err:
                 results.append(Result(e.path, False, str(err)))
             except OSError as err:  # a full disk fails this file; the old version stays
@@ -187,7 +196,8 @@ class Receiver:
             raise ProtocolError("begin_file: the delta basis must be the version it replaces")
         self._claim(path)
         try:
-            self._expect(path, h["replaces"])
+            self._expect(path, h["replaces"], Entry(path, FILE, h["size"], h["mtime_ns"], h["mode"], h["blake3"],
+                                                    version=vv.from_wire(h.get("version"))))
             basis = self.safe.open_read(path) if h["basis"] is not None else None
             old = self.manifest.partial(path)
             keep = (old is not None and old.target_blake3 == h["blake3"] and old.replaces == h["replaces"]

@@ -115,37 +115,92 @@ def serve(directory: Path = DirArg,
     _run(go)
 
 
-@app.command()
-def push(directory: Path = DirArg,
-         peer: str = typer.Argument(..., help="HOST:PORT, or a peer name from config.toml."),
-         delete: bool = typer.Option(False, "--delete", help="Remove on the peer what is absent here."),
-         dry_run: bool = typer.Option(False, "--dry-run", "-n", help="Print the plan; change nothing."),
-         exclude: List[str] = typer.Option([], "--exclude", help="Gitignore-style pattern (repeatable)."),
-         bwlimit: Optional[str] = typer.Option(None, "--bwlimit", help="Send at most RATE: KiB/s, or 10M, 500K."),
-         as_json: bool = JsonOpt, verbose: int = VerboseOpt, quiet: bool = QuietOpt) -> None:
-    """Send what the peer lacks or holds differently; exit 0 only when all is verified there.
+PeerArg = typer.Argument(..., help="HOST:PORT, or a peer name from config.toml.")
+DryRunOpt = typer.Option(False, "--dry-run", "-n", help="Print the plan; change nothing on either side.")
+ExcludeOpt = typer.Option([], "--exclude", help="Gitignore-style pattern (repeatable).")
+BwOpt = typer.Option(None, "--bwlimit", help="Send at most RATE: KiB/s, or 10M, 500K.")
 
-    Example: deltasync push ./A 127.0.0.1:8730 --delete --json
-    """
+
+def _session(mode: str, directory: Path, peer: str, delete: bool, dry_run: bool, exclude: List[str],
+             bwlimit: Optional[str], as_json: bool, verbose: int, quiet: bool) -> None:
+    """push, pull and sync are one flow with a different plan."""
     from . import client
     from .config import Folder
-
     from .transport import parse_rate
 
     _logging(verbose, quiet)
     rate = _run(lambda: parse_rate(bwlimit)) if bwlimit else None
-    report = _run(lambda: asyncio.run(client.session(Folder.open(directory), peer, "push", delete, dry_run, exclude, rate)))
+    report = _run(lambda: asyncio.run(client.session(Folder.open(directory), peer, mode, delete, dry_run, exclude,
+                                                     rate)))
     if as_json:
         _print_json(report.to_json())
     elif not quiet:
-        if report.plan is not None:
-            for item in report.plan:
-                typer.echo(f"{item['op']:<11} {item['path']}")
-        typer.echo(f"{report.files_total} files: {report.files_sent_whole} whole, {report.files_sent_delta} by delta, "
-                   f"{report.files_unchanged} unchanged, {report.files_deleted} deleted, "
-                   f"{report.files_failed} failed; {report.bytes_sent} bytes sent in {report.seconds:.2f} s",
-                   err=True)
+        for item in report.plan or []:
+            typer.echo(f"{item.get('direction', ''):<5} {item['op']:<11} {item['path']}")
+        typer.echo(f"{report.files_total} files: {report.files_sent_whole} sent whole, {report.files_sent_delta} by "
+                   f"delta, {report.files_received} received, {report.files_unchanged} unchanged, "
+                   f"{report.files_deleted} deleted, {report.files_failed} failed, {len(report.conflicts)} "
+                   f"conflicts; {report.bytes_sent} bytes sent in {report.seconds:.2f} s", err=True)
     _run(lambda: client.check(report))
+
+
+@app.command()
+def push(directory: Path = DirArg, peer: str = PeerArg,
+         delete: bool = typer.Option(False, "--delete", help="Remove on the peer what is absent here."),
+         dry_run: bool = DryRunOpt, exclude: List[str] = ExcludeOpt, bwlimit: Optional[str] = BwOpt,
+         as_json: bool = JsonOpt, verbose: int = VerboseOpt, quiet: bool = QuietOpt) -> None:
+    """Make the peer hold this folder's tree (like rsync); exit 0 only when all is verified there.
+
+    Example: deltasync push ./A 127.0.0.1:8730 --delete --json
+    """
+    _session("push", directory, peer, delete, dry_run, exclude, bwlimit, as_json, verbose, quiet)
+
+
+@app.command()
+def pull(directory: Path = DirArg, peer: str = PeerArg, dry_run: bool = DryRunOpt,
+         exclude: List[str] = ExcludeOpt, as_json: bool = JsonOpt, verbose: int = VerboseOpt,
+         quiet: bool = QuietOpt) -> None:
+    """Fetch what the peer has newer (by version vectors): edits, new files, deletes; conflicts kept aside.
+
+    Example: deltasync pull ./A 10.0.0.2:8730
+    """
+    _session("pull", directory, peer, False, dry_run, exclude, None, as_json, verbose, quiet)
+
+
+@app.command()
+def sync(directory: Path = DirArg, peer: str = PeerArg, dry_run: bool = DryRunOpt,
+         exclude: List[str] = ExcludeOpt, bwlimit: Optional[str] = BwOpt, as_json: bool = JsonOpt,
+         verbose: int = VerboseOpt, quiet: bool = QuietOpt) -> None:
+    """Pull and push in one session: both folders converge; concurrent edits keep both versions.
+
+    Example: deltasync sync ./A laptop --json
+    """
+    _session("sync", directory, peer, False, dry_run, exclude, bwlimit, as_json, verbose, quiet)
+
+
+@app.command()
+def watch(directory: Path = DirArg,
+          listen: Optional[str] = typer.Option(None, "--listen", help="HOST:PORT to serve on."),
+          peer: List[str] = typer.Option([], "--peer", help="HOST:PORT or name to sync with (repeatable); "
+                                                            "default: every peer in config.toml with an address."),
+          as_json: bool = typer.Option(False, "--json", help="Events as JSON lines on stdout."),
+          verbose: int = VerboseOpt, quiet: bool = QuietOpt) -> None:
+    """Serve, watch the folder, and keep it in sync with peers in both directions until SIGINT/SIGTERM.
+
+    Example: deltasync watch ./A --listen 10.0.0.1:8730 --peer 10.0.0.2:8730
+    """
+    from .config import Folder
+    from .watch import Watcher
+
+    _logging(max(verbose, 0 if quiet or as_json else 1), quiet)
+
+    def go() -> None:
+        folder = Folder.open(directory)
+        cfg = folder.config()
+        peers = list(peer) or [p.name for p in cfg.peers.values() if p.address]
+        asyncio.run(Watcher(folder, peers, as_json).run(listen or str(cfg.setting("listen"))))
+
+    _run(go)
 
 
 @app.command()
@@ -163,6 +218,8 @@ def status(directory: Path = DirArg, as_json: bool = JsonOpt) -> None:
     typer.echo(f"peer ID: {info['peer_id']}")
     for p in info["peers"]:
         typer.echo(f"peer {p['name']}: {p['id']} {p.get('address') or ''} last sync: {p['last_sync'] or 'never'}")
+    for c in info["conflicts"]:
+        typer.echo(f"conflict copy: {c}")
     for p in info["partials"]:
         typer.echo(f"partial {p['path']}: {p['segments_done']}/{p['segments_total']} segments, "
                    f"{p['bytes_done']}/{p['size']} bytes")

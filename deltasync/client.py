@@ -295,7 +295,7 @@ async def session(folder: Folder, target: str, mode: str = "push", delete: bool 
             else:
                 lpartials = {p.path: PartialInfo(p.path, p.target_blake3, p.replaces, p.segment_size, p.done)
                              for p in manifest.partials()}
-                sp = plan_sync(local, remote, folder.short_id, conn.peer.id[:12], time.time(), lpartials,
+                sp = plan_sync(local, remote, folder.short_id, conn.peer.id[:12], lpartials,
                                rpartials, pull=True, push=mode == "sync")
                 push_plan = sp.push if mode == "sync" else None
                 report.conflicts = [{"path": c.path, "copy": c.copy, "loser": c.loser} for c in sp.conflicts]
@@ -315,6 +315,10 @@ async def session(folder: Folder, target: str, mode: str = "push", delete: bool 
                         log.warning("conflict on %s: the %s version is kept as %s", c.path, c.loser, c.copy)
                     await Puller(folder, manifest, conn, report).run(sp)
                     _record_merged(manifest, sp.merged)
+                    if push_plan is not None:  # plan the push half on what we hold now (conflict copies too)
+                        local = await asyncio.to_thread(local_index, folder, manifest, excludes)
+                        push_plan = plan_sync(local, remote, folder.short_id, conn.peer.id[:12], None, rpartials,
+                                              pull=False).push
                 if push_plan is not None:
                     await Pusher(folder, conn, report).run(push_plan)
                 else:

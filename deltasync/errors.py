@@ -49,6 +49,10 @@ class TransferFailed(DeltasyncError):
     """One file could not be delivered; the session goes on with the others."""
 
 
+class AlreadyPresent(DeltasyncError):
+    """The receiver already holds exactly that content (two sessions crossed): nothing to write."""
+
+
 class DiskFull(TransferFailed):
     """The receiving disk is full: the file fails, its partial is dropped to give the space back."""
 

@@ -10,7 +10,7 @@ import errno
 from typing import Any, Awaitable, Callable
 
 from .apply import Incoming, Receiver, Result
-from .errors import DiskFull, ProtocolError, TransferFailed
+from .errors import AlreadyPresent, DiskFull, ProtocolError, TransferFailed
 from .protocol import Frame, body_json, encode
 
 ACTIONS = frozenset({"send_file", "send_changes", "request_signature", "begin_file", "send_delta", "file_done",
@@ -81,6 +81,9 @@ class Inbound:
             self.failed.discard(path)
             try:
                 self.incoming[path] = await disk(r.begin, f.header)
+            except AlreadyPresent:
+                self.failed.add(path)  # skip its segments; the content is here already
+                await self.on_result(Result(path, True))
             except TransferFailed as e:
                 self.failed.add(path)
                 await self.on_result(Result(path, False, str(e)))

@@ -211,7 +211,16 @@ def conflict_name(path: str, peer: str, when: float) -> str:
     return f"{head}/{new}" if head else new
 
 
-def plan_sync(local: dict[str, Entry], remote: dict[str, Entry], me: str, peer: str, now: float,
+def _loser_copy(path: str, loser: Entry, winner: Entry) -> str:
+    """The same name on every peer that detects this conflict: the losing
+    version's mtime and the peer whose change it carries (the largest key where
+    the loser's vector is ahead), so crossed detections make one copy, not two."""
+    ahead = dict(winner.version)
+    modifier = max((k for k, n in loser.version if n > ahead.get(k, 0)), default="unknown")
+    return conflict_name(path, modifier, loser.mtime_ns / 1e9)
+
+
+def plan_sync(local: dict[str, Entry], remote: dict[str, Entry], me: str, peer: str,
               local_partials: dict[str, PartialInfo] | None = None,
               remote_partials: dict[str, PartialInfo] | None = None, pull: bool = True,
               push: bool = True) -> SyncPlan:
@@ -247,12 +256,12 @@ def plan_sync(local: dict[str, Entry], remote: dict[str, Entry], me: str, peer: 
             local_wins = r.deleted or (not l.deleted and (l.mtime_ns, me) > (r.mtime_ns, peer))
             if local_wins:
                 if r.kind == FILE and not r.deleted:
-                    conflicts.append(Conflict(path, conflict_name(path, peer, now), "remote"))
+                    conflicts.append(Conflict(path, _loser_copy(path, r, l), "remote"))
                 merged[path] = replace(l, version=vv.merge(l.version, r.version))
                 to_push.add(path)
             else:
                 if l.kind == FILE and not l.deleted:
-                    conflicts.append(Conflict(path, conflict_name(path, me, now), "local"))
+                    conflicts.append(Conflict(path, _loser_copy(path, l, r), "local"))
                 to_pull.add(path)
     local_now = {**local, **merged}
     # a remote-wins conflict moves our copy aside first, so the pull finds nothing there

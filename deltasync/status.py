@@ -21,8 +21,10 @@ def collect(directory: Path) -> dict[str, Any]:
     try:
         seen = m.last_synced()
         partials = m.partials()
+        known = m.seen()
     finally:
         m.close()
+    conflicts = sorted(p for p, s in known.items() if not s.entry.deleted and ".sync-conflict-" in p.rsplit("/", 1)[-1])
     return {
         "peer_id": identity.format_id(folder.peer_id),
         "peers": [{"name": p.name, "id": identity.format_id(p.id), "address": p.address,
@@ -30,4 +32,5 @@ def collect(directory: Path) -> dict[str, Any]:
         "partials": [{"path": p.path, "segments_done": len(p.done), "segments_total": p.segments_total,
                       "bytes_done": p.bytes_done, "size": p.size, "updated": _when(p.updated)}
                      for p in partials],
+        "conflicts": conflicts,
     }

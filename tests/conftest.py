@@ -98,3 +98,76 @@ def no_leftovers(folder: Path) -> list[str]:
 
 requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 have_rdiff = shutil.which("rdiff") is not None
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Watch:
+    """A real `deltasync watch` process (optionally inside a network namespace)."""
+
+    def __init__(self, folder: Path, listen: str, netns: str | None = None) -> None:
+        self.folder, self.listen, self.netns = folder, listen, netns
+        self.start()
+
+    def start(self) -> None:
+        cmd = [*DELTASYNC, "watch", str(self.folder), "--listen", self.listen, "--json"]
+        if self.netns:
+            cmd = ["ip", "netns", "exec", self.netns, *cmd]
+        self.log = open(self.folder.parent / f"watch-{self.folder.name}.log", "a")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log, text=True)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self.log.close()
+
+    def stop(self) -> int:
+        self.proc.terminate()
+        try:
+            rc = self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        self.log.close()
+        return rc
+
+
+def wait_for(cond, timeout: float = 120, what: str = "condition") -> float:
+    """Poll until cond() is true; return the seconds it took."""
+    import time
+
+    start = time.monotonic()
+    while not cond():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def md5(path: Path) -> str | None:
+    import hashlib
+
+    try:
+        h = hashlib.md5()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
+        return h.hexdigest()
+    except OSError:
+        return None
+
+
+def netns_available() -> bool:
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        return False
+    r = subprocess.run(["ip", "netns", "list"], capture_output=True)
+    return r.returncode == 0
+
+
+NETPAIR = ROOT / "bench" / "netpair.sh"

@@ -1,0 +1,124 @@
+"""`deltasync watch`: the seed's peer -- a server, a client and a file manager.
+
+It serves the folder, watches it (`watchfiles`), and syncs with every peer
+when something changed and has settled (size and mtime unchanged for
+`settle_seconds`, so a big file being written is sent once), when a peer was
+unreachable (retried with backoff), and every `rescan_seconds` as a safety
+net. On start it syncs with every peer to catch up in both directions.
+Events are logged as JSON lines when `--json` is given.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .client import session
+from .config import Folder
+from .errors import DeltasyncError
+from .server import run as serve
+
+log = logging.getLogger(__name__)
+
+
+def _stat(root: Path, paths: set[str]) -> dict[str, tuple[int, int] | None]:
+    out: dict[str, tuple[int, int] | None] = {}
+    for p in paths:
+        try:
+            st = os.stat(root / p, follow_symlinks=False)
+            out[p] = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            out[p] = None
+    return out
+
+
+class Watcher:
+    def __init__(self, folder: Folder, peers: list[str], as_json: bool = False) -> None:
+        self.folder = folder
+        self.peers = peers
+        self.as_json = as_json
+        cfg = folder.config()
+        self.settle = float(cfg.setting("settle_seconds"))
+        self.rescan = float(cfg.setting("rescan_seconds"))
+        self.pending: set[str] = set()
+        self.wake = asyncio.Event()
+        self.stop = asyncio.Event()
+
+    def event(self, kind: str, **fields: Any) -> None:
+        if self.as_json:
+            sys.stdout.write(json.dumps(dict(fields, event=kind, time=round(time.time(), 3))) + "\n")
+            sys.stdout.flush()
+        else:
+            log.info("%s %s", kind, " ".join(f"{k}={v}" for k, v in fields.items()))
+
+    async def watch_files(self) -> None:
+        from watchfiles import awatch
+
+        root = str(self.folder.root)
+        meta = os.path.join(root, ".deltasync")
+        async for changes in awatch(root, stop_event=self.stop, debounce=400, step=50, recursive=True,
+                                    watch_filter=lambda _c, p: not (p == meta or p.startswith(meta + os.sep))):
+            self.pending.update(os.path.relpath(p, root) for _c, p in changes)
+            self.wake.set()
+
+    async def settled(self) -> None:
+        """Wait until the changed paths stop changing."""
+        while True:
+            before = _stat(self.folder.root, self.pending)
+            await asyncio.sleep(self.settle)
+            if _stat(self.folder.root, self.pending) == before:
+                return
+
+    async def sync_all(self, reason: str) -> bool:
+        ok = True
+        for peer in self.peers:
+            try:
+                r = await session(self.folder, peer, "sync")
+                moved = r.files_sent_whole + r.files_sent_delta + r.files_received + r.files_deleted
+                if moved or r.conflicts or r.failures or reason == "start":
+                    self.event("synced", peer=peer, reason=reason, sent=r.files_sent_whole + r.files_sent_delta,
+                               received=r.files_received, deleted=r.files_deleted, failed=r.files_failed,
+                               conflicts=r.conflicts, bytes_sent=r.bytes_sent, seconds=round(r.seconds, 3))
+                ok = ok and not r.failures
+            except DeltasyncError as e:
+                self.event("peer_unavailable", peer=peer, error=str(e))
+                ok = False
+        return ok
+
+    async def loop(self) -> None:
+        backoff = 1.0
+        await asyncio.sleep(0)
+        ok = await self.sync_all("start")
+        while not self.stop.is_set():
+            timeout = self.rescan if ok else backoff
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout)
+                reason = "change"
+            except asyncio.TimeoutError:
+                reason = "rescan" if ok else "retry"
+            self.wake.clear()
+            if reason == "change":
+                await self.settled()
+            self.pending.clear()
+            ok = await self.sync_all(reason)
+            backoff = 1.0 if ok else min(backoff * 2, 30.0)
+
+    async def run(self, listen: str) -> None:
+        def announce(actual: str) -> None:
+            self.event("listening", address=actual) if self.as_json else print(f"listening on {actual}", flush=True)
+
+        server = asyncio.create_task(serve(self.folder, listen, announce, self.stop))
+        await asyncio.sleep(0.05)
+        tasks = [asyncio.create_task(self.watch_files()), asyncio.create_task(self.loop())]
+        try:
+            await server  # returns on SIGINT/SIGTERM
+        finally:
+            self.stop.set()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)

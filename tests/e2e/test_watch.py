@@ -1,0 +1,109 @@
+"""`deltasync watch`: the seed test plan with two real watch processes, and a
+chain of three peers converging after concurrent edits, deletes and a rename."""
+import json
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from conftest import NETPAIR, Watch, digest, ds, fixture, free_port, make_pair, md5, netns_available, wait_for
+
+
+@pytest.fixture
+def hosts():
+    """Addresses (and namespaces) for two peers: the netpair.sh namespaces as root, else loopback."""
+    if netns_available():
+        prefix = f"dsw{os.getpid() % 10000}"
+        subprocess.run(["bash", str(NETPAIR), "down", prefix], capture_output=True)
+        up = subprocess.run(["bash", str(NETPAIR), "up", prefix], capture_output=True, text=True)
+        if up.returncode == 0:
+            yield {"a": ("10.77.0.1:8730", f"{prefix}_a"), "b": ("10.77.0.2:8730", f"{prefix}_b"), "netns": True}
+            subprocess.run(["bash", str(NETPAIR), "down", prefix], capture_output=True)
+            return
+    yield {"a": (f"127.0.0.1:{free_port()}", None), "b": (f"127.0.0.1:{free_port()}", None), "netns": False}
+
+
+def test_seed_test_plan_with_two_watchers(tmp_path, hosts):
+    a, b = make_pair(tmp_path)
+    (addr_a, ns_a), (addr_b, ns_b) = hosts["a"], hosts["b"]
+    ds("trust", a, ds("id", b).stdout.strip(), "--name", "b", "--address", addr_b)
+    ds("trust", b, ds("id", a).stdout.strip(), "--name", "a", "--address", addr_a)
+    stage = tmp_path / "stage"
+    fixture("seed", str(stage), "--scale", "0.1")
+    times = {"netns": hosts["netns"]}
+    shutil.move(stage / "File_1", a / "File_1")
+    wa, wb = Watch(a, addr_a, ns_a), Watch(b, addr_b, ns_b)
+    try:
+        want = md5(a / "File_1")
+        times["file1_on_b"] = wait_for(lambda: md5(b / "File_1") == want, what="File_1 on B")
+
+        t0 = time.monotonic()
+        shutil.move(stage / "folder", b / "folder")
+        shutil.move(stage / "File_2", b / "File_2")
+        time.sleep(0.5)
+        wa.kill()  # A dies 0.5 s after they appear on B
+        time.sleep(0.5)
+        wa.start()
+        wait_for(lambda: digest(a) == digest(b), what="File_2 and the folder on A after A's restart")
+        times["file2_and_folder_on_a_after_restart"] = time.monotonic() - t0
+        assert (a / "folder" / "small_49.bin").exists()
+
+        fixture("mutate", str(a / "File_2"), "regions")
+        want = md5(a / "File_2")
+        times["ten_percent_update_on_b"] = wait_for(lambda: md5(b / "File_2") == want, what="10% update on B")
+        wait_for(lambda: digest(a) == digest(b), what="md5 of every file equal")
+    finally:
+        wa.stop()
+        wb.stop()
+    times["md5_equal"] = digest(a) == digest(b)
+    (tmp_path / "seed_plan_times.json").write_text(json.dumps(times, indent=1))
+    print("seed plan times:", json.dumps(times))
+    assert times["md5_equal"]
+
+
+def test_chain_of_three_converges_with_conflict_copies(tmp_path):
+    root = tmp_path
+    peers = {}
+    for name in "ABC":
+        peers[name] = root / name
+        ds("init", peers[name])
+    ids = {n: ds("id", p).stdout.strip() for n, p in peers.items()}
+    addr = {n: f"127.0.0.1:{free_port()}" for n in "ABC"}
+    for x, y in (("A", "B"), ("B", "A"), ("B", "C"), ("C", "B")):  # A and C never connect
+        ds("trust", peers[x], ids[y], "--name", y, "--address", addr[y])
+    w = {n: Watch(peers[n], addr[n]) for n in "ABC"}
+    a, b, c = peers["A"], peers["B"], peers["C"]
+    try:
+        (a / "docs").mkdir()
+        (a / "docs" / "note.txt").write_text("v1")
+        (a / "big.bin").write_bytes(os.urandom(2_000_000))
+        wait_for(lambda: (c / "docs" / "note.txt").exists() and md5(c / "big.bin") == md5(a / "big.bin"),
+                 what="A's files relayed to C")
+        (c / "docs" / "note.txt").unlink()  # a delete on C reaches A
+        wait_for(lambda: not (a / "docs" / "note.txt").exists(), what="C's delete on A")
+        os.rename(a / "big.bin", a / "docs" / "big-renamed.bin")  # a rename on A reaches C
+        wait_for(lambda: (c / "docs" / "big-renamed.bin").exists() and not (c / "big.bin").exists(),
+                 what="A's rename on C")
+        (a / "shared.txt").write_text("base")
+        wait_for(lambda: (c / "shared.txt").exists(), what="shared.txt on C")
+        w["B"].kill()  # cut the chain, then edit on both ends
+        (a / "shared.txt").write_text("A's edit")
+        time.sleep(0.05)
+        (c / "shared.txt").write_text("C's edit, newer")
+        w["B"].start()
+
+        def converged():
+            d = [digest(p) for p in (a, b, c)]
+            return d[0] == d[1] == d[2] and any("sync-conflict" in n for n in os.listdir(a))
+        wait_for(converged, what="three peers converged with a conflict copy")
+    finally:
+        for x in w.values():
+            x.stop()
+    copies = [n for n in os.listdir(a) if "sync-conflict" in n]
+    assert len(copies) == 1
+    contents = {(a / "shared.txt").read_text(), (a / copies[0]).read_text()}
+    assert contents == {"A's edit", "C's edit, newer"}  # nothing lost
+    assert (a / "shared.txt").read_text() == "C's edit, newer"  # the newer edit wins
+    assert not (a / "docs" / "note.txt").exists() and (a / "docs" / "big-renamed.bin").exists()

@@ -1,0 +1,88 @@
+"""Version-vector rules and the two-way planner, without I/O."""
+from deltasync import version as vv
+from deltasync.entry import FILE, Entry
+from deltasync.plan import DELTA_MIN, conflict_name, plan_sync
+
+H1, H2, H3 = "1" * 64, "2" * 64, "3" * 64
+
+
+def f(path, h=H1, version=(), mtime=1, size=10, deleted=False):
+    if deleted:
+        return Entry(path, FILE, 0, mtime, 0, version=tuple(sorted(version)), deleted=True)
+    return Entry(path, FILE, size, mtime, 0o644, h, version=tuple(sorted(version)))
+
+
+def test_compare_bump_merge():
+    a = (("A", 2), ("B", 1))
+    assert vv.compare(a, a) == vv.EQUAL
+    assert vv.compare(a, (("A", 1), ("B", 1))) == vv.NEWER
+    assert vv.compare((("A", 1),), a) == vv.OLDER
+    assert vv.compare((("A", 3),), a) == vv.CONCURRENT
+    assert vv.compare((), ()) == vv.EQUAL
+    assert vv.bump(a, "B") == (("A", 2), ("B", 2))
+    assert vv.bump((), "C") == (("C", 1),)
+    assert vv.merge((("A", 3),), a) == (("A", 3), ("B", 1))
+
+
+def test_dominating_versions_flow_the_right_way():
+    local = {"x": f("x", H2, [("A", 2)]), "y": f("y", H1, [("A", 1)])}
+    remote = {"x": f("x", H1, [("A", 1)]), "y": f("y", H3, [("A", 1), ("B", 1)])}
+    sp = plan_sync(local, remote, "A", "B")
+    assert [e.path for e, _ in sp.push.small] == ["x"]
+    assert [e.path for e, _ in sp.pull.small] == ["y"]
+    assert not sp.conflicts
+
+
+def test_tombstone_wins_over_older_edit_and_never_resurrects():
+    local = {"x": f("x", version=[("A", 1)])}
+    remote = {"x": f("x", version=[("A", 1), ("B", 1)], deleted=True)}
+    sp = plan_sync(local, remote, "A", "B")
+    assert [e.path for e in sp.pull.deletes] == ["x"]
+    assert sp.pull.deletes[0].version == (("A", 1), ("B", 1))
+    # the other way round: our tombstone is newer, the peer's copy gets deleted, nothing comes back
+    sp = plan_sync({"x": f("x", version=[("A", 2)], deleted=True)}, {"x": f("x", version=[("A", 1)])}, "A", "B")
+    assert [e.path for e in sp.push.deletes] == ["x"] and not sp.pull.small
+
+
+def test_concurrent_edits_are_a_conflict_newer_mtime_wins():
+    local = {"doc.txt": f("doc.txt", H2, [("A", 2), ("B", 1)], mtime=200)}
+    remote = {"doc.txt": f("doc.txt", H3, [("A", 1), ("B", 2)], mtime=100)}
+    sp = plan_sync(local, remote, "AAAAAAAA", "BBBBBBBB")
+    (c,) = sp.conflicts
+    assert c.loser == "remote" and c.copy == "doc.sync-conflict-19700101-000000-B.txt"
+    assert [e.path for e, _ in sp.pull.small] == [c.copy] and sp.fetch_as == {c.copy: "doc.txt"}
+    assert sp.merged["doc.txt"].version == (("A", 2), ("B", 2))
+    assert [e.path for e, _ in sp.push.small] == ["doc.txt"]
+    assert sp.push.small[0][0].version == (("A", 2), ("B", 2))
+    # seen from the other side: the remote wins, our copy is moved aside, theirs pulled
+    sp = plan_sync(remote, local, "BBBBBBBB", "AAAAAAAA")
+    (c,) = sp.conflicts
+    assert c.loser == "local" and c.copy == "doc.sync-conflict-19700101-000000-B.txt"  # the same name either side
+    assert [e.path for e, _ in sp.pull.small] == ["doc.txt"] and sp.pull.small[0][1] is None
+
+
+def test_edit_beats_concurrent_delete():
+    local = {"x": f("x", H2, [("A", 2)])}
+    remote = {"x": f("x", version=[("A", 1), ("B", 1)], deleted=True)}
+    sp = plan_sync(local, remote, "A", "B")
+    assert not sp.conflicts and [e.path for e, _ in sp.push.small] == ["x"]
+    assert sp.merged["x"].version == (("A", 2), ("B", 1))
+
+
+def test_identical_concurrent_change_merges_without_transfer():
+    local = {"x": f("x", H2, [("A", 1)])}
+    remote = {"x": f("x", H2, [("B", 1)])}
+    sp = plan_sync(local, remote, "A", "B")
+    assert not sp.conflicts and not sp.push.small and not sp.pull.small
+    assert [e.path for e in sp.push.meta] == ["x"]
+
+
+def test_pull_only_plans_no_push_and_large_files_resume():
+    remote = {"big": f("big", H2, [("B", 1)], size=DELTA_MIN * 10)}
+    sp = plan_sync({}, remote, "A", "B", push=False)
+    assert [t.entry.path for t in sp.pull.large] == ["big"] and sp.push.empty
+
+
+def test_conflict_names():
+    assert conflict_name("a/b/report.pdf", "XYZ1234567", 0) == "a/b/report.sync-conflict-19700101-000000-XYZ1234.pdf"
+    assert conflict_name("Makefile", "P" * 12, 0) == "Makefile.sync-conflict-19700101-000000-PPPPPPP"
