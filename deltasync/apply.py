@@ -28,6 +28,7 @@ from .errors import AlreadyPresent, ProtocolError, TransferFailed, UnsafePath
 from .fs import safe
 from .fs.scan import hash_file
 from .manifest import Manifest, Partial, Seen
+from .plan import DELTA_MIN
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,12 @@ class Incoming:
             self.basis.close()
 
 
+# Paths being written, process-wide: a watch process receives in its server and
+# in its own pulls, and two sessions must never write one path at once.
+_BUSY: set[tuple[str, str]] = set()
+_BUSY_LOCK = threading.Lock()
+
+
 class Receiver:
     """Applies what peers send to one folder. Shared by all connections."""
 
@@ -64,13 +71,12 @@ class Receiver:
         self.folder = folder
         self.manifest = manifest
         self.safe = safe.SafeRoot(folder.root)
-        self._busy: set[str] = set()
-        self._lock = threading.Lock()
         self._sig_pool = ThreadPoolExecutor(1, thread_name_prefix="signature")
         self._sig_jobs: dict[tuple[str, str], Future[tuple[int, bytes]]] = {}
 
-    def close(self) -> None:
-        self._sig_pool.shutdown(wait=True, cancel_futures=True)
+    def close(self, finish_signatures: bool = False) -> None:
+        """Stop; cached-signature jobs still queued are finished or dropped."""
+        self._sig_pool.shutdown(wait=True, cancel_futures=not finish_signatures)
 
     # -- what is here now ---------------------------------------------------
     def current(self, path: str) -> Entry | None:
@@ -126,14 +132,15 @@ class Receiver:
                                        st.st_ino, st.st_ctime_ns)])
 
     def _claim(self, path: str) -> None:
-        with self._lock:
-            if path in self._busy:
+        key = (str(self.folder.root), path)
+        with _BUSY_LOCK:
+            if key in _BUSY:
                 raise TransferFailed(f"{path}: another session is writing it")
-            self._busy.add(path)
+            _BUSY.add(key)
 
     def _release(self, path: str) -> None:
-        with self._lock:
-            self._busy.discard(path)
+        with _BUSY_LOCK:
+            _BUSY.discard((str(self.folder.root), path))
 
     # -- small files, many per frame ---------------------------------------
     def receive_small(self, files: list[Any], body: bytes) -> list[Result]:
@@ -278,7 +285,7 @@ class Receiver:
                           version=vv.from_wire(json.loads(p.version)))
             self._record(entry)
             self.manifest.drop_partial(p.path)
-            self._precompute_signature(entry)
+            self.precompute_signature(entry)
             return Result(p.path, True, whole=inc.basis is None)
         finally:
             inc.close()
@@ -301,7 +308,7 @@ class Receiver:
         now = time.time()
         dropped = 0
         for p in self.manifest.partials():
-            if now - p.updated > max_age_s and p.path not in self._busy:
+            if now - p.updated > max_age_s and (str(self.folder.root), p.path) not in _BUSY:
                 self._discard(p)
                 dropped += 1
         known = {p.name for p in self.manifest.partials()}
@@ -338,10 +345,11 @@ class Receiver:
             self.manifest.store_signature(entry.path, entry.blake3, block, sig)
         return block, sig
 
-    def _precompute_signature(self, entry: Entry) -> None:
-        """Cache the new version's signature in the background, so the next
-        delta against it does not wait for a read of the whole file."""
-        if entry.size < 1024 * 1024:
+    def precompute_signature(self, entry: Entry) -> None:
+        """Cache a version's signature in the background, so the next delta
+        against it -- computed here, or by a peer that asks -- does not wait for
+        a read of the whole file, and a sender needs no signature from the wire."""
+        if entry.size < DELTA_MIN:
             return
         key = (entry.path, entry.blake3 or "")
         fut = self._sig_pool.submit(self._compute_signature, entry)

@@ -22,7 +22,7 @@ from .fs.safe import SafeRoot
 from .fs.scan import scan
 from .inbound import Inbound
 from .manifest import Manifest
-from .plan import PartialInfo, Plan, SyncPlan, Transfer, make_plan, plan_sync
+from .plan import DELTA_MIN, PartialInfo, Plan, SyncPlan, Transfer, make_plan, plan_sync
 from .protocol import Frame, encode
 from .sender import FileSender, Outcome, batches, op_dict
 from .session import client_hello, read_index
@@ -110,9 +110,10 @@ class _Acks:
 class Pusher:
     """The sending half of a session (push, and the second half of sync)."""
 
-    def __init__(self, folder: Folder, conn: Connection, report: Report) -> None:
+    def __init__(self, folder: Folder, conn: Connection, report: Report, manifest: Manifest) -> None:
         self.conn = conn
         self.report = report
+        self.manifest = manifest
         self.outcome = Outcome()
         self.sender = FileSender(SafeRoot(folder.root), conn, self.outcome)
         self.acks = _Acks(conn, report)
@@ -137,6 +138,12 @@ class Pusher:
                 self.report.fail(fail["path"], fail["error"])
 
     async def _signature(self, t: Transfer) -> bytes | None:
+        """The peer's signature of the version it holds: from our own cache when
+        we held that content too (no round trip, no signature on the wire)."""
+        assert t.basis is not None
+        cached = self.manifest.signature_of_content(t.basis)
+        if cached is not None:
+            return cached[1]
         await self.conn.send(encode("request_signature", path=t.entry.path, blake3=t.basis))
         f = await self.acks.signatures.get()
         if f["path"] != t.entry.path:
@@ -172,10 +179,10 @@ class Puller:
     """The receiving half of a pull or sync: local changes applied here, files
     requested from the peer and received through the same `Inbound` the server uses."""
 
-    def __init__(self, folder: Folder, manifest: Manifest, conn: Connection, report: Report) -> None:
+    def __init__(self, receiver: Receiver, conn: Connection, report: Report) -> None:
         self.conn = conn
         self.report = report
-        self.receiver = Receiver(folder, manifest)
+        self.receiver = receiver
         self.inbound = Inbound(self.receiver, conn.send, self._result)
 
     async def _result(self, r: Result) -> None:
@@ -212,7 +219,6 @@ class Puller:
             await self._local("meta", plan.dir_meta)
         finally:
             await self.inbound.close()
-            self.receiver.close()
 
     async def _fetch(self, plan: Plan, fetch_as: dict[str, str]) -> None:
         requests: list[tuple[dict[str, Any], bytes]] = []
@@ -278,8 +284,12 @@ async def session(folder: Folder, target: str, mode: str = "push", delete: bool 
     cfg = folder.config()
     address, expect = cfg.resolve(target)
     manifest = Manifest(folder.db)
+    receiver = Receiver(folder, manifest)
     try:
         local = await asyncio.to_thread(local_index, folder, manifest, excludes)
+        if not dry_run:  # cache our versions' signatures while the network works (see Pusher._signature)
+            for e in manifest.missing_signatures(local.values(), DELTA_MIN):
+                receiver.precompute_signature(e)
         conn = await connect(folder, address, expect, idle_timeout=float(cfg.setting("idle_timeout")))
         conn.bwlimit = bwlimit
         report = Report()
@@ -313,14 +323,14 @@ async def session(folder: Folder, target: str, mode: str = "push", delete: bool 
                 if sp is not None:
                     for c in sp.conflicts:
                         log.warning("conflict on %s: the %s version is kept as %s", c.path, c.loser, c.copy)
-                    await Puller(folder, manifest, conn, report).run(sp)
+                    await Puller(receiver, conn, report).run(sp)
                     _record_merged(manifest, sp.merged)
                     if push_plan is not None:  # plan the push half on what we hold now (conflict copies too)
                         local = await asyncio.to_thread(local_index, folder, manifest, excludes)
                         push_plan = plan_sync(local, remote, folder.short_id, conn.peer.id[:12], None, rpartials,
                                               pull=False).push
                 if push_plan is not None:
-                    await Pusher(folder, conn, report).run(push_plan)
+                    await Pusher(folder, conn, report, manifest).run(push_plan)
                 else:
                     await conn.send(encode("bye"))
                     while (f := await conn.recv()) is not None and f.action != "bye":
@@ -330,9 +340,11 @@ async def session(folder: Folder, target: str, mode: str = "push", delete: bool 
             report.bytes_sent = conn.bytes_sent
             report.bytes_received = conn.bytes_received
             await conn.close()
+        await asyncio.to_thread(receiver.close, True)
         report.seconds = time.monotonic() - started
         return report
     finally:
+        receiver.close()
         manifest.close()
 
 

@@ -58,7 +58,8 @@ class Config:
             if not peer.address:
                 raise ConfigError(f"peer {target!r} has no address in config.toml")
             return peer.address, peer.id
-        return target, None
+        by_address = next((p for p in self.peers.values() if p.address == target), None)
+        return target, by_address.id if by_address else None
 
 
 def _toml_value(v: Any) -> str:

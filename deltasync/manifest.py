@@ -26,6 +26,7 @@ CREATE TABLE IF NOT EXISTS files (
 CREATE TABLE IF NOT EXISTS signatures (
     path TEXT PRIMARY KEY, blake3 TEXT NOT NULL, block_len INTEGER NOT NULL, sig BLOB NOT NULL
 );
+CREATE INDEX IF NOT EXISTS signatures_by_content ON signatures (blake3);
 CREATE TABLE IF NOT EXISTS partials (
     path TEXT PRIMARY KEY, target_blake3 TEXT NOT NULL, replaces TEXT, size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL, mode INTEGER NOT NULL, segment_size INTEGER NOT NULL,
@@ -132,6 +133,19 @@ class Manifest:
             r = self._db.execute("SELECT block_len, sig FROM signatures WHERE path=? AND blake3=?",
                                  (path, blake3)).fetchone()
         return (r[0], bytes(r[1])) if r else None
+
+    def signature_of_content(self, blake3: str) -> tuple[int, bytes] | None:
+        """A cached signature of this content, whatever path held it (a
+        signature depends only on the bytes and the block length)."""
+        with self._lock:
+            r = self._db.execute("SELECT block_len, sig FROM signatures WHERE blake3=? LIMIT 1", (blake3,)).fetchone()
+        return (r[0], bytes(r[1])) if r else None
+
+    def missing_signatures(self, entries: Iterable[Entry], min_size: int) -> list[Entry]:
+        with self._lock:
+            have = {r[0] for r in self._db.execute("SELECT blake3 FROM signatures")}
+        return [e for e in entries if e.kind == "file" and not e.deleted and e.size >= min_size
+                and e.blake3 not in have]
 
     def store_signature(self, path: str, blake3: str, block_len: int, sig: bytes) -> None:
         with self._lock:

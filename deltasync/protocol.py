@@ -70,6 +70,11 @@ class Frame:
 def encode(action: str, body: bytes = b"", **fields: Any) -> bytes:
     """One frame as bytes. Raises ProtocolError if it would break a limit,
     so we never send what a correct peer must refuse."""
+    return b"".join(encode_parts(action, body, **fields))
+
+
+def encode_parts(action: str, body: bytes = b"", **fields: Any) -> tuple[bytes, bytes]:
+    """A frame as (length and header, body): big bodies go out without a copy."""
     if action not in SCHEMAS:
         raise ProtocolError(f"unknown action {action!r}")
     if len(body) > MAX_BODY:
@@ -78,7 +83,7 @@ def encode(action: str, body: bytes = b"", **fields: Any) -> bytes:
     raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     if len(raw) > MAX_HEADER:
         raise ProtocolError(f"{action}: header of {len(raw)} bytes exceeds {MAX_HEADER}")
-    return b"".join((_LEN.pack(len(raw)), raw, body))
+    return _LEN.pack(len(raw)) + raw, body
 
 
 def validate(header: Any) -> None:
@@ -119,15 +124,6 @@ class FrameDecoder:
     @property
     def buffered(self) -> int:
         return len(self._buf)
-
-    def needed(self) -> int:
-        """Bytes still missing for the next step (for readers that read exactly)."""
-        if self._pending is not None:
-            return max(0, self._pending["body_len"] - len(self._buf))
-        if len(self._buf) < 4:
-            return 4 - len(self._buf)
-        (hlen,) = _LEN.unpack_from(self._buf)
-        return max(0, 4 + hlen - len(self._buf))
 
     def feed(self, data: bytes) -> list[Frame]:
         return list(self._feed(data))

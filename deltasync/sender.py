@@ -22,14 +22,14 @@ from .entry import Entry
 from .errors import SourceChanged
 from .fs.safe import SafeRoot
 from .plan import Transfer
-from .protocol import MAX_HEADER, encode, json_body
+from .protocol import MAX_HEADER, encode, encode_parts, json_body
 from .transport import Connection
 
 log = logging.getLogger(__name__)
 
 BATCH_BYTES = 4 * 1024 * 1024
 BATCH_FILES = 1000
-WINDOW = 3  # segments computed ahead of the one being sent
+WINDOW = 1  # segments computed ahead of the one being sent (2 cores; each holds up to 2 x 4 MiB)
 
 
 @dataclass
@@ -109,7 +109,7 @@ class FileSender:
         if metas:
             body = b"".join(chunks)
             self.outcome.literal_bytes += len(body)
-            await self.conn.send(encode("send_file", body, files=metas))
+            await self.conn.send(*encode_parts("send_file", body, files=metas))
 
     def _segment(self, fd: int, t: Transfer, idx: int, sig: bytes | None, path: str) -> tuple[bytes, dict[str, Any]]:
         offset = idx * t.segment_size
@@ -159,7 +159,7 @@ class FileSender:
                         window.append(self.pool.submit(self._segment, fd, t, todo[pos + len(window)], sig, path))
                     body, header = await asyncio.wrap_future(window.pop(0), loop=loop)
                     self.outcome.literal_bytes += len(body)
-                    await self.conn.send(encode("send_delta", body, **header))
+                    await self.conn.send(*encode_parts("send_delta", body, **header))
             except SourceChanged as err:
                 for w in window:
                     w.cancel()

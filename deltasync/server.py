@@ -32,7 +32,7 @@ from .session import check_hello, hello_frame, index_frames, partials_wire
 from .transport import Connection, serve, split_address
 
 log = logging.getLogger(__name__)
-READ_AHEAD = 4
+READ_AHEAD = 2  # frames decoded ahead of the one being applied (each up to 16 MiB)
 
 
 class Server:
@@ -42,11 +42,23 @@ class Server:
         self.manifest = Manifest(folder.db)
         self.receiver = Receiver(folder, self.manifest)
         self._scan_lock = asyncio.Lock()
-        self.sessions: set[asyncio.Task[Any]] = set()
+        self.sessions: dict[asyncio.Task[Any], str] = {}  # running sessions and their peer IDs
+        # peers this process is syncing with as a client right now (watch): a
+        # crossing session from the same peer is told to retry, so the two never
+        # send the same files to each other at once
+        self.outgoing: set[str] = set()
 
     def close(self) -> None:
         self.receiver.close()
         self.manifest.close()
+
+    def busy_with(self, peer_id: str) -> bool:
+        """Is a session with this peer (as our client or theirs) running now?"""
+        return peer_id in self.outgoing or peer_id in self.incoming
+
+    @property
+    def incoming(self) -> set[str]:
+        return set(self.sessions.values())
 
     async def scan(self) -> dict[str, Entry]:
         async with self._scan_lock:
@@ -57,11 +69,11 @@ class Server:
     async def handle(self, conn: Connection) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self.sessions.add(task)
+        self.sessions[task] = conn.peer.id
         try:
             await self._session(conn)
         finally:
-            self.sessions.discard(task)
+            self.sessions.pop(task, None)
 
     async def shutdown(self) -> None:
         """Stop sessions; each leaves its in-flight files as resumable partials."""
@@ -95,6 +107,10 @@ class Server:
             if isinstance(first, BaseException):
                 raise first
             check_hello(first)
+            if conn.peer.id in self.outgoing:
+                log.info("peer %s: a session with it is already running; asked to retry", who)
+                await conn.send(encode("error", message="busy: a sync with you is already running; retry later"))
+                return
             await conn.send(hello_frame(self.folder.peer_id))
             while True:
                 item = await queue.get()
@@ -189,10 +205,10 @@ class Server:
 
 
 async def run(folder: Folder, listen: str, on_listening: Callable[[str], None] | None = None,
-              stop: asyncio.Event | None = None) -> None:
+              stop: asyncio.Event | None = None, server: Server | None = None) -> None:
     """Serve until SIGINT/SIGTERM (or `stop`); in-flight files are left as
     resumable partials, and anything committed stays committed."""
-    server = Server(folder)
+    server = server or Server(folder)
     cfg = server.config
     stale = server.receiver.clean_stale(float(cfg.setting("partial_max_age_hours")) * 3600)
     if stale:

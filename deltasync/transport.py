@@ -60,14 +60,17 @@ class Connection:
         self.bwlimit: float | None = None  # bytes per second, for what we send
         self._started = time.monotonic()
 
-    async def send(self, data: bytes) -> None:
+    async def send(self, *parts: bytes) -> None:
+        """Write a frame (or its parts: header, then body, uncopied) with backpressure."""
+        size = sum(len(p) for p in parts)
         if self.bwlimit:
-            ahead = (self.bytes_sent + len(data)) / self.bwlimit - (time.monotonic() - self._started)
+            ahead = (self.bytes_sent + size) / self.bwlimit - (time.monotonic() - self._started)
             if ahead > 0:
                 await asyncio.sleep(ahead)
         try:
-            self._writer.write(data)
-            self.bytes_sent += len(data)
+            for p in parts:
+                self._writer.write(p)
+            self.bytes_sent += size
             await self._writer.drain()
         except (ConnectionError, ssl.SSLError) as e:
             raise PeerUnreachable(f"connection to {self.peer.address} lost: {e or type(e).__name__}") from None

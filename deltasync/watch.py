@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import os
+import random
 import sys
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 from .client import session
 from .config import Folder
 from .errors import DeltasyncError
-from .server import run as serve
+from .server import Server, run as serve
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class Watcher:
         self.pending: set[str] = set()
         self.wake = asyncio.Event()
         self.stop = asyncio.Event()
+        self.server = Server(folder)
 
     def event(self, kind: str, **fields: Any) -> None:
         if self.as_json:
@@ -77,6 +79,12 @@ class Watcher:
     async def sync_all(self, reason: str) -> bool:
         ok = True
         for peer in self.peers:
+            _, pinned = self.folder.config().resolve(peer)
+            if pinned and self.server.busy_with(pinned):
+                ok = False  # that peer is syncing with us right now; look again shortly
+                continue
+            if pinned:
+                self.server.outgoing.add(pinned)
             try:
                 r = await session(self.folder, peer, "sync")
                 moved = r.files_sent_whole + r.files_sent_delta + r.files_received + r.files_deleted
@@ -88,6 +96,8 @@ class Watcher:
             except DeltasyncError as e:
                 self.event("peer_unavailable", peer=peer, error=str(e))
                 ok = False
+            finally:
+                self.server.outgoing.discard(pinned or "")
         return ok
 
     async def loop(self) -> None:
@@ -106,13 +116,14 @@ class Watcher:
                 await self.settled()
             self.pending.clear()
             ok = await self.sync_all(reason)
-            backoff = 1.0 if ok else min(backoff * 2, 30.0)
+            # jitter, so two peers that crossed do not cross again in step
+            backoff = 1.0 if ok else min(backoff * 2, 30.0) * random.uniform(0.5, 1.0)
 
     async def run(self, listen: str) -> None:
         def announce(actual: str) -> None:
             self.event("listening", address=actual) if self.as_json else print(f"listening on {actual}", flush=True)
 
-        server = asyncio.create_task(serve(self.folder, listen, announce, self.stop))
+        server = asyncio.create_task(serve(self.folder, listen, announce, self.stop, self.server))
         await asyncio.sleep(0.05)
         tasks = [asyncio.create_task(self.watch_files()), asyncio.create_task(self.loop())]
         try:

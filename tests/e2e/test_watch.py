@@ -17,7 +17,8 @@ def hosts():
     if netns_available():
         prefix = f"dsw{os.getpid() % 10000}"
         subprocess.run(["bash", str(NETPAIR), "down", prefix], capture_output=True)
-        up = subprocess.run(["bash", str(NETPAIR), "up", prefix], capture_output=True, text=True)
+        rate = [os.environ["DELTASYNC_NETPAIR_RATE"]] if os.environ.get("DELTASYNC_NETPAIR_RATE") else []
+        up = subprocess.run(["bash", str(NETPAIR), "up", prefix, *rate], capture_output=True, text=True)
         if up.returncode == 0:
             yield {"a": ("10.77.0.1:8730", f"{prefix}_a"), "b": ("10.77.0.2:8730", f"{prefix}_b"), "netns": True}
             subprocess.run(["bash", str(NETPAIR), "down", prefix], capture_output=True)
@@ -26,18 +27,22 @@ def hosts():
 
 
 def test_seed_test_plan_with_two_watchers(tmp_path, hosts):
+    """The seed's acceptance test. Full size, for the record:
+    DELTASYNC_SEED_SCALE=1 DELTASYNC_NETPAIR_RATE=100mbit DELTASYNC_SEED_OUT=times.json pytest -k seed_test_plan"""
+    scale = os.environ.get("DELTASYNC_SEED_SCALE", "0.1")
+    timeout = 120 * max(1.0, float(scale) * 10)
     a, b = make_pair(tmp_path)
     (addr_a, ns_a), (addr_b, ns_b) = hosts["a"], hosts["b"]
     ds("trust", a, ds("id", b).stdout.strip(), "--name", "b", "--address", addr_b)
     ds("trust", b, ds("id", a).stdout.strip(), "--name", "a", "--address", addr_a)
     stage = tmp_path / "stage"
-    fixture("seed", str(stage), "--scale", "0.1")
-    times = {"netns": hosts["netns"]}
+    fixture("seed", str(stage), "--scale", scale)
+    times = {"netns": hosts["netns"], "scale": float(scale), "rate": os.environ.get("DELTASYNC_NETPAIR_RATE")}
     shutil.move(stage / "File_1", a / "File_1")
     wa, wb = Watch(a, addr_a, ns_a), Watch(b, addr_b, ns_b)
     try:
         want = md5(a / "File_1")
-        times["file1_on_b"] = wait_for(lambda: md5(b / "File_1") == want, what="File_1 on B")
+        times["file1_on_b"] = wait_for(lambda: md5(b / "File_1") == want, timeout, "File_1 on B")
 
         t0 = time.monotonic()
         shutil.move(stage / "folder", b / "folder")
@@ -46,19 +51,22 @@ def test_seed_test_plan_with_two_watchers(tmp_path, hosts):
         wa.kill()  # A dies 0.5 s after they appear on B
         time.sleep(0.5)
         wa.start()
-        wait_for(lambda: digest(a) == digest(b), what="File_2 and the folder on A after A's restart")
+        wait_for(lambda: digest(a) == digest(b), timeout, "File_2 and the folder on A after A's restart")
         times["file2_and_folder_on_a_after_restart"] = time.monotonic() - t0
         assert (a / "folder" / "small_49.bin").exists()
 
         fixture("mutate", str(a / "File_2"), "regions")
         want = md5(a / "File_2")
-        times["ten_percent_update_on_b"] = wait_for(lambda: md5(b / "File_2") == want, what="10% update on B")
-        wait_for(lambda: digest(a) == digest(b), what="md5 of every file equal")
+        times["ten_percent_update_on_b"] = wait_for(lambda: md5(b / "File_2") == want, timeout, "10% update on B")
+        wait_for(lambda: digest(a) == digest(b), timeout, "md5 of every file equal")
     finally:
         wa.stop()
         wb.stop()
     times["md5_equal"] = digest(a) == digest(b)
     (tmp_path / "seed_plan_times.json").write_text(json.dumps(times, indent=1))
+    if os.environ.get("DELTASYNC_SEED_OUT"):
+        with open(os.environ["DELTASYNC_SEED_OUT"], "w") as out:
+            json.dump(times, out, indent=1)
     print("seed plan times:", json.dumps(times))
     assert times["md5_equal"]
 
