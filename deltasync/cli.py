@@ -50,7 +50,7 @@ def _print_json(obj: Any) -> None:
 
 
 @app.command()
-def init(directory: Path = DirArg) -> None:
+def init(directory: Path = DirArg, as_json: bool = JsonOpt) -> None:
     """Make DIR a shared folder (key, certificate, manifest) and print its peer ID.
 
     Example: deltasync init ./A
@@ -58,8 +58,11 @@ def init(directory: Path = DirArg) -> None:
     from . import identity
     from .config import Folder
 
-    _, peer_id, _ = _run(lambda: Folder.init(directory))
-    typer.echo(identity.format_id(peer_id))
+    folder, peer_id, created = _run(lambda: Folder.init(directory))
+    if as_json:
+        _print_json({"peer_id": identity.format_id(peer_id), "folder": str(folder.root), "created": created})
+    else:
+        typer.echo(identity.format_id(peer_id))
 
 
 @app.command("id")
@@ -77,7 +80,8 @@ def id_(directory: Path = DirArg) -> None:
 @app.command()
 def trust(directory: Path = DirArg, peer_id: str = typer.Argument(..., help="The peer's ID (from `deltasync id`)."),
           name: Optional[str] = typer.Option(None, "--name", help="A name to use instead of an address."),
-          address: Optional[str] = typer.Option(None, "--address", help="HOST:PORT where this peer listens.")) -> None:
+          address: Optional[str] = typer.Option(None, "--address", help="HOST:PORT where this peer listens."),
+          as_json: bool = JsonOpt) -> None:
     """Trust a peer: it may connect to us, and we accept it when we connect.
 
     Example: deltasync trust ./A ABCDEFG-... --name laptop --address 10.0.0.2:8730
@@ -86,7 +90,10 @@ def trust(directory: Path = DirArg, peer_id: str = typer.Argument(..., help="The
     from .config import Folder
 
     peer = _run(lambda: Folder.open(directory).trust(peer_id, name, address))
-    typer.echo(f"trusted {peer.name} = {identity.format_id(peer.id)}")
+    if as_json:
+        _print_json({"name": peer.name, "peer_id": identity.format_id(peer.id), "address": peer.address})
+    else:
+        typer.echo(f"trusted {peer.name} = {identity.format_id(peer.id)}")
 
 
 @app.command()
@@ -119,19 +126,22 @@ PeerArg = typer.Argument(..., help="HOST:PORT, or a peer name from config.toml."
 DryRunOpt = typer.Option(False, "--dry-run", "-n", help="Print the plan; change nothing on either side.")
 ExcludeOpt = typer.Option([], "--exclude", help="Gitignore-style pattern (repeatable).")
 BwOpt = typer.Option(None, "--bwlimit", help="Send at most RATE: KiB/s, or 10M, 500K.")
+CompressOpt = typer.Option(False, "--compress/--no-compress", "-z",
+                           help="zstd on file data and indexes, both ways, where it saves a tenth or more.")
 
 
 def _session(mode: str, directory: Path, peer: str, delete: bool, dry_run: bool, exclude: List[str],
-             bwlimit: Optional[str], as_json: bool, verbose: int, quiet: bool) -> None:
+             bwlimit: Optional[str], as_json: bool, verbose: int, quiet: bool, compress: bool) -> None:
     """push, pull and sync are one flow with a different plan."""
-    from . import client
+    from . import client, progress
     from .config import Folder
     from .transport import parse_rate
 
     _logging(verbose, quiet)
     rate = _run(lambda: parse_rate(bwlimit)) if bwlimit else None
+    shown = progress.choose(quiet or dry_run)
     report = _run(lambda: asyncio.run(client.session(Folder.open(directory), peer, mode, delete, dry_run, exclude,
-                                                     rate)))
+                                                     rate, shown, compress)))
     if as_json:
         _print_json(report.to_json())
     elif not quiet:
@@ -148,34 +158,35 @@ def _session(mode: str, directory: Path, peer: str, delete: bool, dry_run: bool,
 def push(directory: Path = DirArg, peer: str = PeerArg,
          delete: bool = typer.Option(False, "--delete", help="Remove on the peer what is absent here."),
          dry_run: bool = DryRunOpt, exclude: List[str] = ExcludeOpt, bwlimit: Optional[str] = BwOpt,
-         as_json: bool = JsonOpt, verbose: int = VerboseOpt, quiet: bool = QuietOpt) -> None:
+         compress: bool = CompressOpt, as_json: bool = JsonOpt, verbose: int = VerboseOpt,
+         quiet: bool = QuietOpt) -> None:
     """Make the peer hold this folder's tree (like rsync); exit 0 only when all is verified there.
 
     Example: deltasync push ./A 127.0.0.1:8730 --delete --json
     """
-    _session("push", directory, peer, delete, dry_run, exclude, bwlimit, as_json, verbose, quiet)
+    _session("push", directory, peer, delete, dry_run, exclude, bwlimit, as_json, verbose, quiet, compress)
 
 
 @app.command()
 def pull(directory: Path = DirArg, peer: str = PeerArg, dry_run: bool = DryRunOpt,
-         exclude: List[str] = ExcludeOpt, as_json: bool = JsonOpt, verbose: int = VerboseOpt,
-         quiet: bool = QuietOpt) -> None:
+         exclude: List[str] = ExcludeOpt, compress: bool = CompressOpt, as_json: bool = JsonOpt,
+         verbose: int = VerboseOpt, quiet: bool = QuietOpt) -> None:
     """Fetch what the peer has newer (by version vectors): edits, new files, deletes; conflicts kept aside.
 
     Example: deltasync pull ./A 10.0.0.2:8730
     """
-    _session("pull", directory, peer, False, dry_run, exclude, None, as_json, verbose, quiet)
+    _session("pull", directory, peer, False, dry_run, exclude, None, as_json, verbose, quiet, compress)
 
 
 @app.command()
 def sync(directory: Path = DirArg, peer: str = PeerArg, dry_run: bool = DryRunOpt,
-         exclude: List[str] = ExcludeOpt, bwlimit: Optional[str] = BwOpt, as_json: bool = JsonOpt,
-         verbose: int = VerboseOpt, quiet: bool = QuietOpt) -> None:
+         exclude: List[str] = ExcludeOpt, bwlimit: Optional[str] = BwOpt, compress: bool = CompressOpt,
+         as_json: bool = JsonOpt, verbose: int = VerboseOpt, quiet: bool = QuietOpt) -> None:
     """Pull and push in one session: both folders converge; concurrent edits keep both versions.
 
     Example: deltasync sync ./A laptop --json
     """
-    _session("sync", directory, peer, False, dry_run, exclude, bwlimit, as_json, verbose, quiet)
+    _session("sync", directory, peer, False, dry_run, exclude, bwlimit, as_json, verbose, quiet, compress)
 
 
 @app.command()
@@ -220,6 +231,8 @@ def status(directory: Path = DirArg, as_json: bool = JsonOpt) -> None:
         typer.echo(f"peer {p['name']}: {p['id']} {p.get('address') or ''} last sync: {p['last_sync'] or 'never'}")
     for c in info["conflicts"]:
         typer.echo(f"conflict copy: {c}")
+    for c in info["pending"]:
+        typer.echo(f"pending: {c}")
     for p in info["partials"]:
         typer.echo(f"partial {p['path']}: {p['segments_done']}/{p['segments_total']} segments, "
                    f"{p['bytes_done']}/{p['size']} bytes")
@@ -254,6 +267,48 @@ def demo(scale: float = typer.Option(0.2, "--scale", help="Size factor: 1.0 is t
         Console().print(table)
     if not ok:
         raise typer.Exit(1)
+
+
+rdiff_app = typer.Typer(help="librsync's rdiff: signature, delta, patch (same arguments and file formats).",
+                        no_args_is_help=True)
+app.add_typer(rdiff_app, name="rdiff")
+ForceOpt = typer.Option(False, "--force", "-f", help="Overwrite an existing output file.")
+
+
+@rdiff_app.command("signature")
+def rdiff_signature(basis: Optional[str] = typer.Argument(None, help="Old file ('-' or absent: stdin)."),
+                    sig: Optional[str] = typer.Argument(None, help="Signature out ('-' or absent: stdout)."),
+                    block_size: int = typer.Option(0, "--block-size", "-b", help="0: recommended."),
+                    sum_size: int = typer.Option(0, "--sum-size", "-S", help="0: the maximum."),
+                    hash_alg: str = typer.Option("blake2", "--hash", "-H", help="blake2 or md4."),
+                    rollsum: str = typer.Option("rabinkarp", "--rollsum", "-R", help="rabinkarp or rollsum."),
+                    force: bool = ForceOpt) -> None:
+    """Write the signature of BASIS.  Example: deltasync rdiff signature old.bin old.sig"""
+    from . import rdiff
+
+    _run(lambda: rdiff.signature(basis, sig, block_size, sum_size, hash_alg, rollsum, force))
+
+
+@rdiff_app.command("delta")
+def rdiff_delta(sig: str = typer.Argument(..., help="Signature of the old file."),
+                new: Optional[str] = typer.Argument(None, help="New file ('-' or absent: stdin)."),
+                delta: Optional[str] = typer.Argument(None, help="Delta out ('-' or absent: stdout)."),
+                force: bool = ForceOpt) -> None:
+    """Write the delta turning the old file into NEW.  Example: deltasync rdiff delta old.sig new.bin d.delta"""
+    from . import rdiff
+
+    _run(lambda: rdiff.delta(sig, new, delta, force))
+
+
+@rdiff_app.command("patch")
+def rdiff_patch(basis: str = typer.Argument(..., help="The old file."),
+                delta: Optional[str] = typer.Argument(None, help="Delta ('-' or absent: stdin)."),
+                new: Optional[str] = typer.Argument(None, help="New file out ('-' or absent: stdout)."),
+                force: bool = ForceOpt) -> None:
+    """Apply DELTA to BASIS.  Example: deltasync rdiff patch old.bin d.delta new.bin"""
+    from . import rdiff
+
+    _run(lambda: rdiff.patch(basis, delta, new, force))
 
 
 def main() -> None:

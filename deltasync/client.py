@@ -23,6 +23,7 @@ from .fs.scan import scan
 from .inbound import Inbound
 from .manifest import Manifest
 from .plan import DELTA_MIN, PartialInfo, Plan, SyncPlan, Transfer, make_plan, plan_sync
+from .progress import Quiet
 from .protocol import Frame, encode
 from .sender import FileSender, Outcome, batches, op_dict
 from .session import client_hello, read_index
@@ -65,9 +66,10 @@ class Report:
 class _Acks:
     """Collects the peer's answers while we keep sending."""
 
-    def __init__(self, conn: Connection, report: Report) -> None:
+    def __init__(self, conn: Connection, report: Report, progress: Quiet) -> None:
         self.conn = conn
         self.report = report
+        self.progress = progress
         self.signatures: asyncio.Queue[Frame] = asyncio.Queue()
         self.bye = asyncio.get_running_loop().create_future()
         self.delta_paths: set[str] = set()
@@ -97,6 +99,7 @@ class _Acks:
 
     def _ack(self, f: Frame) -> None:
         path = f["path"]
+        self.progress.file_done(path, f["ok"])
         if not f["ok"]:
             self.report.fail(path, str(f.get("error", "failed")))
         elif path in self.delete_paths:
@@ -110,13 +113,14 @@ class _Acks:
 class Pusher:
     """The sending half of a session (push, and the second half of sync)."""
 
-    def __init__(self, folder: Folder, conn: Connection, report: Report, manifest: Manifest) -> None:
+    def __init__(self, folder: Folder, conn: Connection, report: Report, manifest: Manifest,
+                 progress: Quiet) -> None:
         self.conn = conn
         self.report = report
         self.manifest = manifest
         self.outcome = Outcome()
-        self.sender = FileSender(SafeRoot(folder.root), conn, self.outcome)
-        self.acks = _Acks(conn, report)
+        self.sender = FileSender(SafeRoot(folder.root), conn, self.outcome, progress)
+        self.acks = _Acks(conn, report, progress)
 
     async def run(self, plan: Plan) -> None:
         reader = asyncio.create_task(self.acks.run())
@@ -179,13 +183,15 @@ class Puller:
     """The receiving half of a pull or sync: local changes applied here, files
     requested from the peer and received through the same `Inbound` the server uses."""
 
-    def __init__(self, receiver: Receiver, conn: Connection, report: Report) -> None:
+    def __init__(self, receiver: Receiver, conn: Connection, report: Report, progress: Quiet) -> None:
         self.conn = conn
         self.report = report
         self.receiver = receiver
+        self.progress = progress
         self.inbound = Inbound(self.receiver, conn.send, self._result)
 
     async def _result(self, r: Result) -> None:
+        self.progress.file_done(r.path, r.ok)
         if r.ok:
             self.report.files_received += 1
         else:
@@ -277,9 +283,21 @@ def _record_merged(manifest: Manifest, merged: dict[str, Entry]) -> None:
     manifest.record(rows)
 
 
+def _work(plans: list[Plan]) -> tuple[int, int]:
+    """Files and bytes a set of plans will move (for progress)."""
+    files = size = 0
+    for p in plans:
+        files += len(p.small) + len(p.large) + len(p.copies)
+        size += sum(e.size for e, _ in p.small)
+        size += sum(t.entry.size - len(t.done) * t.segment_size for t in p.large)
+    return files, max(size, 0)
+
+
 async def session(folder: Folder, target: str, mode: str = "push", delete: bool = False, dry_run: bool = False,
-                  excludes: list[str] | None = None, bwlimit: float | None = None) -> Report:
+                  excludes: list[str] | None = None, bwlimit: float | None = None,
+                  progress: Quiet | None = None, compress: bool = False) -> Report:
     """One session with the peer at `target` (HOST:PORT or a peer name)."""
+    progress = progress or Quiet()
     started = time.monotonic()
     cfg = folder.config()
     address, expect = cfg.resolve(target)
@@ -294,7 +312,7 @@ async def session(folder: Folder, target: str, mode: str = "push", delete: bool 
         conn.bwlimit = bwlimit
         report = Report()
         try:
-            await client_hello(conn, folder.peer_id)
+            await client_hello(conn, folder.peer_id, compress)
             await conn.send(encode("request_file_list"))
             remote, rpartials = await read_index(conn, int(cfg.setting("max_index_entries")))
             ignore = Ignore.for_folder(folder.root, excludes)
@@ -320,23 +338,25 @@ async def session(folder: Folder, target: str, mode: str = "push", delete: bool 
                 await conn.send(encode("bye"))
                 await conn.recv()
             else:
+                progress.start(*_work(([sp.pull] if sp else []) + ([push_plan] if push_plan else [])))
                 if sp is not None:
                     for c in sp.conflicts:
                         log.warning("conflict on %s: the %s version is kept as %s", c.path, c.loser, c.copy)
-                    await Puller(receiver, conn, report).run(sp)
+                    await Puller(receiver, conn, report, progress).run(sp)
                     _record_merged(manifest, sp.merged)
                     if push_plan is not None:  # plan the push half on what we hold now (conflict copies too)
                         local = await asyncio.to_thread(local_index, folder, manifest, excludes)
                         push_plan = plan_sync(local, remote, folder.short_id, conn.peer.id[:12], None, rpartials,
                                               pull=False).push
                 if push_plan is not None:
-                    await Pusher(folder, conn, report, manifest).run(push_plan)
+                    await Pusher(folder, conn, report, manifest, progress).run(push_plan)
                 else:
                     await conn.send(encode("bye"))
                     while (f := await conn.recv()) is not None and f.action != "bye":
                         pass
                 manifest.mark_synced(conn.peer.id, mode)
         finally:
+            progress.close()
             report.bytes_sent = conn.bytes_sent
             report.bytes_received = conn.bytes_received
             await conn.close()

@@ -22,6 +22,7 @@ from .entry import Entry
 from .errors import SourceChanged
 from .fs.safe import SafeRoot
 from .plan import Transfer
+from .progress import Quiet
 from .protocol import MAX_HEADER, encode, encode_parts, json_body
 from .transport import Connection
 
@@ -73,10 +74,11 @@ SignatureSource = Callable[[Transfer], Awaitable["bytes | None"]]
 
 
 class FileSender:
-    def __init__(self, safe: SafeRoot, conn: Connection, outcome: Outcome) -> None:
+    def __init__(self, safe: SafeRoot, conn: Connection, outcome: Outcome, progress: Quiet | None = None) -> None:
         self.safe = safe
         self.conn = conn
         self.outcome = outcome
+        self.progress = progress or Quiet()
         self.pool = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="delta")
 
     def close(self) -> None:
@@ -106,10 +108,11 @@ class FileSender:
             metas.append({"path": dest(e), "size": e.size, "mtime_ns": e.mtime_ns, "mode": e.mode,
                           "blake3": e.blake3, "replaces": replaces, "version": vv.to_wire(e.version)})
             chunks.append(data)
+            self.progress.advance(e.path, e.size)
         if metas:
             body = b"".join(chunks)
             self.outcome.literal_bytes += len(body)
-            await self.conn.send(*encode_parts("send_file", body, files=metas))
+            await self.conn.send(*encode_parts("send_file", body, self.conn.compress, files=metas))
 
     def _segment(self, fd: int, t: Transfer, idx: int, sig: bytes | None, path: str) -> tuple[bytes, dict[str, Any]]:
         offset = idx * t.segment_size
@@ -159,7 +162,8 @@ class FileSender:
                         window.append(self.pool.submit(self._segment, fd, t, todo[pos + len(window)], sig, path))
                     body, header = await asyncio.wrap_future(window.pop(0), loop=loop)
                     self.outcome.literal_bytes += len(body)
-                    await self.conn.send(*encode_parts("send_delta", body, **header))
+                    await self.conn.send(*encode_parts("send_delta", body, self.conn.compress, **header))
+                    self.progress.advance(path, header["length"])
             except SourceChanged as err:
                 for w in window:
                     w.cancel()

@@ -28,7 +28,7 @@ from .manifest import Manifest
 from .plan import DELTA_MIN, SEGMENT_SIZE, Transfer
 from .protocol import Frame, encode
 from .sender import FileSender, Outcome, batches
-from .session import check_hello, hello_frame, index_frames, partials_wire
+from .session import COMPRESS, check_hello, hello_frame, index_frames, partials_wire, wants
 from .transport import Connection, serve, split_address
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,8 @@ class Server:
             if isinstance(first, BaseException):
                 raise first
             check_hello(first)
+            assert isinstance(first, Frame)
+            conn.compress = wants(first, COMPRESS)
             if conn.peer.id in self.outgoing:
                 log.info("peer %s: a session with it is already running; asked to retry", who)
                 await conn.send(encode("error", message="busy: a sync with you is already running; retry later"))
@@ -128,7 +130,8 @@ class Server:
                     return
                 if item.action == "request_file_list":
                     index = await self.scan()
-                    for frame in index_frames(list(index.values()), partials_wire(self.manifest.partials())):
+                    for frame in index_frames(list(index.values()), partials_wire(self.manifest.partials()),
+                                              conn.compress):
                         await conn.send(frame)
                 elif item.action == "request_file":
                     if index is None:

@@ -7,15 +7,21 @@ from typing import Any
 from .entry import Entry
 from .errors import ProtocolError
 from .plan import PartialInfo
-from .protocol import PROTOCOL_VERSIONS, Frame, body_json, encode, negotiate
+from .protocol import PROTOCOL_VERSIONS, Frame, body_json, encode, encode_parts, negotiate
 from .transport import Connection
 
-FEATURES: list[str] = []
+FEATURES = ["zstd"]  # we can read zstd-compressed bodies
+COMPRESS = "compress"  # the client asks the server to compress what it sends
 INDEX_CHUNK = 5000
 
 
-def hello_frame(peer_id: str) -> bytes:
-    return encode("hello", versions=list(PROTOCOL_VERSIONS), peer_id=peer_id, features=FEATURES)
+def hello_frame(peer_id: str, compress: bool = False) -> bytes:
+    return encode("hello", versions=list(PROTOCOL_VERSIONS), peer_id=peer_id,
+                  features=FEATURES + ([COMPRESS] if compress else []))
+
+
+def wants(frame: Frame, feature: str) -> bool:
+    return feature in frame["features"]
 
 
 def check_hello(frame: Frame | None) -> int:
@@ -28,12 +34,17 @@ def check_hello(frame: Frame | None) -> int:
     return negotiate(PROTOCOL_VERSIONS, frame["versions"])
 
 
-async def client_hello(conn: Connection, own_id: str) -> int:
-    await conn.send(hello_frame(own_id))
-    return check_hello(await conn.recv())
+async def client_hello(conn: Connection, own_id: str, compress: bool = False) -> int:
+    """Say hello; compress what we send when asked to and the server reads zstd."""
+    await conn.send(hello_frame(own_id, compress))
+    reply = await conn.recv()
+    version = check_hello(reply)
+    assert reply is not None
+    conn.compress = compress and wants(reply, "zstd")
+    return version
 
 
-def index_frames(entries: list[Entry], partials: list[dict[str, Any]]) -> list[bytes]:
+def index_frames(entries: list[Entry], partials: list[dict[str, Any]], compress: bool = False) -> list[bytes]:
     """An index as `send_file_list` frames, chunked to stay under the body limit."""
     from .protocol import json_body
 
@@ -42,7 +53,7 @@ def index_frames(entries: list[Entry], partials: list[dict[str, Any]]) -> list[b
     for i in range(0, max(1, len(wire)), INDEX_CHUNK):
         last = i + INDEX_CHUNK >= len(wire)
         body = {"entries": wire[i : i + INDEX_CHUNK], "partials": partials if last else []}
-        frames.append(encode("send_file_list", json_body(body), more=not last))
+        frames.append(b"".join(encode_parts("send_file_list", json_body(body), compress, more=not last)))
     return frames
 
 

@@ -7,6 +7,8 @@ from typing import Any
 
 from . import identity
 from .config import Folder
+from .fs.ignore import Ignore
+from .fs.scan import scan
 from .manifest import Manifest
 
 
@@ -22,6 +24,7 @@ def collect(directory: Path) -> dict[str, Any]:
         seen = m.last_synced()
         partials = m.partials()
         known = m.seen()
+        look = scan(folder.root, m, Ignore.for_folder(folder.root), folder.short_id, record=False)
     finally:
         m.close()
     conflicts = sorted(p for p, s in known.items() if not s.entry.deleted and ".sync-conflict-" in p.rsplit("/", 1)[-1])
@@ -33,4 +36,5 @@ def collect(directory: Path) -> dict[str, Any]:
                       "bytes_done": p.bytes_done, "size": p.size, "updated": _when(p.updated)}
                      for p in partials],
         "conflicts": conflicts,
+        "pending": look.changed,  # changed here since the last sync or scan, not yet sent
     }

@@ -58,6 +58,7 @@ class Connection:
         self.bytes_sent = 0
         self.bytes_received = 0
         self.bwlimit: float | None = None  # bytes per second, for what we send
+        self.compress = False  # zstd on big bodies we send (negotiated in hello)
         self._started = time.monotonic()
 
     async def send(self, *parts: bytes) -> None:

@@ -113,3 +113,20 @@ def test_mutated_valid_streams(flips, cut):
         return
     for f in frames:
         assert isinstance(f.header, dict) and isinstance(f.body, bytes)
+
+
+def test_compressed_bodies_round_trip_and_bombs_are_refused():
+    import zstandard
+
+    body = b"compressible " * 10000
+    data = encode("send_file", body, compress=True, files=[])
+    assert len(data) < len(body) // 5
+    (f,) = FrameDecoder().feed(data)
+    assert f.body == body
+    noise = __import__("os").urandom(8192)
+    assert b'"z"' not in encode("send_file", noise, compress=True, files=[])  # random data goes as it is
+    bomb = zstandard.ZstdCompressor(level=1).compress(b"\0" * (MAX_BODY + 1))
+    with pytest.raises(ProtocolError, match="body limit"):
+        FrameDecoder().feed(raw_frame({"action": "send_file", "body_len": len(bomb), "files": [], "z": True}, bomb))
+    with pytest.raises(ProtocolError, match="compressed"):
+        FrameDecoder().feed(raw_frame({"action": "send_file", "body_len": 5, "files": [], "z": True}, b"12345"))

@@ -24,6 +24,7 @@ class ScanResult:
     hashed_files: int = 0
     hashed_bytes: int = 0
     skipped: list[str] = field(default_factory=list)  # unreadable, unstable or un-encodable names
+    changed: list[str] = field(default_factory=list)
 
 
 def _stat_fields(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -51,9 +52,12 @@ def _versioned(e: Entry, old: Seen | None, me: str) -> Entry:
     return replace(e, version=vv.bump(old.entry.version if old else (), me))
 
 
-def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None, me: str = "local") -> ScanResult:
+def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None, me: str = "local",
+         record: bool = True) -> ScanResult:
     """Index the folder. `entries` holds live paths and tombstones (deleted
-    paths we knew, with a bumped version); `me` is our key in version vectors."""
+    paths we knew, with a bumped version); `me` is our key in version vectors.
+    `changed` lists the paths that are new, changed or deleted since the last
+    scan; with `record=False` the manifest is left as it was (a look, not a sync)."""
     ignore = ignore or Ignore.for_folder(root)
     seen = manifest.seen()
     result = ScanResult({})
@@ -123,7 +127,9 @@ def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None, me: str =
                          version=vv.bump(old.entry.version, me), deleted=True)
             result.entries[path] = tomb
             rows.append(Seen(tomb, 0, 0))
-    if rows:
+    result.changed = sorted(p for p, e in result.entries.items()
+                            if p not in seen or seen[p].entry.version != e.version)
+    if rows and record:
         manifest.record(rows)
     return result
 

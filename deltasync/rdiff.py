@@ -1,0 +1,69 @@
+"""`deltasync rdiff`: librsync's `rdiff` command, same arguments and file
+formats (signatures, deltas and patches interchange with the real `rdiff`).
+Files may be `-` (or absent) for stdin/stdout; the delta given to `patch` is
+spooled to a temporary file when it is not seekable, as librsync requires."""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from contextlib import ExitStack
+from typing import BinaryIO
+
+from . import engine
+from .errors import UsageError
+
+MAGICS = {("blake2", "rabinkarp"): engine.pyrsync.RS_RK_BLAKE2_SIG_MAGIC,
+          ("blake2", "rollsum"): engine.pyrsync.RS_BLAKE2_SIG_MAGIC,
+          ("md4", "rabinkarp"): engine.pyrsync.RS_RK_MD4_SIG_MAGIC,
+          ("md4", "rollsum"): engine.pyrsync.RS_MD4_SIG_MAGIC}
+
+
+def _in(stack: ExitStack, path: str | None) -> BinaryIO:
+    if path in (None, "-"):
+        return sys.stdin.buffer
+    return stack.enter_context(open(path, "rb"))
+
+
+def _out(stack: ExitStack, path: str | None, force: bool) -> BinaryIO:
+    if path in (None, "-"):
+        return sys.stdout.buffer
+    if os.path.exists(path) and not force:
+        raise UsageError(f"{path} exists; use --force to overwrite it")
+    return stack.enter_context(open(path, "wb"))
+
+
+def _seekable(stack: ExitStack, f: BinaryIO) -> BinaryIO:
+    if f.seekable():
+        return f
+    spool = stack.enter_context(tempfile.TemporaryFile())
+    shutil.copyfileobj(f, spool, 1 << 20)
+    spool.seek(0)
+    return spool
+
+
+def signature(basis: str | None, sig: str | None, block_size: int = 0, sum_size: int = 0, hash_alg: str = "blake2",
+              rollsum: str = "rabinkarp", force: bool = False) -> None:
+    magic = MAGICS.get((hash_alg, rollsum))
+    if magic is None:
+        raise UsageError(f"unknown --hash {hash_alg!r} or --rollsum {rollsum!r}")
+    if block_size < 0 or sum_size < 0:
+        raise UsageError("--block-size and --sum-size must be 0 (recommended) or positive")
+    with ExitStack() as stack:
+        f = _in(stack, basis)
+        size = os.fstat(f.fileno()).st_size if f.seekable() else -1
+        magic, block, strong = engine.pyrsync.get_signature_args(size, magic, block_size, sum_size)
+        engine.signature_to(f, _out(stack, sig, force), block, strong, magic)
+
+
+def delta(sig: str, new: str | None, out: str | None, force: bool = False) -> None:
+    with ExitStack() as stack:
+        engine.delta_to(_in(stack, new), _in(stack, sig), _out(stack, out, force))
+
+
+def patch(basis: str, delta_path: str | None, new: str | None, force: bool = False) -> None:
+    with ExitStack() as stack:
+        b = stack.enter_context(open(basis, "rb"))
+        d = _seekable(stack, _in(stack, delta_path))
+        engine.patch(b, d, _out(stack, new, force))

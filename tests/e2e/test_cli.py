@@ -1,0 +1,97 @@
+"""What scripts rely on: --json fields, exit codes, ignore rules both ways, progress on a terminal."""
+import json
+import os
+import pty
+import select
+import subprocess
+import time
+
+from conftest import DELTASYNC, Serve, digest, ds, push_json
+
+SESSION_FIELDS = {"files_total", "files_sent_whole", "files_sent_delta", "files_received", "files_unchanged",
+                  "files_deleted", "files_failed", "bytes_sent", "bytes_received", "literal_bytes", "seconds",
+                  "failures", "conflicts"}
+
+
+def test_json_of_every_reporting_command(tmp_path, served):
+    a, b, s = served
+    assert set(json.loads(ds("init", tmp_path / "X", "--json").stdout)) == {"peer_id", "folder", "created"}
+    t = json.loads(ds("trust", tmp_path / "X", ds("id", a).stdout.strip(), "--name", "a", "--json").stdout)
+    assert t["name"] == "a" and t["peer_id"] == ds("id", a).stdout.strip()
+    (a / "f").write_text("x")
+    for cmd in ("push", "pull", "sync"):
+        r = json.loads(ds(cmd, a, s.address, "--json").stdout)
+        assert SESSION_FIELDS <= set(r), cmd
+    st = json.loads(ds("status", a, "--json").stdout)
+    assert {"peer_id", "peers", "partials", "conflicts", "pending"} <= set(st)
+    (a / "new").write_text("pending")
+    assert json.loads(ds("status", a, "--json").stdout)["pending"] == ["new"]
+
+
+def test_exit_code_3_lists_the_failure(served):
+    a, b, s = served
+    (b / "p").mkdir()
+    (a / "p").write_text("a file where B has a directory")
+    p = ds("push", a, s.address, "--json", check=False)
+    r = json.loads(p.stdout)
+    assert p.returncode == 3 and r["failures"][0]["path"] == "p" and "--delete" in r["failures"][0]["error"]
+
+
+def test_ignore_rules_in_both_directions(served):
+    a, b, s = served
+    for d in (a, b):
+        (d / ".deltasyncignore").write_text("*.tmp\ncache/\n")
+    (a / "keep.txt").write_text("k")
+    (a / "scratch.tmp").write_text("never sent")
+    (b / "cache").mkdir()
+    (b / "cache" / "x").write_text("never fetched")
+    (b / "local.tmp").write_text("never deleted")
+    r = json.loads(ds("sync", a, s.address, "--json", "--exclude", "keep.txt").stdout)
+    assert not (b / "scratch.tmp").exists() and not (a / "cache").exists() and not (b / "keep.txt").exists()
+    push_json(a, s.address, "--delete")
+    assert (b / "local.tmp").read_text() == "never deleted" and (b / "cache" / "x").exists()
+    assert r["files_failed"] == 0
+
+
+def test_compress_shrinks_compressible_data(served):
+    a, b, s = served
+    (a / "log.txt").write_bytes(b"the same line again and again\n" * 200_000)  # 6 MB
+    r = json.loads(ds("push", a, s.address, "--compress", "--json").stdout)
+    assert r["bytes_sent"] < 1_000_000 and digest(a) == digest(b)
+
+
+def _run_in_pty(args) -> str:
+    master, slave = pty.openpty()
+    p = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    out = b""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        r, _, _ = select.select([master], [], [], 0.2)
+        if r:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        elif p.poll() is not None:
+            break
+    p.wait()
+    os.close(master)
+    return out.decode(errors="replace")
+
+
+def test_progress_bar_on_a_terminal_only(tmp_path, pair):
+    a, b = pair
+    (a / "big").write_bytes(os.urandom(30_000_000))
+    s = Serve(b)
+    try:
+        shown = _run_in_pty([*DELTASYNC, "push", str(a), s.address, "--bwlimit", "15M"])
+        assert "files" in shown and "━" in shown  # rich's bar
+        (a / "big2").write_bytes(os.urandom(3_000_000))
+        piped = ds("push", a, s.address).stderr
+        assert "━" not in piped
+    finally:
+        s.stop()
