@@ -2,7 +2,7 @@
 stores, `send_file_list` carries and the planner compares."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from . import version as vv
@@ -42,11 +42,15 @@ class Entry:
         return self.mode == other.mode and self.mtime_ns == other.mtime_ns
 
     def to_wire(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["version"] = vv.to_wire(self.version)
-        if not self.deleted:
-            del d["deleted"]
-        return {k: v for k, v in d.items() if v is not None}
+        d: dict[str, Any] = {"path": self.path, "kind": self.kind, "size": self.size, "mtime_ns": self.mtime_ns,
+                             "mode": self.mode, "version": dict(self.version)}
+        if self.blake3 is not None:
+            d["blake3"] = self.blake3
+        if self.target is not None:
+            d["target"] = self.target
+        if self.deleted:
+            d["deleted"] = True
+        return d
 
     @classmethod
     def from_wire(cls, d: Any) -> "Entry":

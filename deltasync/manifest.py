@@ -6,6 +6,7 @@ One `Manifest` may be shared by threads: every call takes the lock.
 """
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import threading
@@ -74,6 +75,12 @@ class Partial:
         return sum(min(self.segment_size, self.size - i * self.segment_size) for i in self.done)
 
 
+@functools.lru_cache(maxsize=4096)
+def _version(text: str) -> vv.Version:
+    """Parsed once per distinct vector: most rows of a folder share a few."""
+    return vv.from_wire(json.loads(text))
+
+
 class Manifest:
     def __init__(self, path: Path) -> None:
         self._lock = threading.RLock()
@@ -101,7 +108,7 @@ class Manifest:
 
     @staticmethod
     def _seen(r: tuple) -> Seen:
-        version = vv.from_wire(json.loads(r[9]))
+        version = _version(r[9])
         return Seen(Entry(r[0], r[1], r[2], r[3], r[4], r[7], r[8], version, bool(r[10])), r[5], r[6])
 
     def seen(self) -> dict[str, Seen]:

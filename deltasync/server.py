@@ -109,6 +109,7 @@ class Server:
             check_hello(first)
             assert isinstance(first, Frame)
             conn.compress = wants(first, COMPRESS)
+            zstd_index = wants(first, "zstd")  # indexes compress well (paths, keys), so always when readable
             if conn.peer.id in self.outgoing:
                 log.info("peer %s: a session with it is already running; asked to retry", who)
                 await conn.send(encode("error", message="busy: a sync with you is already running; retry later"))
@@ -131,7 +132,7 @@ class Server:
                 if item.action == "request_file_list":
                     index = await self.scan()
                     for frame in index_frames(list(index.values()), partials_wire(self.manifest.partials()),
-                                              conn.compress):
+                                              zstd_index):
                         await conn.send(frame)
                 elif item.action == "request_file":
                     if index is None:

@@ -191,3 +191,26 @@ def finish(fd: int, mode: int, mtime_ns: int, fsync: bool = True) -> None:
     os.utime(fd, ns=(mtime_ns, mtime_ns))
     if fsync:
         os.fsync(fd)
+
+
+def make_durable(directory: Path, files: list[Path]) -> None:
+    """Flush files we wrote without fsync: one syncfs(2) of their filesystem
+    where Linux offers it, else an fsync of each."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if libc.syncfs(fd) == 0:
+                return
+        finally:
+            os.close(fd)
+    except (OSError, AttributeError):
+        pass
+    for f in files:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import hashing
@@ -45,11 +45,11 @@ def hash_file(path: Path, st: os.stat_result) -> str | None:
     return digest if _stat_fields(after) == _stat_fields(before) else None
 
 
-def _versioned(e: Entry, old: Seen | None, me: str) -> Entry:
-    """Keep the known version if nothing but mtime moved; else it is a local change."""
+def _version(e: Entry, old: Seen | None, me: str) -> vv.Version:
+    """The known version if nothing but mtime moved; else a local change: bumped."""
     if old is not None and not old.entry.deleted and old.entry.same_content(e) and old.entry.mode == e.mode:
-        return replace(e, version=old.entry.version)
-    return replace(e, version=vv.bump(old.entry.version if old else (), me))
+        return old.entry.version
+    return vv.bump(old.entry.version if old else (), me)
 
 
 def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None, me: str = "local",
@@ -85,9 +85,12 @@ def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None, me: str =
             old = seen.get(path)
             if is_dir:
                 e = Entry(path, DIR, 0, st.st_mtime_ns, stat.S_IMODE(mode))
+                e = Entry(path, DIR, 0, e.mtime_ns, e.mode, version=_version(e, old, me))
             elif stat.S_ISLNK(mode):
                 try:
-                    e = Entry(path, SYMLINK, 0, 0, 0, target=os.readlink(de.path))
+                    target = os.readlink(de.path)
+                    e = Entry(path, SYMLINK, 0, 0, 0, target=target,
+                              version=_version(Entry(path, SYMLINK, target=target), old, me))
                 except OSError:
                     result.skipped.append(path)
                     continue
@@ -105,10 +108,11 @@ def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None, me: str =
                         continue
                     result.hashed_files += 1
                     result.hashed_bytes += st.st_size
-                e = Entry(path, FILE, st.st_size, st.st_mtime_ns, stat.S_IMODE(mode), digest)
+                fmode = stat.S_IMODE(mode)
+                e = Entry(path, FILE, st.st_size, st.st_mtime_ns, fmode, digest,
+                          version=_version(Entry(path, FILE, st.st_size, 0, fmode, digest), old, me))
             else:
                 continue  # fifos, sockets, devices are not synced
-            e = _versioned(e, old, me)
             result.entries[path] = e
             if old is None or old.entry != e or (old.ino, old.ctime_ns) != (st.st_ino, st.st_ctime_ns):
                 rows.append(Seen(e, st.st_ino, st.st_ctime_ns))
