@@ -30,11 +30,13 @@ def _logging(verbose: int, quiet: bool) -> None:
     logging.basicConfig(level=level, stream=sys.stderr, format="deltasync: %(message)s")
 
 
-def _run(fn: Callable[[], Any]) -> Any:
+def _run(fn: Callable[[], Any], as_json: bool = False) -> Any:
     try:
         return fn()
     except DeltasyncError as e:
         typer.echo(f"deltasync: error: {e}", err=True)
+        if as_json:  # scripts still get one object on stdout
+            _print_json({"error": str(e), "exit_code": e.exit_code})
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         typer.echo("deltasync: interrupted", err=True)
@@ -141,7 +143,7 @@ def _session(mode: str, directory: Path, peer: str, delete: bool, dry_run: bool,
     rate = _run(lambda: parse_rate(bwlimit)) if bwlimit else None
     shown = progress.choose(quiet or dry_run)
     report = _run(lambda: asyncio.run(client.session(Folder.open(directory), peer, mode, delete, dry_run, exclude,
-                                                     rate, shown, compress)))
+                                                     rate, shown, compress)), as_json)
     if as_json:
         _print_json(report.to_json())
     elif not quiet:

@@ -100,3 +100,27 @@ def test_hostile_paths_and_ops(rx, tmp_path):
     with pytest.raises(ProtocolError, match="add up"):
         rx.receive_small([{"path": "a", "size": 10, "mtime_ns": 1, "mode": 0, "blake3": "0" * 64}], b"short")
     assert sorted(os.listdir(tmp_path)) == ["B"]
+
+
+def test_partial_for_another_target_or_basis_starts_over(rx):
+    data = os.urandom(3 * SEG)
+    inc = begin(rx, "f", data)
+    rx.segment(inc, *seg(inc, data, 0))
+    rx.abandon(inc)
+    (old,) = rx.manifest.partials()
+    other = os.urandom(3 * SEG)  # the source changed before the resume: a new target version
+    inc = begin(rx, "f", other)
+    assert inc.done == set()
+    (new,) = rx.manifest.partials()
+    assert new.name != old.name and not (rx.folder.partials / old.name).exists()
+    rx.abandon(inc)
+
+
+def test_stale_partials_are_cleaned(rx):
+    data = os.urandom(2 * SEG)
+    inc = begin(rx, "f", data)
+    rx.segment(inc, *seg(inc, data, 0))
+    rx.abandon(inc)
+    assert rx.clean_stale(3600) == 0 and len(rx.manifest.partials()) == 1
+    assert rx.clean_stale(-1) == 1
+    assert rx.manifest.partials() == [] and list(rx.folder.partials.iterdir()) == []

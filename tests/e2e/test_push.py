@@ -101,6 +101,9 @@ def test_exit_codes_for_user_errors(tmp_path):
     ds("init", tmp_path / "A")
     p = ds("push", tmp_path / "A", "127.0.0.1:1", check=False)
     assert p.returncode == 4 and "cannot reach" in p.stderr
+    p = ds("push", tmp_path / "A", "127.0.0.1:1", "--json", check=False)
+    assert p.returncode == 4 and json.loads(p.stdout) == {"error": p.stderr.split("error: ", 1)[1].strip(),
+                                                          "exit_code": 4}
     p = ds("push", tmp_path / "A", check=False)
     assert p.returncode == 2
 
