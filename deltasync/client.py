@@ -303,17 +303,19 @@ async def session(folder: Folder, target: str, mode: str = "push", delete: bool 
     address, expect = cfg.resolve(target)
     manifest = Manifest(folder.db)
     receiver = Receiver(folder, manifest)
+    # our scan runs while we connect and the peer scans: the two overlap
+    scanning = asyncio.ensure_future(asyncio.to_thread(local_index, folder, manifest, excludes))
     try:
-        local = await asyncio.to_thread(local_index, folder, manifest, excludes)
-        if not dry_run:  # cache our versions' signatures while the network works (see Pusher._signature)
-            for e in manifest.missing_signatures(local.values(), DELTA_MIN):
-                receiver.precompute_signature(e)
         conn = await connect(folder, address, expect, idle_timeout=float(cfg.setting("idle_timeout")))
         conn.bwlimit = bwlimit
         report = Report()
         try:
             await client_hello(conn, folder.peer_id, compress)
             await conn.send(encode("request_file_list"))
+            local = await scanning
+            if not dry_run:  # cache our versions' signatures while the network works (see Pusher._signature)
+                for e in manifest.missing_signatures(local.values(), DELTA_MIN):
+                    receiver.precompute_signature(e)
             remote, rpartials = await read_index(conn, int(cfg.setting("max_index_entries")))
             ignore = Ignore.for_folder(folder.root, excludes)
             remote = {p: e for p, e in remote.items() if not ignore(p, e.kind == "dir")}
@@ -364,6 +366,10 @@ async def session(folder: Folder, target: str, mode: str = "push", delete: bool 
         report.seconds = time.monotonic() - started
         return report
     finally:
+        if not scanning.done():  # never close the manifest under a running scan
+            await asyncio.wait([scanning])
+        if not scanning.cancelled():
+            scanning.exception()  # retrieved: a failed scan was already raised, or the session failed first
         receiver.close()
         manifest.close()
 

@@ -36,21 +36,11 @@ def push_json(src: Path, addr: str, *extra: str) -> dict:
     return json.loads(ds("push", src, addr, "--json", *extra).stdout)
 
 
-class Serve:
-    """A real `deltasync serve` process on loopback."""
+class Proc:
+    """A real deltasync process we can kill (SIGKILL) or stop (SIGTERM)."""
 
-    def __init__(self, folder: Path, listen: str = "127.0.0.1:0", netns: str | None = None) -> None:
-        cmd = [*DELTASYNC, "serve", str(folder), "--listen", listen, "-v"]
-        if netns:
-            cmd = ["ip", "netns", "exec", netns, *cmd]
-        self.log = open(folder.parent / f"serve-{folder.name}.log", "w")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line.startswith("listening on "):
-            self.stop()
-            raise AssertionError(f"serve did not start: {line!r} {(folder.parent / f'serve-{folder.name}.log').read_text()}")
-        self.address = line.split()[-1]
+    proc: subprocess.Popen
+    log: "object"
 
     def kill(self) -> None:
         self.proc.kill()
@@ -66,6 +56,21 @@ class Serve:
             rc = self.proc.wait()
         self.log.close()
         return rc
+
+
+class Serve(Proc):
+    """A real `deltasync serve` process on loopback."""
+
+    def __init__(self, folder: Path, listen: str = "127.0.0.1:0") -> None:
+        cmd = [*DELTASYNC, "serve", str(folder), "--listen", listen, "-v"]
+        self.log = open(folder.parent / f"serve-{folder.name}.log", "w")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.startswith("listening on "):
+            self.stop()
+            raise AssertionError(f"serve did not start: {line!r} {(folder.parent / f'serve-{folder.name}.log').read_text()}")
+        self.address = line.split()[-1]
 
 
 def make_pair(tmp: Path) -> tuple[Path, Path]:
@@ -108,7 +113,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Watch:
+class Watch(Proc):
     """A real `deltasync watch` process (optionally inside a network namespace)."""
 
     def __init__(self, folder: Path, listen: str, netns: str | None = None) -> None:
@@ -121,21 +126,6 @@ class Watch:
             cmd = ["ip", "netns", "exec", self.netns, *cmd]
         self.log = open(self.folder.parent / f"watch-{self.folder.name}.log", "a")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log, text=True)
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-        self.log.close()
-
-    def stop(self) -> int:
-        self.proc.terminate()
-        try:
-            rc = self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            rc = self.proc.wait()
-        self.log.close()
-        return rc
 
 
 def wait_for(cond, timeout: float = 120, what: str = "condition") -> float:

@@ -149,3 +149,21 @@ def test_untrusted_server_gets_nothing_from_the_client(tmp_path, pair):
         s.stop()
     assert not (impostor.root / "secret-name.txt").exists()
     assert "secret" not in (impostor.root.parent / "serve-impostor.log").read_text()
+
+
+def test_a_trickling_peer_does_not_block_others(tmp_path, served):
+    """A peer that sends its preamble a byte at a time holds one slot, not the server."""
+    a, b, s = served
+    host, port = s.address.rsplit(":", 1)
+    slow = socket.create_connection((host, int(port)), timeout=10)
+    try:
+        slow.sendall(MAGIC[:3])  # and then nothing, for now
+        (a / "f").write_text("still served")
+        r = push_json(a, s.address)
+        assert r["files_failed"] == 0 and (b / "f").read_text() == "still served"
+        slow.sendall(MAGIC[3:] + b"\xff\xff")  # then an oversized certificate length
+        slow.settimeout(15)
+        assert slow.recv(100) == b""  # closed on us, nothing sent
+    finally:
+        slow.close()
+    assert s.proc.poll() is None

@@ -1,0 +1,29 @@
+"""The benchmark must not rot: a tiny run of bench/bench.py (no timing assertion)."""
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, netns_available
+
+
+@pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync not installed (apt-get install rsync)")
+def test_bench_smoke(tmp_path):
+    out = tmp_path / "bench.json"
+    args = [sys.executable, str(ROOT / "bench" / "bench.py"), "--scale", "0.01", "--runs", "1",
+            "--cases", "full,regions,nochange", "--work", str(tmp_path / "work"), "--out", str(out),
+            "--prefix", "dss"]
+    if not netns_available():
+        args.append("--loopback")
+    p = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["case"] for r in rows] == ["full", "regions", "nochange"]
+    for r in rows:
+        for tool in ("rsync", "deltasync"):
+            assert r[tool]["seconds"] > 0 and r[tool]["rss_sender_kib"] > 0
+    # a change of 10% crosses as a delta, for both tools: far less than the full push
+    assert rows[1]["deltasync"]["bytes"] < rows[0]["deltasync"]["bytes"] / 2
+    assert "ratio" in p.stdout
