@@ -153,10 +153,15 @@ def reset_targets(work: Path, pristine: Path, full: bool) -> None:
             sh(["cp", "-a", f"{pristine}/.", str(d)])
 
 
-def prepare(work: Path, scale: float, small_files: bool) -> tuple[Path, Path]:
+def prepare(work: Path, scale: float, kind: str) -> tuple[Path, Path]:
+    """The pristine tree of a kind of case (seed plan, 10k small files, one 4 GiB file) and a fresh source copy."""
     pristine = work / "pristine"
     if not pristine.exists():
-        if small_files:
+        if kind == "huge":
+            pristine.mkdir(parents=True)
+            sh([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import fixture; "
+                "fixture.write_random(sys.argv[2], 4 << 30, seed=4)", str(HERE), str(pristine / "huge.bin")])
+        elif kind == "small":
             for i in range(10_000):
                 p = pristine / f"d{i % 100:02d}" / f"f{i:05d}.bin"
                 p.parent.mkdir(parents=True, exist_ok=True)
@@ -185,13 +190,13 @@ def mutate_small(src: Path, seed: int) -> None:
 
 
 def case(name: str, hosts: Hosts, work: Path, scale: float, runs: int) -> dict:
-    small = name.startswith("small")
-    wdir = work / ("small" if small else "seed")
+    kind = "small" if name.startswith("small") else "huge" if name == "huge" else "seed"
+    wdir = work / kind
     wdir.mkdir(parents=True, exist_ok=True)
     results: dict[str, list[dict]] = {"rsync": [], "deltasync": []}
     for run in range(runs):
-        pristine, src = prepare(wdir, scale, small)
-        full = name in ("full", "small_initial")
+        pristine, src = prepare(wdir, scale, kind)
+        full = name in ("full", "small_initial", "huge")
         reset_targets(wdir, pristine, full)
         if not full:  # a returning user: both sides' manifests have seen the pristine tree
             run_deltasync(hosts, wdir, src)
@@ -232,7 +237,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--rate", default=None, help="e.g. 100mbit; default unlimited")
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--cases", default="full,regions,scattered,shift,append,nochange,small_initial,small_nochange,small_1pct")
+    ap.add_argument("--cases", default="full,regions,scattered,shift,append,nochange,small_initial,small_nochange,"
+                    "small_1pct", help="add `huge` (one 4 GiB file, full push; needs ~17 GB of disk) for the RSS check")
     ap.add_argument("--work", type=Path, default=Path("/tmp/deltasync-bench"))
     ap.add_argument("--prefix", default="dsb")
     ap.add_argument("--loopback", action="store_true", help="do not use network namespaces")

@@ -81,7 +81,7 @@ def main(argv: list[str]) -> int:
     out = {}
     try:
         for tool in ("deltasync", "rsync"):
-            pristine, src = bench.prepare(a.work, a.scale, False)
+            pristine, src = bench.prepare(a.work, a.scale, "seed")
             (a.work / "rsyncd.conf").write_text(f"use chroot = no\nuid = root\ngid = root\n[dst]\npath = "
                                                 f"{a.work / 'rsync_dst'}\nread only = false\n")
             bench.reset_targets(a.work, pristine, full=True)

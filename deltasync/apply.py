@@ -156,7 +156,6 @@ class Receiver:
 
     # -- small files, many per frame ---------------------------------------
     def receive_small(self, files: list[Any], body: bytes) -> list[Result]:
-        results = []
         offset = 0
         parsed = []
         for meta in files:

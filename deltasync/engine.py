@@ -7,7 +7,7 @@ RabinKarp rolling sums with BLAKE2 strong sums, truncated to STRONG_LEN bytes
 from __future__ import annotations
 
 import io
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import pyrsync
 
@@ -86,7 +86,7 @@ class _Basis:
         raise OSError("read-only")
 
 
-def patch(basis: BinaryIO, delta_bytes: bytes | BinaryIO, out: BinaryIO) -> None:
+def patch(basis: BinaryIO, delta_bytes: bytes | BinaryIO, out: Any) -> None:
     """Apply a delta; `basis` must be seekable, and so must the delta (librsync's rule)."""
     d = io.BytesIO(delta_bytes) if isinstance(delta_bytes, (bytes, bytearray)) else delta_bytes
     try:

@@ -161,11 +161,13 @@ class Manifest:
     # -- partial-transfer journal -----------------------------------------
     def partials(self) -> list[Partial]:
         with self._lock:
-            rows = self._db.execute("SELECT * FROM partials ORDER BY path").fetchall()
+            rows = self._db.execute(
+                "SELECT path, target_blake3, replaces, size, mtime_ns, mode, segment_size, name, started, updated, "
+                "version FROM partials ORDER BY path").fetchall()
             segs: dict[str, set[int]] = {}
             for p, i in self._db.execute("SELECT path, idx FROM partial_segments"):
                 segs.setdefault(p, set()).add(i)
-        return [Partial(*r, done=frozenset(segs.get(r[0], ()))) for r in rows]
+        return [Partial(*r, frozenset(segs.get(r[0], ()))) for r in rows]
 
     def partial(self, path: str) -> Partial | None:
         return next((p for p in self.partials() if p.path == path), None)

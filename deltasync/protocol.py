@@ -109,7 +109,7 @@ def validate(header: Any) -> None:
         value = header.get(name)
         if name not in header or type(value) not in types:
             raise ProtocolError(f"{action}: field {name!r} missing or of the wrong type")
-        if types is _NUM and value < 0:
+        if types is _NUM and isinstance(value, int) and value < 0:
             raise ProtocolError(f"{action}: field {name!r} is negative")
 
 

@@ -181,6 +181,7 @@ class Server:
                 path, dest = req.get("path"), req.get("dest", req.get("path"))
                 safe.check_relpath(path)
                 safe.check_relpath(dest)
+                assert isinstance(path, str) and isinstance(dest, str)  # checked just above
                 e = index.get(path)
                 if e is None or e.deleted or e.kind != FILE or e.blake3 != req.get("blake3"):
                     await conn.send(ack(Result(dest, False, f"{path}: changed on the peer; run again")))

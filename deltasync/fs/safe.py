@@ -16,7 +16,7 @@ import os
 import stat
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 from ..errors import TransferFailed, UnsafePath
 
@@ -166,7 +166,7 @@ class SafeRoot:
                 os.unlink(name, dir_fd=fd)
 
 
-def write_aside(directory: Path, name: str, chunks: "Iterator[bytes] | list[bytes]", mode: int,
+def write_aside(directory: Path, name: str, chunks: Iterable[bytes | memoryview], mode: int,
                 mtime_ns: int, fsync: bool = True) -> Path:
     """Write a new file under our own state folder with its final mode and mtime."""
     tmp = directory / name

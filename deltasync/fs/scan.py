@@ -66,8 +66,8 @@ def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None, me: str =
     def visit(dirpath: Path, rel: str) -> None:
         try:
             it = list(os.scandir(dirpath))
-        except OSError as e:
-            log.warning("cannot list %s: %s", dirpath, e.strerror)
+        except OSError as err:
+            log.warning("cannot list %s: %s", dirpath, err.strerror)
             result.skipped.append(rel)
             return
         for de in sorted(it, key=lambda d: d.name):
@@ -137,19 +137,3 @@ def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None, me: str =
         manifest.record(rows)
     return result
 
-
-def live(entries: dict[str, Entry]) -> dict[str, Entry]:
-    return {p: e for p, e in entries.items() if not e.deleted}
-
-
-def live(entries: dict[str, Entry]) -> dict[str, Entry]:
-    return {p: e for p, e in entries.items() if not e.deleted}
-
-
-def seen_now(root: Path, entry: Entry) -> Seen:
-    """The manifest row for a path we just wrote (so the next scan need not rehash it)."""
-    st = os.stat(root / entry.path, follow_symlinks=False)
-    return Seen(Entry(entry.path, entry.kind, st.st_size if entry.kind == FILE else 0,
-                      st.st_mtime_ns if entry.kind != SYMLINK else 0,
-                      stat.S_IMODE(st.st_mode) if entry.kind != SYMLINK else 0,
-                      entry.blake3, entry.target), st.st_ino, st.st_ctime_ns)

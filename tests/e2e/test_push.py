@@ -3,7 +3,6 @@ import json
 import os
 import stat
 
-import pytest
 
 from conftest import Serve, digest, ds, fixture, no_leftovers, push_json
 
