@@ -42,6 +42,25 @@ class Result:
     whole: bool = False
 
 
+def _tmp_name(suffix: str = "") -> str:
+    """Temp and partial files carry their writer's PID: one whose writer is gone
+    (killed mid-write) is an orphan and is cleaned, whatever its age."""
+    return f"{os.getpid()}-{uuid.uuid4().hex}{suffix}"
+
+
+def _writer_alive(name: str) -> bool:
+    pid = name.split("-", 1)[0]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _why(path: str, err: Exception) -> str:
     if isinstance(err, OSError):  # a full disk fails this file; the old version stays
         return f"{path}: {err.strerror or err}"
@@ -187,7 +206,7 @@ class Receiver:
                     if hashing.of_bytes(data) != e.blake3:
                         raise TransferFailed(f"{e.path}: blake3 mismatch, not applied")
                     self._expect(e.path, replaces, e)
-                    staged.append((e, safe.write_aside(self.folder.tmp, uuid.uuid4().hex, [data], e.mode,
+                    staged.append((e, safe.write_aside(self.folder.tmp, _tmp_name(), [data], e.mode,
                                                        e.mtime_ns, fsync=False)))
                 except AlreadyPresent:
                     results.append(Result(e.path, True))
@@ -249,7 +268,7 @@ class Receiver:
                 now = time.time()
                 version = json.dumps(vv.to_wire(vv.from_wire(h.get("version"))))
                 part = Partial(path, h["blake3"], h["replaces"], h["size"], h["mtime_ns"], h["mode"],
-                               h["segment_size"], uuid.uuid4().hex + ".part", now, now, version, frozenset())
+                               h["segment_size"], _tmp_name(".part"), now, now, version, frozenset())
             fd = os.open(self.folder.partials / part.name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             if not keep:
                 os.ftruncate(fd, 0)
@@ -344,7 +363,7 @@ class Receiver:
         known = {p.name for p in self.manifest.partials()}
         for d in (self.folder.partials, self.folder.tmp):
             for f in d.iterdir():
-                if f.name not in known and now - f.stat().st_mtime > 60:
+                if f.name not in known and not _writer_alive(f.name):
                     f.unlink(missing_ok=True)
         return dropped
 
@@ -402,7 +421,7 @@ class Receiver:
                         h.update(c)
                         yield c
 
-                tmp = safe.write_aside(self.folder.tmp, uuid.uuid4().hex, hashed(), e.mode, e.mtime_ns)
+                tmp = safe.write_aside(self.folder.tmp, _tmp_name(), hashed(), e.mode, e.mtime_ns)
             try:
                 if h.hexdigest() != e.blake3:
                     raise TransferFailed(f"{e.path}: {origin} no longer holds that content")
@@ -441,7 +460,7 @@ class Receiver:
                 if cur is not None and cur.kind not in (SYMLINK,):
                     raise TransferFailed(f"{e.path}: is a {cur.kind} here, not a symlink")
                 assert e.target is not None
-                self.safe.symlink(e.target, e.path, f".deltasync-tmp-{uuid.uuid4().hex}")
+                self.safe.symlink(e.target, e.path, f"{safe.TMP_PREFIX}{_tmp_name()}")
             elif kind == "copy":
                 origin, replaces = op.get("from"), op.get("replaces")
                 if not isinstance(origin, str) or not (replaces is None or isinstance(replaces, str)):

@@ -313,7 +313,20 @@ def rdiff_patch(basis: str = typer.Argument(..., help="The old file."),
     _run(lambda: rdiff.patch(basis, delta, new, force))
 
 
+def _fixed_mmap_threshold() -> None:
+    """Give 4 MiB segment buffers back to the OS when freed. glibc raises its
+    mmap threshold after the first large free, after which such buffers stay in
+    the heap and peak RSS grows by tens of MiB; a fixed threshold keeps it flat."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to tune
+
+
 def main() -> None:
+    _fixed_mmap_threshold()
     app()
 
 

@@ -24,7 +24,7 @@ from .inbound import Inbound
 from .manifest import Manifest
 from .plan import DELTA_MIN, PartialInfo, Plan, SyncPlan, Transfer, make_plan, plan_sync
 from .progress import Quiet
-from .protocol import Frame, encode
+from .protocol import Buffer, Frame, encode
 from .sender import FileSender, Outcome, batches, op_dict
 from .session import client_hello, read_index
 from .transport import Connection, connect
@@ -141,7 +141,7 @@ class Pusher:
             for fail in self.outcome.failures:
                 self.report.fail(fail["path"], fail["error"])
 
-    async def _signature(self, t: Transfer) -> bytes | None:
+    async def _signature(self, t: Transfer) -> Buffer | None:
         """The peer's signature of the version it holds: from our own cache when
         we held that content too (no round trip, no signature on the wire)."""
         assert t.basis is not None
@@ -303,6 +303,7 @@ async def session(folder: Folder, target: str, mode: str = "push", delete: bool 
     address, expect = cfg.resolve(target)
     manifest = Manifest(folder.db)
     receiver = Receiver(folder, manifest)
+    receiver.clean_stale(float(cfg.setting("partial_max_age_hours")) * 3600)  # orphans of a killed run
     # our scan runs while we connect and the peer scans: the two overlap
     scanning = asyncio.ensure_future(asyncio.to_thread(local_index, folder, manifest, excludes))
     try:

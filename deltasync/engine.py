@@ -48,7 +48,7 @@ def signature_to(f: BinaryIO, out: BinaryIO, block_len: int, strong_len: int = S
         raise DeltaError(f"signature failed: {e}") from None
 
 
-def delta(new: bytes, sig: bytes) -> bytes:
+def delta(new: bytes, sig: bytes | bytearray) -> bytes:
     """Delta of one segment of the new file against the whole old file's signature."""
     out = io.BytesIO()
     delta_to(io.BytesIO(new), io.BytesIO(sig), out)

@@ -54,11 +54,14 @@ SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
 }
 
 
+Buffer = bytes | bytearray  # a received body is filled in place, so it may be a bytearray
+
+
 @dataclass
 class Frame:
     action: str
     header: dict[str, Any] = field(default_factory=dict)
-    body: bytes = b""
+    body: Buffer = b""
 
     def __getitem__(self, key: str) -> Any:
         return self.header[key]
@@ -125,11 +128,13 @@ class FrameDecoder:
         self._max_header = max_header
         self._max_body = max_body
         self._pending: dict[str, Any] | None = None
+        self._body = bytearray()  # the pending frame's body, filled in place (no copy of a 4 MiB segment)
+        self._filled = 0
         self._broken = False
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return len(self._buf) + self._filled
 
     def feed(self, data: bytes) -> list[Frame]:
         return list(self._feed(data))
@@ -147,6 +152,7 @@ class FrameDecoder:
         except ProtocolError:
             self._broken = True
             self._buf.clear()
+            self._body = bytearray()
             raise
 
     def _next(self) -> Frame | None:
@@ -167,15 +173,19 @@ class FrameDecoder:
                 raise ProtocolError(f"body length {header['body_len']} exceeds {self._max_body}")
             del self._buf[: 4 + hlen]
             self._pending = header
+            self._body, self._filled = bytearray(header["body_len"]), 0
         need = self._pending["body_len"]
-        if len(self._buf) < need:
+        take = min(need - self._filled, len(self._buf))
+        if take:
+            with memoryview(self._buf) as view:
+                self._body[self._filled : self._filled + take] = view[:take]
+            del self._buf[:take]
+            self._filled += take
+        if self._filled < need:
             return None
-        body = bytes(self._buf[:need])
-        del self._buf[:need]
+        body, self._body, self._filled = self._body, bytearray(), 0
         header, self._pending = self._pending, None
-        if header.get("z") is True:
-            body = _unzstd(body, self._max_body)
-        return Frame(header["action"], header, body)
+        return Frame(header["action"], header, _unzstd(body, self._max_body) if header.get("z") is True else body)
 
 
 def _zstd() -> Any:
@@ -184,7 +194,7 @@ def _zstd() -> Any:
     return zstandard.ZstdCompressor(level=1, write_content_size=True)
 
 
-def _unzstd(body: bytes, limit: int) -> bytes:
+def _unzstd(body: Buffer, limit: int) -> bytes:
     """Decompress a body, never past the body limit (a zstd bomb is a protocol error)."""
     import io
 

@@ -23,7 +23,7 @@ from .errors import SourceChanged
 from .fs.safe import SafeRoot
 from .plan import Transfer
 from .progress import Quiet
-from .protocol import MAX_HEADER, encode, encode_parts, json_body
+from .protocol import MAX_HEADER, Buffer, encode, encode_parts, json_body
 from .transport import Connection
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def op_dict(op: str, e: Entry) -> dict[str, Any]:
     return dict(e.to_wire(), op=op)
 
 
-SignatureSource = Callable[[Transfer], Awaitable["bytes | None"]]
+SignatureSource = Callable[[Transfer], Awaitable["Buffer | None"]]
 
 
 class FileSender:
@@ -114,7 +114,7 @@ class FileSender:
             self.outcome.literal_bytes += len(body)
             await self.conn.send(*encode_parts("send_file", body, self.conn.compress, files=metas))
 
-    def _segment(self, fd: int, t: Transfer, idx: int, sig: bytes | None, path: str) -> tuple[bytes, dict[str, Any]]:
+    def _segment(self, fd: int, t: Transfer, idx: int, sig: Buffer | None, path: str) -> tuple[bytes, dict[str, Any]]:
         offset = idx * t.segment_size
         length = min(t.segment_size, t.entry.size - offset)
         data = os.pread(fd, length, offset)

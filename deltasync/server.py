@@ -26,13 +26,13 @@ from .fs.scan import scan
 from .inbound import ACTIONS, Inbound, ack
 from .manifest import Manifest
 from .plan import DELTA_MIN, SEGMENT_SIZE, Transfer
-from .protocol import Frame, encode
+from .protocol import Buffer, Frame, encode
 from .sender import FileSender, Outcome, batches
 from .session import COMPRESS, check_hello, hello_frame, index_frames, partials_wire, wants
 from .transport import Connection, serve, split_address
 
 log = logging.getLogger(__name__)
-READ_AHEAD = 2  # frames decoded ahead of the one being applied (each up to 16 MiB)
+READ_AHEAD = 1  # frames decoded ahead of the one being applied (each up to 16 MiB)
 
 
 class Server:
@@ -171,7 +171,7 @@ class Server:
         dests: dict[str, str] = {}
         sig = f.body or None
 
-        async def given_signature(_: Transfer) -> bytes | None:
+        async def given_signature(_: Transfer) -> Buffer | None:
             return sig
 
         try:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pathspec
 
+from .safe import META, TMP_PREFIX
+
 IGNORE_FILE = ".deltasyncignore"
-META = ".deltasync"
 
 
 class Ignore:
@@ -26,7 +27,7 @@ class Ignore:
         return cls(lines + list(extra or []))
 
     def __call__(self, path: str, is_dir: bool = False) -> bool:
-        if path == META or path.startswith(META + "/"):
+        if path == META or path.startswith(META + "/") or path.rpartition("/")[2].startswith(TMP_PREFIX):
             return True
         if self._empty:
             return False

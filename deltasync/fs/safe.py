@@ -21,6 +21,7 @@ from typing import BinaryIO, Iterable, Iterator
 from ..errors import TransferFailed, UnsafePath
 
 META = ".deltasync"
+TMP_PREFIX = ".deltasync-tmp-"  # a symlink made aside in its own directory before its rename
 MAX_PATH = 4096
 MAX_NAME = 255
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
