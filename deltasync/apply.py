@@ -61,6 +61,13 @@ def _writer_alive(name: str) -> bool:
     return True
 
 
+def _pwrite_all(fd: int, data: bytes | bytearray, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
 def _why(path: str, err: Exception) -> str:
     if isinstance(err, OSError):  # a full disk fails this file; the old version stays
         return f"{path}: {err.strerror or err}"
@@ -125,9 +132,10 @@ class Receiver:
         else:
             with self.safe.parent(path):
                 pass  # validates the path before we hash through it
-            digest = hash_file(self.folder.root / path, st)
-            if digest is None:
+            hashed = hash_file(self.folder.root / path, st)
+            if hashed is None:
                 raise TransferFailed(f"{path}: changing here right now")
+            digest = hashed[0]
         return Entry(path, FILE, st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode), digest)
 
     def _expect(self, path: str, replaces: str | None, incoming: Entry | None = None) -> Entry | None:
@@ -286,15 +294,18 @@ class Receiver:
             raise ProtocolError(f"send_delta: segment {idx} of {p.path} is out of range")
         if idx in inc.done:
             return  # already verified and journaled; an idempotent resend
-        if h["literal"]:
+        if h.get("same") is True:  # unchanged: the basis holds these bytes at this very offset
+            if inc.basis is None:
+                raise ProtocolError(f"send_delta: {p.path} segment {idx} copies from a missing basis")
+            data = os.pread(inc.basis.fileno(), length, offset)
+            if len(data) != length or hashing.of_bytes(data) != h["blake3"]:
+                raise ProtocolError(f"{p.path}: segment {idx} is not what the basis holds there")
+            _pwrite_all(inc.fd, data, offset)
+        elif h["literal"]:
             if len(body) != length or hashing.of_bytes(body) != h["blake3"]:
                 # the sender hashed exactly these bytes: a mismatch is never innocent
                 raise ProtocolError(f"{p.path}: segment {idx} failed verification")
-            view = memoryview(body)
-            pos = offset
-            while view:
-                n = os.pwrite(inc.fd, view, pos)
-                view, pos = view[n:], pos + n
+            _pwrite_all(inc.fd, body, offset)
         else:
             if inc.basis is None:
                 raise ProtocolError(f"send_delta: delta for {p.path} without a basis")
@@ -324,9 +335,11 @@ class Receiver:
             if missing:
                 raise TransferFailed(f"{p.path}: {len(missing)} segments missing at file_done")
             os.ftruncate(inc.fd, p.size)
-            if hashing.of_fd(inc.fd) != p.target_blake3:
+            digest, segments = hashing.of_fd(inc.fd, p.segment_size)
+            if digest != p.target_blake3:
                 self._discard(p)
                 raise TransferFailed(f"{p.path}: whole-file blake3 mismatch; partial dropped")
+            self.manifest.store_segments([(digest, p.segment_size, segments)])
             self._expect(p.path, p.replaces)
             safe.finish(inc.fd, p.mode, p.mtime_ns)
             self.safe.replace(self.folder.partials / p.name, p.path)

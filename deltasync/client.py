@@ -119,7 +119,7 @@ class Pusher:
         self.report = report
         self.manifest = manifest
         self.outcome = Outcome()
-        self.sender = FileSender(SafeRoot(folder.root), conn, self.outcome, progress)
+        self.sender = FileSender(SafeRoot(folder.root), conn, self.outcome, progress, manifest.segments_of)
         self.acks = _Acks(conn, report, progress)
 
     async def run(self, plan: Plan) -> None:
@@ -242,7 +242,8 @@ class Puller:
                     sig = got[1]
             requests.append(({"files": [{"path": fetch_as.get(t.entry.path, t.entry.path), "dest": t.entry.path,
                                          "blake3": t.entry.blake3, "replaces": t.replaces, "basis": basis,
-                                         "segment_size": t.segment_size, "done": sorted(t.done)}]}, sig))
+                                         "segment_size": t.segment_size, "done": sorted(t.done),
+                                         "basis_size": t.basis_size}]}, sig))
         if not requests:
             return
 

@@ -28,6 +28,9 @@ CREATE TABLE IF NOT EXISTS signatures (
     path TEXT PRIMARY KEY, blake3 TEXT NOT NULL, block_len INTEGER NOT NULL, sig BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS signatures_by_content ON signatures (blake3);
+CREATE TABLE IF NOT EXISTS segments (
+    blake3 TEXT NOT NULL, segment_size INTEGER NOT NULL, hashes BLOB NOT NULL, PRIMARY KEY (blake3, segment_size)
+);
 CREATE TABLE IF NOT EXISTS partials (
     path TEXT PRIMARY KEY, target_blake3 TEXT NOT NULL, replaces TEXT, size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL, mode INTEGER NOT NULL, segment_size INTEGER NOT NULL,
@@ -147,6 +150,20 @@ class Manifest:
         with self._lock:
             r = self._db.execute("SELECT block_len, sig FROM signatures WHERE blake3=? LIMIT 1", (blake3,)).fetchone()
         return (r[0], bytes(r[1])) if r else None
+
+    def store_segments(self, items: Iterable[tuple[str, int, bytes]]) -> None:
+        """Per-segment blake3 of content we hold (content-addressed, like signatures)."""
+        with self._lock:
+            self._db.executemany("INSERT OR REPLACE INTO segments VALUES (?,?,?)", list(items))
+
+    def segments_of(self, blake3: str, segment_size: int) -> list[bytes] | None:
+        with self._lock:
+            r = self._db.execute("SELECT hashes FROM segments WHERE blake3=? AND segment_size=?",
+                                 (blake3, segment_size)).fetchone()
+        if r is None:
+            return None
+        raw = bytes(r[0])
+        return [raw[i : i + 32] for i in range(0, len(raw), 32)]
 
     def missing_signatures(self, entries: Iterable[Entry], min_size: int) -> list[Entry]:
         with self._lock:

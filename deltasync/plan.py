@@ -48,6 +48,7 @@ class Transfer:
     replaces: str | None  # blake3 the target must still hold at that path (None: nothing there)
     segment_size: int = SEGMENT_SIZE
     done: frozenset[int] = frozenset()  # segments the target already holds verified
+    basis_size: int = 0  # size of the basis version (segments past it cannot match it)
 
     @property
     def segments(self) -> int:
@@ -163,11 +164,12 @@ def make_plan(source: dict[str, Entry], target: dict[str, Entry],
                 plan.small.append((src, replaces))
             else:
                 basis = replaces if (replaces is not None and have is not None and have.size > 0) else None
+                basis_size = have.size if basis is not None and have is not None else 0
                 if resumable:
                     assert part is not None
-                    plan.large.append(Transfer(src, basis, replaces, part.segment_size, part.done))
+                    plan.large.append(Transfer(src, basis, replaces, part.segment_size, part.done, basis_size))
                 else:
-                    plan.large.append(Transfer(src, basis, replaces))
+                    plan.large.append(Transfer(src, basis, replaces, basis_size=basis_size))
 
     dirty_dirs = {d for p in touched for d in _parents(p)}
     for path in sorted(source, key=lambda p: (-p.count("/"), p)):

@@ -74,11 +74,13 @@ SignatureSource = Callable[[Transfer], Awaitable["Buffer | None"]]
 
 
 class FileSender:
-    def __init__(self, safe: SafeRoot, conn: Connection, outcome: Outcome, progress: Quiet | None = None) -> None:
+    def __init__(self, safe: SafeRoot, conn: Connection, outcome: Outcome, progress: Quiet | None = None,
+                 segments_of: Callable[[str, int], list[bytes] | None] = lambda _b, _s: None) -> None:
         self.safe = safe
         self.conn = conn
         self.outcome = outcome
         self.progress = progress or Quiet()
+        self.segments_of = segments_of  # per-segment blake3 of content we held (manifest.segments_of)
         self.pool = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="delta")
 
     def close(self) -> None:
@@ -114,15 +116,20 @@ class FileSender:
             self.outcome.literal_bytes += len(body)
             await self.conn.send(*encode_parts("send_file", body, self.conn.compress, files=metas))
 
-    def _segment(self, fd: int, t: Transfer, idx: int, sig: Buffer | None, path: str) -> tuple[bytes, dict[str, Any]]:
+    def _segment(self, fd: int, t: Transfer, idx: int, sig: Buffer | None, path: str,
+                 old: list[bytes] | None) -> tuple[bytes, dict[str, Any]]:
+        """One segment, cheapest first: unchanged at its offset (nothing but its
+        hash travels), past the end of the basis (literal), else a librsync delta."""
         offset = idx * t.segment_size
         length = min(t.segment_size, t.entry.size - offset)
         data = os.pread(fd, length, offset)
         if len(data) != length:
             raise SourceChanged(f"{t.entry.path}: shrank while being sent")
-        header = {"path": path, "index": idx, "offset": offset, "length": length,
-                  "blake3": hashing.of_bytes(data), "literal": True}
-        if sig is not None:
+        digest = hashing.of_bytes(data)
+        header = {"path": path, "index": idx, "offset": offset, "length": length, "blake3": digest, "literal": True}
+        if old is not None and idx < len(old) and old[idx] == bytes.fromhex(digest):
+            return b"", dict(header, literal=False, same=True)
+        if sig is not None and offset < t.basis_size:
             d = engine.delta(data, sig)
             if len(d) < length:
                 header["literal"] = False
@@ -154,12 +161,14 @@ class FileSender:
                                         blake3=e.blake3, segment_size=t.segment_size, basis=t.basis,
                                         replaces=t.replaces, version=vv.to_wire(e.version)))
             todo = [i for i in range(t.segments) if i not in t.done]
+            old = self.segments_of(t.basis, t.segment_size) if t.basis is not None else None
             loop = asyncio.get_running_loop()
             window: list[Future[tuple[bytes, dict[str, Any]]]] = []
             try:
                 for pos in range(len(todo)):
                     while len(window) <= WINDOW and pos + len(window) < len(todo):
-                        window.append(self.pool.submit(self._segment, fd, t, todo[pos + len(window)], sig, path))
+                        window.append(self.pool.submit(self._segment, fd, t, todo[pos + len(window)], sig, path,
+                                                       old))
                     body, header = await asyncio.wrap_future(window.pop(0), loop=loop)
                     self.outcome.literal_bytes += len(body)
                     await self.conn.send(*encode_parts("send_delta", body, self.conn.compress, **header))

@@ -166,7 +166,7 @@ class Server:
         """A pull: send the files asked for (as of the index we sent), then `request_done`.
         A file that changed here since is refused with a failed ack."""
         outcome = Outcome()
-        sender = FileSender(safe.SafeRoot(self.folder.root), conn, outcome)
+        sender = FileSender(safe.SafeRoot(self.folder.root), conn, outcome, segments_of=self.manifest.segments_of)
         small: list[tuple[Entry, str | None]] = []
         dests: dict[str, str] = {}
         sig = f.body or None
@@ -199,7 +199,11 @@ class Server:
                 seg = req.get("segment_size", SEGMENT_SIZE)
                 if type(seg) is not int or not 0 < seg <= 64 * 1024 * 1024:
                     raise ProtocolError("request_file: bad segment_size")
-                await sender.large(Transfer(e, basis, replaces, seg, frozenset(done)), given_signature, dest)
+                basis_size = req.get("basis_size", 0)
+                if type(basis_size) is not int or basis_size < 0:
+                    raise ProtocolError("request_file: bad basis_size")
+                await sender.large(Transfer(e, basis, replaces, seg, frozenset(done), basis_size), given_signature,
+                                   dest)
             for batch in batches(small):
                 await sender.small(batch, dest=lambda e: dests[e.path])
             for fail in outcome.failures:

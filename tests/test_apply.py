@@ -124,3 +124,21 @@ def test_stale_partials_are_cleaned(rx):
     assert rx.clean_stale(3600) == 0 and len(rx.manifest.partials()) == 1
     assert rx.clean_stale(-1) == 1
     assert rx.manifest.partials() == [] and list(rx.folder.partials.iterdir()) == []
+
+
+def test_unchanged_segments_are_copied_from_the_basis(rx):
+    old = os.urandom(3 * SEG)
+    (rx.folder.root / "f").write_bytes(old)
+    new = old[:SEG] + os.urandom(SEG) + old[2 * SEG:]
+    b3 = hashing.of_bytes(old)
+    inc = begin(rx, "f", new, replaces=b3, basis=b3)
+    h0, _ = seg(inc, new, 0)
+    rx.segment(inc, dict(h0, literal=False, same=True), b"")
+    rx.segment(inc, *seg(inc, new, 1))
+    h2, _ = seg(inc, new, 2)
+    with pytest.raises(ProtocolError, match="not what the basis holds"):
+        rx.segment(inc, dict(h2, literal=False, same=True, blake3=h0["blake3"]), b"")
+    rx.segment(inc, dict(h2, literal=False, same=True), b"")
+    assert rx.finish(inc).ok
+    assert (rx.folder.root / "f").read_bytes() == new
+    assert rx.manifest.segments_of(hashing.of_bytes(new), SEG) is not None

@@ -13,6 +13,7 @@ from .. import hashing
 from .. import version as vv
 from ..entry import DIR, FILE, SYMLINK, Entry
 from ..manifest import Manifest, Seen
+from ..plan import DELTA_MIN, SEGMENT_SIZE
 from .ignore import Ignore
 
 log = logging.getLogger(__name__)
@@ -31,18 +32,19 @@ def _stat_fields(st: os.stat_result) -> tuple[int, int, int, int]:
     return st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns
 
 
-def hash_file(path: Path, st: os.stat_result) -> str | None:
-    """blake3 of a regular file, or None if it changed while we read it (try later)."""
+def hash_file(path: Path, st: os.stat_result, segment_size: int = 0) -> tuple[str, bytes] | None:
+    """blake3 of a regular file (and of its segments, with `segment_size`), or
+    None if it changed while we read it (try later)."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         before = os.fstat(fd)
         if _stat_fields(before)[:3] != _stat_fields(st)[:3]:
             return None
-        digest = hashing.of_fd(fd)
+        digests = hashing.of_fd(fd, segment_size)
         after = os.fstat(fd)
     finally:
         os.close(fd)
-    return digest if _stat_fields(after) == _stat_fields(before) else None
+    return digests if _stat_fields(after) == _stat_fields(before) else None
 
 
 def _version(e: Entry, old: Seen | None, me: str) -> vv.Version:
@@ -62,6 +64,7 @@ def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None, me: str =
     seen = manifest.seen()
     result = ScanResult({})
     rows: list[Seen] = []
+    segments: list[tuple[str, int, bytes]] = []
 
     def visit(dirpath: Path, rel: str) -> None:
         try:
@@ -99,13 +102,17 @@ def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None, me: str =
                         and (old.entry.size, old.entry.mtime_ns, old.ino, old.ctime_ns) == _stat_fields(st)):
                     digest: str | None = old.entry.blake3
                 else:
+                    big = st.st_size >= DELTA_MIN
                     try:
-                        digest = hash_file(Path(de.path), st)
+                        hashed = hash_file(Path(de.path), st, SEGMENT_SIZE if big else 0)
                     except OSError:
-                        digest = None
-                    if digest is None:
+                        hashed = None
+                    if hashed is None:
                         result.skipped.append(path)
                         continue
+                    digest = hashed[0]
+                    if big:
+                        segments.append((digest, SEGMENT_SIZE, hashed[1]))
                     result.hashed_files += 1
                     result.hashed_bytes += st.st_size
                 fmode = stat.S_IMODE(mode)
@@ -135,5 +142,7 @@ def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None, me: str =
                             if p not in seen or seen[p].entry.version != e.version)
     if rows and record:
         manifest.record(rows)
+    if segments and record:
+        manifest.store_segments(segments)
     return result
 
