@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import stat
 import threading
 import time
 import uuid
+from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -59,6 +61,27 @@ def _writer_alive(name: str) -> bool:
     except PermissionError:
         return True
     return True
+
+
+class _Interruptible:
+    """A file as librsync reads it, that stops the read when `stop` is set."""
+
+    def __init__(self, f: BinaryIO, stop: threading.Event) -> None:
+        self._f, self._stop = f, stop
+
+    def read(self, n: int = -1) -> bytes:
+        if self._stop.is_set():
+            raise OSError("stopped")
+        return self._f.read(n)
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return self._f.seek(pos, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def write(self, _: bytes) -> int:  # the binding checks for a file-like object
+        raise OSError("read-only")
 
 
 def _pwrite_all(fd: int, data: bytes | bytearray, offset: int) -> None:
@@ -106,10 +129,16 @@ class Receiver:
         self.safe = safe.SafeRoot(folder.root)
         self._sig_pool = ThreadPoolExecutor(1, thread_name_prefix="signature")
         self._sig_jobs: dict[tuple[str, str], Future[tuple[int, bytes]]] = {}
+        self._stop = threading.Event()
 
-    def close(self, finish_signatures: bool = False) -> None:
-        """Stop; cached-signature jobs still queued are finished or dropped."""
-        self._sig_pool.shutdown(wait=True, cancel_futures=not finish_signatures)
+    def close(self, wait_signatures: float = 0.0) -> None:
+        """Stop. Background signature jobs get up to `wait_signatures` seconds
+        (inf: until done); the rest are abandoned mid-read, not waited for."""
+        pending = list(self._sig_jobs.values())
+        if pending and wait_signatures > 0:
+            futures.wait(pending, timeout=None if math.isinf(wait_signatures) else wait_signatures)
+        self._stop.set()
+        self._sig_pool.shutdown(wait=True, cancel_futures=True)
 
     # -- what is here now ---------------------------------------------------
     def current(self, path: str) -> Entry | None:
@@ -394,13 +423,16 @@ class Receiver:
             return cached
         job = self._sig_jobs.get((path, blake3))
         if job is not None:
-            return job.result()
-        return self._compute_signature(cur)
+            try:
+                return job.result()
+            except (engine.DeltaError, OSError, TransferFailed, futures.CancelledError):
+                pass  # that job was stopped or failed: compute it here
+        return self._compute_signature(cur, interruptible=False)
 
-    def _compute_signature(self, entry: Entry) -> tuple[int, bytes]:
+    def _compute_signature(self, entry: Entry, interruptible: bool = True) -> tuple[int, bytes]:
         block = engine.block_len_for(entry.size)
         with self.safe.open_read(entry.path) as f:
-            sig = engine.signature(f, block)
+            sig = engine.signature(_Interruptible(f, self._stop) if interruptible else f, block)
         assert entry.blake3 is not None
         cur = self.current(entry.path)
         if cur is not None and cur.blake3 == entry.blake3:

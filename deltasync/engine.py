@@ -34,13 +34,13 @@ def block_len_for(size: int) -> int:
     return block
 
 
-def signature(f: BinaryIO, block_len: int, strong_len: int = STRONG_LEN, magic: int = MAGIC) -> bytes:
+def signature(f: Any, block_len: int, strong_len: int = STRONG_LEN, magic: int = MAGIC) -> bytes:
     out = io.BytesIO()
     signature_to(f, out, block_len, strong_len, magic)
     return out.getvalue()
 
 
-def signature_to(f: BinaryIO, out: BinaryIO, block_len: int, strong_len: int = STRONG_LEN,
+def signature_to(f: Any, out: BinaryIO, block_len: int, strong_len: int = STRONG_LEN,
                  magic: int = MAGIC) -> None:
     try:
         pyrsync.signature(f, out, strong_len, magic, block_len)
