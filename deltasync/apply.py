@@ -32,6 +32,7 @@ from .fs import safe
 from .fs.scan import hash_file
 from .manifest import Manifest, Partial, Seen
 from .plan import DELTA_MIN
+from .protocol import Buffer
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +212,13 @@ class Receiver:
             _BUSY.discard((str(self.folder.root), path))
 
     # -- small files, many per frame ---------------------------------------
-    def receive_small(self, files: list[Any], body: bytes) -> list[Result]:
+    def stage_small(self, files: list[Any], body: Buffer, staged: list[tuple[Entry, Path]]) -> list[Result]:
+        """Verify one `send_file` frame's files and write them aside (not yet
+        durable, not yet in place); return the ones that failed or were already here.
+
+        Small files are staged across frames and committed together (see
+        `commit_small`): one filesystem sync for thousands of files, not one
+        fsync (a journal commit) each."""
         offset = 0
         parsed = []
         for meta in files:
@@ -226,31 +233,33 @@ class Receiver:
             offset += e.size
         if offset != len(body):
             raise ProtocolError("send_file: sizes do not add up to the body length")
-        # write every file aside first, make them all durable with one filesystem
-        # sync (not one fsync each: 10,000 small files would cost 10,000 journal
-        # commits), then rename them into place and record them in one transaction
         results: list[Result] = []
-        staged: list[tuple[Entry, Path]] = []
+        for e, replaces, start in parsed:
+            data = memoryview(body)[start : start + e.size]
+            try:
+                self._claim(e.path)
+            except TransferFailed as err:
+                results.append(Result(e.path, False, str(err)))
+                continue
+            try:
+                if hashing.of_bytes(data) != e.blake3:
+                    raise TransferFailed(f"{e.path}: blake3 mismatch, not applied")
+                self._expect(e.path, replaces, e)
+                staged.append((e, safe.write_aside(self.folder.tmp, _tmp_name(), [data], e.mode, e.mtime_ns,
+                                                   fsync=False)))
+            except AlreadyPresent:
+                results.append(Result(e.path, True))
+                self._release(e.path)
+            except (TransferFailed, OSError) as err:
+                results.append(Result(e.path, False, _why(e.path, err)))
+                self._release(e.path)
+        return results
+
+    def commit_small(self, staged: list[tuple[Entry, Path]]) -> list[Result]:
+        """Make staged files durable with one sync, rename them into place, and
+        record them in one transaction."""
+        results: list[Result] = []
         try:
-            for e, replaces, start in parsed:
-                data = memoryview(body)[start : start + e.size]
-                try:
-                    self._claim(e.path)
-                except TransferFailed as err:
-                    results.append(Result(e.path, False, str(err)))
-                    continue
-                try:
-                    if hashing.of_bytes(data) != e.blake3:
-                        raise TransferFailed(f"{e.path}: blake3 mismatch, not applied")
-                    self._expect(e.path, replaces, e)
-                    staged.append((e, safe.write_aside(self.folder.tmp, _tmp_name(), [data], e.mode,
-                                                       e.mtime_ns, fsync=False)))
-                except AlreadyPresent:
-                    results.append(Result(e.path, True))
-                    self._release(e.path)
-                except (TransferFailed, OSError) as err:
-                    results.append(Result(e.path, False, _why(e.path, err)))
-                    self._release(e.path)
             if staged:
                 safe.make_durable(self.folder.tmp, [tmp for _, tmp in staged])
             rows: list[Seen] = []
@@ -266,10 +275,15 @@ class Receiver:
             self.manifest.record(rows)
             self._sync_dirs({os.path.dirname(r.path) for r in results if r.ok})
         finally:
-            for e, tmp in staged:
-                tmp.unlink(missing_ok=True)
-                self._release(e.path)
+            self.drop_small(staged)
         return results
+
+    def drop_small(self, staged: list[tuple[Entry, Path]]) -> None:
+        """Forget staged files (a session that ended before their commit)."""
+        for e, tmp in staged:
+            tmp.unlink(missing_ok=True)
+            self._release(e.path)
+        staged.clear()
 
     def _sync_dirs(self, dirs: set[str]) -> None:
         for d in dirs:

@@ -260,6 +260,7 @@ class Puller:
                 if f is None:
                     raise ProtocolError("peer closed the session during a pull")
                 if f.action == "request_done":
+                    await self.inbound.flush()
                     done += 1
                 elif f.action == "ack":  # the peer could not send a file
                     self.report.fail(f["path"], str(f.get("error", "not sent")))

@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import errno
+from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from .apply import Incoming, Receiver, Result
+from .entry import Entry
 from .errors import AlreadyPresent, DiskFull, ProtocolError, TransferFailed
 from .protocol import Frame, body_json, encode
 
+MAX_STAGED_FILES = 5000
+MAX_STAGED_BYTES = 64 * 1024 * 1024  # on disk, in .deltasync/tmp; not in memory
 ACTIONS = frozenset({"send_file", "send_changes", "request_signature", "begin_file", "send_delta", "file_done",
                      "abort_file"})
 
@@ -43,19 +47,36 @@ class Inbound:
         self.on_result = on_result
         self.incoming: dict[str, Incoming] = {}
         self.failed: set[str] = set()
+        self.staged: list[tuple[Entry, Path]] = []  # small files written aside, not yet committed
+        self.staged_bytes = 0
 
     async def close(self) -> None:
-        """The session ended: in-flight files stay as resumable partials."""
+        """The session ended: in-flight files stay as resumable partials;
+        small files not yet committed are dropped (never acknowledged, so resent)."""
         for inc in self.incoming.values():
             await asyncio.to_thread(self.r.abandon, inc)
         self.incoming.clear()
+        await asyncio.to_thread(self.r.drop_small, self.staged)
+
+    async def flush(self) -> None:
+        """Commit the staged small files and report them. Called when no frame is
+        waiting, before any other kind of frame, and when many are staged."""
+        if self.staged:
+            staged, self.staged, self.staged_bytes = self.staged, [], 0
+            for res in await disk(self.r.commit_small, staged):
+                await self.on_result(res)
 
     async def handle(self, f: Frame) -> None:
         r, a = self.r, f.action
         if a == "send_file":
-            for res in await disk(r.receive_small, f["files"], f.body):
+            for res in await disk(r.stage_small, f["files"], f.body, self.staged):
                 await self.on_result(res)
-        elif a == "send_changes":
+            self.staged_bytes += len(f.body)
+            if len(self.staged) >= MAX_STAGED_FILES or self.staged_bytes >= MAX_STAGED_BYTES:
+                await self.flush()
+            return
+        await self.flush()
+        if a == "send_changes":
             ops = body_json(f)
             if not isinstance(ops, list):
                 raise ProtocolError("send_changes: body must be a list")

@@ -123,12 +123,15 @@ class Server:
                     log.info("peer %s closed the session", who)
                     return
                 if item.action == "bye":
+                    await inbound.flush()
                     try:
                         self.manifest.mark_synced(conn.peer.id, "served")
                     except sqlite3.Error as e:  # bookkeeping only; never fail a finished session
                         log.warning("cannot record the sync time: %s", e)
                     await conn.send(encode("bye"))
                     return
+                if item.action not in ACTIONS:
+                    await inbound.flush()
                 if item.action == "request_file_list":
                     index = await self.scan()
                     for frame in index_frames(list(index.values()), partials_wire(self.manifest.partials()),
@@ -140,6 +143,8 @@ class Server:
                     await self.send_requested(conn, item, index)
                 elif item.action in ACTIONS:
                     await inbound.handle(item)
+                    if queue.empty():  # nothing waiting: commit what is staged now, not later
+                        await inbound.flush()
                 else:
                     raise ProtocolError(f"unexpected {item.action} in this session")
         except (ProtocolError, UnsafePath) as e:

@@ -70,9 +70,10 @@ def test_file_changed_here_is_never_overwritten(rx):
         begin(rx, "f", b"new", replaces=None)
     with pytest.raises(TransferFailed, match="changed here"):
         begin(rx, "f", b"new", replaces="0" * 64)
-    results = rx.receive_small([{"path": "f", "size": 3, "mtime_ns": 1, "mode": 0o644,
-                                 "blake3": hashing.of_bytes(b"new"), "replaces": None}], b"new")
-    assert not results[0].ok
+    staged = []
+    results = rx.stage_small([{"path": "f", "size": 3, "mtime_ns": 1, "mode": 0o644,
+                               "blake3": hashing.of_bytes(b"new"), "replaces": None}], b"new", staged)
+    assert not results[0].ok and staged == []
     assert target.read_bytes() == b"local edit the sender never saw"
 
 
@@ -98,7 +99,7 @@ def test_hostile_paths_and_ops(rx, tmp_path):
     with pytest.raises(ProtocolError):
         rx.apply_op({"op": "chmod-everything", "path": "a", "kind": "dir"})
     with pytest.raises(ProtocolError, match="add up"):
-        rx.receive_small([{"path": "a", "size": 10, "mtime_ns": 1, "mode": 0, "blake3": "0" * 64}], b"short")
+        rx.stage_small([{"path": "a", "size": 10, "mtime_ns": 1, "mode": 0, "blake3": "0" * 64}], b"short", [])
     assert sorted(os.listdir(tmp_path)) == ["B"]
 
 
@@ -142,3 +143,18 @@ def test_unchanged_segments_are_copied_from_the_basis(rx):
     assert rx.finish(inc).ok
     assert (rx.folder.root / "f").read_bytes() == new
     assert rx.manifest.segments_of(hashing.of_bytes(new), SEG) is not None
+
+
+def test_small_files_are_staged_then_committed_together(rx):
+    staged = []
+    files = {f"d/f{i}": os.urandom(100 + i) for i in range(5)}
+    metas = [{"path": p, "size": len(d), "mtime_ns": 7, "mode": 0o600, "blake3": hashing.of_bytes(d),
+              "replaces": None} for p, d in files.items()]
+    assert rx.stage_small(metas[:2], b"".join(list(files.values())[:2]), staged) == []
+    assert rx.stage_small(metas[2:], b"".join(list(files.values())[2:]), staged) == []
+    assert len(staged) == 5 and not (rx.folder.root / "d").exists()  # nothing in place before the commit
+    results = rx.commit_small(staged)
+    assert all(r.ok for r in results) and staged == []
+    for p, d in files.items():
+        assert (rx.folder.root / p).read_bytes() == d
+    assert list(rx.folder.tmp.iterdir()) == []
