@@ -196,10 +196,10 @@ class Manifest:
                              (p.path, p.target_blake3, p.replaces, p.size, p.mtime_ns, p.mode,
                               p.segment_size, p.name, p.started, p.updated, p.version))
 
-    def segment_done(self, path: str, idx: int) -> None:
-        """Called only after the segment's bytes are verified and fsynced."""
+    def segments_done(self, path: str, idxs: Iterable[int]) -> None:
+        """Called only after the segments' bytes are verified and fsynced."""
         with self._lock, self._tx():
-            self._db.execute("INSERT OR IGNORE INTO partial_segments VALUES (?,?)", (path, idx))
+            self._db.executemany("INSERT OR IGNORE INTO partial_segments VALUES (?,?)", [(path, i) for i in idxs])
             self._db.execute("UPDATE partials SET updated=? WHERE path=?", (time.time(), path))
 
     def drop_partial(self, path: str) -> None:
