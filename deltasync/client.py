@@ -298,7 +298,7 @@ def _work(plans: list[Plan]) -> tuple[int, int]:
 
 async def session(folder: Folder, target: str, mode: str = "push", delete: bool = False, dry_run: bool = False,
                   excludes: list[str] | None = None, bwlimit: float | None = None,
-                  progress: Quiet | None = None, compress: bool = False) -> Report:
+                  progress: Quiet | None = None, compress: bool = False, keep_signatures: bool = False) -> Report:
     """One session with the peer at `target` (HOST:PORT or a peer name)."""
     progress = progress or Quiet()
     started = time.monotonic()
@@ -366,10 +366,10 @@ async def session(folder: Folder, target: str, mode: str = "push", delete: bool 
             report.bytes_sent = conn.bytes_sent
             report.bytes_received = conn.bytes_received
             await conn.close()
-        # our new versions' signatures make the next delta cheaper: worth waiting for when the session
-        # moved nothing, not worth more than a tenth of its time when it did
+        # our new versions' signatures make the next delta cheaper (no signature on the wire): worth
+        # waiting for when the session moved nothing or the caller lives on (watch), else not at all
         moved = report.literal_bytes or report.files_received
-        await asyncio.to_thread(receiver.close, 0.1 * (time.monotonic() - started) if moved else math.inf)
+        await asyncio.to_thread(receiver.close, math.inf if keep_signatures or not moved else 0.0)
         report.seconds = time.monotonic() - started
         return report
     finally:

@@ -86,7 +86,7 @@ class Watcher:
             if pinned:
                 self.server.outgoing.add(pinned)
             try:
-                r = await session(self.folder, peer, "sync")
+                r = await session(self.folder, peer, "sync", keep_signatures=True)
                 moved = r.files_sent_whole + r.files_sent_delta + r.files_received + r.files_deleted
                 if moved or r.conflicts or r.failures or reason == "start":
                     self.event("synced", peer=peer, reason=reason, sent=r.files_sent_whole + r.files_sent_delta,
