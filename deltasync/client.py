@@ -273,8 +273,9 @@ class Puller:
             asker.cancel()
 
 
-def local_index(folder: Folder, manifest: Manifest, excludes: list[str] | None = None) -> dict[str, Entry]:
-    return scan(folder.root, manifest, Ignore.for_folder(folder.root, excludes), folder.short_id).entries
+def local_index(folder: Folder, manifest: Manifest, excludes: list[str] | None = None,
+                record: bool = True) -> dict[str, Entry]:
+    return scan(folder.root, manifest, Ignore.for_folder(folder.root, excludes), folder.short_id, record).entries
 
 
 def _record_merged(manifest: Manifest, merged: dict[str, Entry]) -> None:
@@ -306,16 +307,17 @@ async def session(folder: Folder, target: str, mode: str = "push", delete: bool 
     address, expect = cfg.resolve(target)
     manifest = Manifest(folder.db)
     receiver = Receiver(folder, manifest)
-    receiver.clean_stale(float(cfg.setting("partial_max_age_hours")) * 3600)  # orphans of a killed run
+    if not dry_run:
+        receiver.clean_stale(float(cfg.setting("partial_max_age_hours")) * 3600)  # orphans of a killed run
     # our scan runs while we connect and the peer scans: the two overlap
-    scanning = asyncio.ensure_future(asyncio.to_thread(local_index, folder, manifest, excludes))
+    scanning = asyncio.ensure_future(asyncio.to_thread(local_index, folder, manifest, excludes, not dry_run))
     try:
         conn = await connect(folder, address, expect, idle_timeout=float(cfg.setting("idle_timeout")))
         conn.bwlimit = bwlimit
         report = Report()
         try:
             await client_hello(conn, folder.peer_id, compress)
-            await conn.send(encode("request_file_list"))
+            await conn.send(encode("request_file_list", dry_run=dry_run))
             local = await scanning
             if not dry_run:  # cache our versions' signatures while the network works (see Pusher._signature)
                 for e in manifest.missing_signatures(local.values(), DELTA_MIN):

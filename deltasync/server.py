@@ -60,10 +60,10 @@ class Server:
     def incoming(self) -> set[str]:
         return set(self.sessions.values())
 
-    async def scan(self) -> dict[str, Entry]:
+    async def scan(self, record: bool = True) -> dict[str, Entry]:
         async with self._scan_lock:
             result = await asyncio.to_thread(scan, self.folder.root, self.manifest, Ignore.for_folder(self.folder.root),
-                                             self.folder.short_id)
+                                             self.folder.short_id, record)
         return result.entries
 
     async def handle(self, conn: Connection) -> None:
@@ -102,6 +102,7 @@ class Server:
         reader = asyncio.create_task(read_ahead())
         inbound = Inbound(self.receiver, conn.send, send_ack)
         index: dict[str, Entry] | None = None
+        looking = False  # a --dry-run session: it changes nothing here, not even our manifest
         try:
             first = await queue.get()
             if isinstance(first, BaseException):
@@ -125,7 +126,8 @@ class Server:
                 if item.action == "bye":
                     await inbound.flush()
                     try:
-                        self.manifest.mark_synced(conn.peer.id, "served")
+                        if not looking:
+                            self.manifest.mark_synced(conn.peer.id, "served")
                     except sqlite3.Error as e:  # bookkeeping only; never fail a finished session
                         log.warning("cannot record the sync time: %s", e)
                     await conn.send(encode("bye"))
@@ -133,7 +135,8 @@ class Server:
                 if item.action not in ACTIONS:
                     await inbound.flush()
                 if item.action == "request_file_list":
-                    index = await self.scan()
+                    looking = item.get("dry_run") is True
+                    index = await self.scan(record=not looking)
                     for frame in index_frames(list(index.values()), partials_wire(self.manifest.partials()),
                                               zstd_index):
                         await conn.send(frame)

@@ -64,14 +64,27 @@ def test_metadata_only_change_sends_no_data(served):
     assert stat.S_IMODE(os.stat(b / "f").st_mode) == 0o600
 
 
+def manifest_rows(folder):
+    import sqlite3
+
+    db = sqlite3.connect(folder / ".deltasync" / "manifest.db")
+    try:
+        return [db.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall() for t in ("files", "peers_seen", "partials")]
+    finally:
+        db.close()
+
+
 def test_dry_run_changes_nothing(served):
     a, b, s = served
+    (b / "old").write_text("on B only")
+    push_json(a, s.address)  # both manifests have seen their trees
     fixture("seed", str(a), "--scale", "0.01")
-    before = digest(b)
-    r = push_json(a, s.address, "--dry-run")
-    assert digest(b) == before
-    ops = {i["op"] for i in r["plan"]}
-    assert {"send_whole", "mkdir"} <= ops
+    before = digest(a), digest(b), manifest_rows(a), manifest_rows(b)
+    for cmd in ("push", "sync", "pull"):
+        assert "plan" in json.loads(ds(cmd, a, s.address, "--dry-run", "--json", "--delete" if cmd == "push" else "-q").stdout)
+        assert (digest(a), digest(b), manifest_rows(a), manifest_rows(b)) == before, cmd
+    ops = {i["op"] for i in json.loads(ds("push", a, s.address, "--dry-run", "--json", "--delete").stdout)["plan"]}
+    assert {"send_whole", "mkdir", "delete"} <= ops
 
 
 def test_untrusted_peer_is_refused_and_nothing_written(tmp_path, served):
