@@ -194,24 +194,32 @@ def finish(fd: int, mode: int, mtime_ns: int, fsync: bool = True) -> None:
         os.fsync(fd)
 
 
-def make_durable(directory: Path, files: list[Path]) -> None:
-    """Flush files we wrote without fsync: one syncfs(2) of their filesystem
-    where Linux offers it, else an fsync of each."""
-    try:
-        import ctypes
+SYNCFS_FROM = 256  # below this many files, an fsync each is cheaper than flushing the whole filesystem
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            if libc.syncfs(fd) == 0:
-                return
-        finally:
-            os.close(fd)
-    except (OSError, AttributeError):
-        pass
+
+def make_durable(directory: Path, files: list[Path]) -> None:
+    """Flush files we wrote without fsync: an fsync each for a few, one
+    syncfs(2) of their filesystem for many (where Linux offers it). syncfs also
+    flushes others' dirty data, so it pays only when there are many files."""
+    if len(files) >= SYNCFS_FROM and _syncfs(directory):
+        return
     for f in files:
         fd = os.open(f, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _syncfs(directory: Path) -> bool:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            return bool(libc.syncfs(fd) == 0)
+        finally:
+            os.close(fd)
+    except (OSError, AttributeError):
+        return False
