@@ -64,8 +64,8 @@ class Syncthing:
             shutil.rmtree(self.homes[s], ignore_errors=True)
             shutil.rmtree(self.dirs[s], ignore_errors=True)
             self.dirs[s].mkdir(parents=True)
-            out = bench.sh(["syncthing", "generate", f"--home={self.homes[s]}", "--no-default-folder"]).stdout
-            ids[s] = next(ln.split()[-1] for ln in out.splitlines() if "Device ID" in ln)
+            p = bench.sh(["syncthing", "generate", f"--home={self.homes[s]}", "--no-default-folder"])
+            ids[s] = next(ln.split()[-1] for ln in (p.stdout + p.stderr).splitlines() if "Device ID" in ln)
         for s in "ab":
             self._configure(s, ids)
         self.procs: list[subprocess.Popen] = []
