@@ -153,10 +153,17 @@ def run(scale: float = 0.2, keep: Path | None = None) -> list[Step]:
         time.sleep(0.5)
         a.kill()  # A dies 0.5 s into the transfer
         out, _ = pusher.communicate()
-        interrupted = pusher.returncode != 0
-        first = json.loads(out) if out.strip() else {"bytes_sent": 0, "files_sent_whole": 0}
-        steps.append(Step("File_2 + 50 files to A; A killed at 0.5 s" + (" (mid-transfer)" if interrupted else ""),
-                          _moved(first), first.get("bytes_sent", 0), time.monotonic() - t, None))
+        first = json.loads(out) if out.strip() else {}
+        if "files_total" in first:  # it finished before the kill
+            steps.append(Step("File_2 + 50 files to A; A killed at 0.5 s (after the push)", _moved(first),
+                              first["bytes_sent"], time.monotonic() - t, None))
+        else:  # what A kept: whole small files, and File_2's verified segments as a partial
+            status = json.loads(_cli("status", a.root, "--json").stdout)
+            kept = sum(p["bytes_done"] for p in status["partials"])
+            arrived = sum(1 for i in range(50) if (a.root / "folder" / f"small_{i:02d}.bin").exists())
+            steps.append(Step(f"File_2 + 50 files to A; A killed at 0.5 s: {arrived} files in place, "
+                              f"{kept / MiB:.0f} MiB of File_2 kept to resume", arrived, kept,
+                              time.monotonic() - t, None))
         a.start()
         t = time.monotonic()
         r = _push(b, a)

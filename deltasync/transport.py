@@ -151,6 +151,9 @@ async def connect(folder: Folder, address: str, expect_id: str | None = None,
     own_der = identity.cert_der(folder.cert)
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except ConnectionRefusedError:
+        raise PeerUnreachable(f"cannot reach {address}: connection refused (is deltasync serve or watch "
+                              f"running there?)") from None
     except (OSError, asyncio.TimeoutError) as e:
         raise PeerUnreachable(f"cannot reach {address}: {getattr(e, 'strerror', None) or e or 'timed out'}") from None
     try:
