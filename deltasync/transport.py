@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 MAGIC = b"DSYNC1"
 MAX_CERT = 16 * 1024
 READ_SIZE = 256 * 1024
+WRITE_SLICE = 256 * 1024
 _OK, _REFUSED = b"\x00", b"\x01"
 
 
@@ -70,7 +71,12 @@ class Connection:
                 await asyncio.sleep(ahead)
         try:
             for p in parts:
-                self._writer.write(p)
+                # big bodies go in slices, each drained: the TLS layer then never holds a
+                # whole encrypted segment besides the plain one (flat memory per side)
+                for i in range(0, len(p), WRITE_SLICE):
+                    self._writer.write(memoryview(p)[i : i + WRITE_SLICE] if len(p) > WRITE_SLICE else p)
+                    if len(p) > WRITE_SLICE:
+                        await self._writer.drain()
             self.bytes_sent += size
             await self._writer.drain()
         except (ConnectionError, ssl.SSLError) as e:
