@@ -85,7 +85,11 @@ class _Interruptible:
         raise OSError("read-only")
 
 
-UNCHANGED_PER_SYNC = 16  # unchanged segments copied between two fsyncs (64 MiB)
+# Written segments are fsynced and journaled together, every SYNC_BYTES or SYNC_SECONDS:
+# one fdatasync per 4 MiB segment cost 1.56 s per 500 MB here, one per 32 MiB about a
+# third of that. A crash loses at most the unjournaled group, which a resume resends.
+SYNC_BYTES = 32 * 1024 * 1024
+SYNC_SECONDS = 1.0
 
 
 def _copy_range(src: int, dst: int, offset: int, length: int) -> None:
@@ -121,6 +125,8 @@ class Incoming:
         self.basis_segments = basis_segments  # our own per-segment blake3 of the basis, when recorded
         self.done = set(partial.done)
         self.unsynced: list[int] = []  # written, not yet fsynced nor journaled
+        self.unsynced_bytes = 0
+        self.synced_at = time.monotonic()
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -364,9 +370,7 @@ class Receiver:
                 if len(data) != length or hashing.of_bytes(data) != h["blake3"]:
                     raise ProtocolError(f"{p.path}: segment {idx} is not what the basis holds there")
                 _pwrite_all(inc.fd, data, offset)
-            inc.unsynced.append(idx)
-            if len(inc.unsynced) >= UNCHANGED_PER_SYNC:
-                self._sync_segments(inc)
+            self._written(inc, idx, length)
             return
         elif h["literal"]:
             if len(body) != length or hashing.of_bytes(body) != h["blake3"]:
@@ -389,8 +393,13 @@ class Receiver:
                 out.close()
             if w.written != length or w.hexdigest() != h["blake3"]:
                 raise ProtocolError(f"{p.path}: segment {idx} failed verification")
+        self._written(inc, idx, length)
+
+    def _written(self, inc: Incoming, idx: int, length: int) -> None:
         inc.unsynced.append(idx)
-        self._sync_segments(inc)
+        inc.unsynced_bytes += length
+        if inc.unsynced_bytes >= SYNC_BYTES or time.monotonic() - inc.synced_at >= SYNC_SECONDS:
+            self._sync_segments(inc)
 
     def _sync_segments(self, inc: Incoming) -> None:
         """Make written segments durable, then journal them: never the other way round."""
@@ -399,6 +408,8 @@ class Receiver:
             self.manifest.segments_done(inc.partial.path, inc.unsynced)
             inc.done.update(inc.unsynced)
             inc.unsynced.clear()
+        inc.unsynced_bytes = 0
+        inc.synced_at = time.monotonic()
 
     def finish(self, inc: Incoming) -> Result:
         """Verify the whole file and put it in place. The partial is dropped
@@ -431,6 +442,11 @@ class Receiver:
     def abandon(self, inc: Incoming, drop: bool = False) -> None:
         """The session ended mid-file: keep the verified segments for a resume
         (or drop them, when the disk is full and the space is worth more)."""
+        if not drop and inc.fd >= 0:
+            try:
+                self._sync_segments(inc)  # what was written and verified is kept for the resume
+            except OSError:
+                pass
         inc.close()
         if drop:
             self._discard(inc.partial)
