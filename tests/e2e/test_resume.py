@@ -145,3 +145,45 @@ def test_disk_full_keeps_the_old_version(pair, tmp_path):
         assert (small / "f").read_bytes() == (a / "f").read_bytes()
     finally:
         subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_pull_resumes_from_the_pullers_journal(served):
+    """The same resume when we are the receiving side of a pull."""
+    a, b, s = served
+    (b / "big").write_bytes(os.urandom(40 * SEGMENT))
+    pull = subprocess.Popen([*DELTASYNC, "pull", str(a), s.address, "--json", "-q"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while journaled(a) < 8 and time.monotonic() < deadline and pull.poll() is None:
+        time.sleep(0.005)
+    pull.kill()
+    pull.communicate()
+    done = journaled(a)
+    if not 0 < done < 40:
+        pytest.skip(f"the pull was not caught mid-file ({done} of 40 segments journaled)")
+    r = json.loads(ds("pull", a, s.address, "--json").stdout)
+    assert r["files_failed"] == 0 and (a / "big").read_bytes() == (b / "big").read_bytes()
+    assert r["bytes_received"] <= (40 - done + 1) * SEGMENT + 1_000_000
+    assert no_leftovers(a) == []
+
+
+def test_receiver_serves_signatures_from_its_cache(tmp_path, monkeypatch):
+    from deltasync import engine, hashing
+    from deltasync.apply import Receiver
+    from deltasync.config import Folder
+    from deltasync.manifest import Manifest
+
+    folder, _, _ = Folder.init(tmp_path / "B")
+    (folder.root / "f").write_bytes(os.urandom(3 * SEGMENT))
+    m = Manifest(folder.db)
+    rx = Receiver(folder, m)
+    calls = []
+    real = engine.signature
+    monkeypatch.setattr(engine, "signature", lambda *a, **k: calls.append(1) or real(*a, **k))
+    b3 = hashing.of_bytes((folder.root / "f").read_bytes())
+    first = rx.signature_for("f", b3)
+    second = rx.signature_for("f", b3)
+    assert first == second and first is not None and len(calls) == 1  # the basis was read once
+    assert rx.signature_for("f", "0" * 64) is None  # another version: nothing to offer
+    rx.close()
+    m.close()
