@@ -31,7 +31,8 @@ def start_push(a, address, *extra):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-@pytest.mark.parametrize("iterations", [int(os.environ.get("DELTASYNC_TORTURE", "20"))])
+@pytest.mark.parametrize("iterations", [int(os.environ.get("DELTASYNC_TORTURE", "20")),
+                                        pytest.param(200, marks=pytest.mark.slow)])
 def test_crash_torture(pair, iterations):
     """SIGKILL the receiver or the sender at a random moment; a file at its final
     path is always its old or its new version; after a restart everything arrives."""
