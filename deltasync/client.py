@@ -27,7 +27,7 @@ from .plan import DELTA_MIN, PartialInfo, Plan, SyncPlan, Transfer, make_plan, p
 from .progress import Quiet
 from .protocol import Buffer, Frame, encode
 from .sender import FileSender, Outcome, batches, op_dict
-from .session import client_hello, read_index
+from .session import client_hello, peer_error, read_index
 from .transport import Connection, connect
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class _Acks:
                     self.bye.set_result(None)
                     return
                 elif f.action == "error":
-                    raise ProtocolError(f"peer: {f.get('message', '')[:500]}")
+                    raise peer_error(f)
                 else:
                     raise ProtocolError(f"unexpected {f.action} from peer")
         except Exception as e:
@@ -265,7 +265,7 @@ class Puller:
                 elif f.action == "ack":  # the peer could not send a file
                     self.report.fail(f["path"], str(f.get("error", "not sent")))
                 elif f.action == "error":
-                    raise ProtocolError(f"peer: {f.get('message', '')[:500]}")
+                    raise peer_error(f)
                 else:
                     await self.inbound.handle(f)
             await asker

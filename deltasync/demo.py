@@ -22,19 +22,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from blake3 import blake3
+
 MiB = 1 << 20
 _CLI = [sys.executable, "-m", "deltasync"]
 
 
 def _write_random(path: Path, size: int, seed: int) -> None:
-    rng = random.Random(seed)
+    """Deterministic incompressible bytes: blake3's extendable output of the seed,
+    a MiB at a time (the same seed gives the same file on any machine)."""
+    stream = blake3(str(seed).encode())
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
-        left = size
-        while left:
-            n = min(left, MiB)
-            f.write(rng.randbytes(n))
-            left -= n
+        for offset in range(0, size, MiB):
+            f.write(stream.digest(length=min(MiB, size - offset), seek=offset))
 
 
 def _change_regions(path: Path, fraction: float, seed: int) -> None:

@@ -28,7 +28,14 @@ from .manifest import Manifest
 from .plan import DELTA_MIN, SEGMENT_SIZE, Transfer
 from .protocol import Buffer, Frame, encode
 from .sender import FileSender, Outcome, batches
-from .session import COMPRESS, check_hello, hello_frame, index_frames, partials_wire, wants
+from .session import (
+    COMPRESS,
+    check_hello,
+    hello_frame,
+    index_frames,
+    partials_wire,
+    wants,
+)
 from .transport import Connection, serve, split_address
 
 log = logging.getLogger(__name__)

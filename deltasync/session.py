@@ -7,7 +7,14 @@ from typing import Any
 from .entry import Entry
 from .errors import ProtocolError
 from .plan import PartialInfo
-from .protocol import PROTOCOL_VERSIONS, Frame, body_json, encode, encode_parts, negotiate
+from .protocol import (
+    PROTOCOL_VERSIONS,
+    Frame,
+    body_json,
+    encode,
+    encode_parts,
+    negotiate,
+)
 from .transport import Connection
 
 FEATURES = ["zstd"]  # we can read zstd-compressed bodies
@@ -24,14 +31,24 @@ def wants(frame: Frame, feature: str) -> bool:
     return feature in frame["features"]
 
 
-def check_hello(frame: Frame | None) -> int:
+def peer_error(frame: Frame) -> ProtocolError:
+    """The peer's own `error` frame, as ours to raise."""
+    return ProtocolError(f"peer: {str(frame.get('message', ''))[:500]}")
+
+
+def expect(frame: Frame | None, action: str, when: str) -> Frame:
+    """`frame` if it is `action`; an early close, the peer's error or anything else is a ProtocolError."""
     if frame is None:
-        raise ProtocolError("peer closed the connection before hello")
+        raise ProtocolError(f"peer closed the connection {when}")
     if frame.action == "error":
-        raise ProtocolError(f"peer: {frame.get('message', '')[:500]}")
-    if frame.action != "hello":
-        raise ProtocolError(f"expected hello, got {frame.action}")
-    return negotiate(PROTOCOL_VERSIONS, frame["versions"])
+        raise peer_error(frame)
+    if frame.action != action:
+        raise ProtocolError(f"expected {action}, got {frame.action}")
+    return frame
+
+
+def check_hello(frame: Frame | None) -> int:
+    return negotiate(PROTOCOL_VERSIONS, expect(frame, "hello", "before hello")["versions"])
 
 
 async def client_hello(conn: Connection, own_id: str, compress: bool = False) -> int:
@@ -62,13 +79,7 @@ async def read_index(conn: Connection, max_entries: int) -> tuple[dict[str, Entr
     entries: dict[str, Entry] = {}
     partials: dict[str, PartialInfo] = {}
     while True:
-        frame = await conn.recv()
-        if frame is None:
-            raise ProtocolError("peer closed the connection while sending its index")
-        if frame.action == "error":
-            raise ProtocolError(f"peer: {frame.get('message', '')[:500]}")
-        if frame.action != "send_file_list":
-            raise ProtocolError(f"expected send_file_list, got {frame.action}")
+        frame = expect(await conn.recv(), "send_file_list", "while sending its index")
         body = body_json(frame)
         if not isinstance(body, dict) or not isinstance(body.get("entries"), list):
             raise ProtocolError("send_file_list: body must be an object with entries")

@@ -22,7 +22,8 @@ from typing import Any
 from .client import session
 from .config import Folder
 from .errors import DeltasyncError
-from .server import Server, run as serve
+from .server import Server
+from .server import run as serve
 
 log = logging.getLogger(__name__)
 
