@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import stat
 import threading
 import time
 import uuid
-from concurrent import futures
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
@@ -31,8 +28,8 @@ from .errors import AlreadyPresent, ProtocolError, TransferFailed, UnsafePath
 from .fs import safe
 from .fs.scan import hash_file
 from .manifest import Manifest, Partial, Seen
-from .plan import DELTA_MIN
 from .protocol import Buffer
+from .signatures import Signatures
 
 log = logging.getLogger(__name__)
 
@@ -62,27 +59,6 @@ def _writer_alive(name: str) -> bool:
     except PermissionError:
         return True
     return True
-
-
-class _Interruptible:
-    """A file as librsync reads it, that stops the read when `stop` is set."""
-
-    def __init__(self, f: BinaryIO, stop: threading.Event) -> None:
-        self._f, self._stop = f, stop
-
-    def read(self, n: int = -1) -> bytes:
-        if self._stop.is_set():
-            raise OSError("stopped")
-        return self._f.read(n)
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        return self._f.seek(pos, whence)
-
-    def tell(self) -> int:
-        return self._f.tell()
-
-    def write(self, _: bytes) -> int:  # the binding checks for a file-like object
-        raise OSError("read-only")
 
 
 # Written segments are fsynced and journaled together, every SYNC_BYTES or SYNC_SECONDS:
@@ -149,18 +125,12 @@ class Receiver:
         self.folder = folder
         self.manifest = manifest
         self.safe = safe.SafeRoot(folder.root)
-        self._sig_pool = ThreadPoolExecutor(1, thread_name_prefix="signature")
-        self._sig_jobs: dict[tuple[str, str], Future[tuple[int, bytes]]] = {}
-        self._stop = threading.Event()
+        self.signatures = Signatures(self.safe, manifest, self.current)
 
     def close(self, wait_signatures: float = 0.0) -> None:
         """Stop. Background signature jobs get up to `wait_signatures` seconds
         (inf: until done); the rest are abandoned mid-read, not waited for."""
-        pending = list(self._sig_jobs.values())
-        if pending and wait_signatures > 0:
-            futures.wait(pending, timeout=None if math.isinf(wait_signatures) else wait_signatures)
-        self._stop.set()
-        self._sig_pool.shutdown(wait=True, cancel_futures=True)
+        self.signatures.close(wait_signatures)
 
     # -- what is here now ---------------------------------------------------
     def current(self, path: str) -> Entry | None:
@@ -433,7 +403,7 @@ class Receiver:
                           version=vv.from_wire(json.loads(p.version)))
             self._record(entry)
             self.manifest.drop_partial(p.path)
-            self.precompute_signature(entry)
+            self.signatures.precompute(entry)
             return Result(p.path, True, whole=inc.basis is None)
         finally:
             inc.close()
@@ -473,44 +443,15 @@ class Receiver:
 
     # -- signatures ----------------------------------------------------------
     def signature_for(self, path: str, blake3: str) -> tuple[int, bytes] | None:
-        """Our signature of `path` if it still has content `blake3`; None if not.
-        Served from the manifest cache when possible, so an unchanged basis is
-        never re-read."""
+        """Our signature of `path` if it still has content `blake3`; None if not."""
         safe.check_relpath(path)
         cur = self.current(path)
         if cur is None or cur.kind != FILE or cur.blake3 != blake3:
             return None
-        cached = self.manifest.signature(path, blake3)
-        if cached is not None:
-            return cached
-        job = self._sig_jobs.get((path, blake3))
-        if job is not None:
-            try:
-                return job.result()
-            except (engine.DeltaError, OSError, TransferFailed, futures.CancelledError):
-                pass  # that job was stopped or failed: compute it here
-        return self._compute_signature(cur, interruptible=False)
-
-    def _compute_signature(self, entry: Entry, interruptible: bool = True) -> tuple[int, bytes]:
-        block = engine.block_len_for(entry.size)
-        with self.safe.open_read(entry.path) as f:
-            sig = engine.signature(_Interruptible(f, self._stop) if interruptible else f, block)
-        assert entry.blake3 is not None
-        cur = self.current(entry.path)
-        if cur is not None and cur.blake3 == entry.blake3:
-            self.manifest.store_signature(entry.path, entry.blake3, block, sig)
-        return block, sig
+        return self.signatures.get(cur)
 
     def precompute_signature(self, entry: Entry) -> None:
-        """Cache a version's signature in the background, so the next delta
-        against it -- computed here, or by a peer that asks -- does not wait for
-        a read of the whole file, and a sender needs no signature from the wire."""
-        if entry.size < DELTA_MIN:
-            return
-        key = (entry.path, entry.blake3 or "")
-        fut = self._sig_pool.submit(self._compute_signature, entry)
-        self._sig_jobs[key] = fut
-        fut.add_done_callback(lambda _f: self._sig_jobs.pop(key, None))
+        self.signatures.precompute(entry)
 
     def copy_local(self, e: Entry, origin: str, replaces: str | None) -> Result:
         """Make `e` from content we already hold at `origin` (a rename or a copy

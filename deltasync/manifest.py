@@ -184,7 +184,8 @@ class Manifest:
             segs: dict[str, set[int]] = {}
             for p, i in self._db.execute("SELECT path, idx FROM partial_segments"):
                 segs.setdefault(p, set()).add(i)
-        return [Partial(*r, frozenset(segs.get(r[0], ()))) for r in rows]
+        return [Partial(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10],
+                        frozenset(segs.get(r[0], ()))) for r in rows]
 
     def partial(self, path: str) -> Partial | None:
         return next((p for p in self.partials() if p.path == path), None)

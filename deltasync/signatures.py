@@ -1,0 +1,91 @@
+"""Our own librsync signatures: cached by content in the manifest, computed
+in the background once a version lands, so the next delta against it -- ours,
+or a peer's that asks -- never waits for a read of the whole file, and a
+sender that held the peer's version needs no signature from the wire."""
+from __future__ import annotations
+
+import math
+import threading
+from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import BinaryIO, Callable
+
+from . import engine
+from .entry import Entry
+from .errors import TransferFailed
+from .fs.safe import SafeRoot
+from .manifest import Manifest
+from .plan import DELTA_MIN
+
+
+class _Interruptible:
+    """A file as librsync reads it, that stops the read when `stop` is set."""
+
+    def __init__(self, f: BinaryIO, stop: threading.Event) -> None:
+        self._f, self._stop = f, stop
+
+    def read(self, n: int = -1) -> bytes:
+        if self._stop.is_set():
+            raise OSError("stopped")
+        return self._f.read(n)
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return self._f.seek(pos, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def write(self, _: bytes) -> int:  # the binding checks for a file-like object
+        raise OSError("read-only")
+
+
+class Signatures:
+    def __init__(self, root: SafeRoot, manifest: Manifest, current: Callable[[str], Entry | None]) -> None:
+        self._root = root
+        self._manifest = manifest
+        self._current = current  # what a path holds now (to never cache a signature of a stale read)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="signature")
+        self._jobs: dict[tuple[str, str], Future[tuple[int, bytes]]] = {}
+        self._stop = threading.Event()
+
+    def get(self, entry: Entry) -> tuple[int, bytes]:
+        """(block length, signature) of this version of a file we hold: cached,
+        or from a background job under way, or computed now."""
+        assert entry.blake3 is not None
+        cached = self._manifest.signature(entry.path, entry.blake3)
+        if cached is not None:
+            return cached
+        job = self._jobs.get((entry.path, entry.blake3))
+        if job is not None:
+            try:
+                return job.result()
+            except (engine.DeltaError, OSError, TransferFailed, futures.CancelledError):
+                pass  # that job was stopped or failed: compute it here
+        return self._compute(entry, interruptible=False)
+
+    def precompute(self, entry: Entry) -> None:
+        """Compute and cache a version's signature in the background."""
+        if entry.size < DELTA_MIN:
+            return
+        key = (entry.path, entry.blake3 or "")
+        fut = self._pool.submit(self._compute, entry)
+        self._jobs[key] = fut
+        fut.add_done_callback(lambda _f: self._jobs.pop(key, None))
+
+    def close(self, wait: float = 0.0) -> None:
+        """Give background jobs up to `wait` seconds (inf: until done), then stop the rest mid-read."""
+        pending = list(self._jobs.values())
+        if pending and wait > 0:
+            futures.wait(pending, timeout=None if math.isinf(wait) else wait)
+        self._stop.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _compute(self, entry: Entry, interruptible: bool = True) -> tuple[int, bytes]:
+        block = engine.block_len_for(entry.size)
+        with self._root.open_read(entry.path) as f:
+            sig = engine.signature(_Interruptible(f, self._stop) if interruptible else f, block)
+        assert entry.blake3 is not None
+        cur = self._current(entry.path)
+        if cur is not None and cur.blake3 == entry.blake3:
+            self._manifest.store_signature(entry.path, entry.blake3, block, sig)
+        return block, sig
