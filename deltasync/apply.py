@@ -26,7 +26,7 @@ from .config import Folder
 from .entry import DIR, FILE, SYMLINK, Entry
 from .errors import AlreadyPresent, ProtocolError, TransferFailed, UnsafePath
 from .fs import safe
-from .fs.scan import hash_file
+from .fs.scan import hash_fd
 from .manifest import Manifest, Partial, Seen
 from .protocol import Buffer
 from .signatures import Signatures
@@ -125,7 +125,7 @@ class Receiver:
     def __init__(self, folder: Folder, manifest: Manifest) -> None:
         self.folder = folder
         self.manifest = manifest
-        self.safe = safe.SafeRoot(folder.root)
+        self.safe = safe.SafeRoot(folder.root, int(folder.config().setting("max_path_length")))
         self.signatures = Signatures(self.safe, manifest, self.current)
 
     def close(self, wait_signatures: float = 0.0) -> None:
@@ -152,9 +152,8 @@ class Receiver:
                 == (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)):
             digest: str | None = seen.entry.blake3
         else:
-            with self.safe.parent(path):
-                pass  # validates the path before we hash through it
-            hashed = hash_file(self.folder.root / path, st)
+            with self.safe.open_read(path) as f:  # through the folder, never through a symlink
+                hashed = hash_fd(f.fileno(), st)
             if hashed is None:
                 raise TransferFailed(f"{path}: changing here right now")
             digest = hashed[0]

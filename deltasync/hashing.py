@@ -14,14 +14,6 @@ def of_bytes(data: bytes | memoryview) -> str:
     return blake3(data, max_threads=blake3.AUTO if len(data) >= READ_SIZE else 1).hexdigest()
 
 
-def of_stream(f: BinaryIO) -> str:
-    """Hash from the current position to the end, READ_SIZE at a time."""
-    h = blake3(max_threads=blake3.AUTO)
-    while chunk := f.read(READ_SIZE):
-        h.update(chunk)
-    return h.hexdigest()
-
-
 def of_fd(fd: int, segment_size: int = 0) -> tuple[str, bytes]:
     """Hash an open file descriptor from offset 0 without moving its position.
     With `segment_size`, also the 32-byte blake3 of every segment, concatenated:

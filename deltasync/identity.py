@@ -80,8 +80,3 @@ def cert_der(cert_path: Path) -> bytes:
 
     return ssl.PEM_cert_to_DER_cert(cert_path.read_text())
 
-
-def der_to_pem(der: bytes) -> str:
-    import ssl
-
-    return ssl.DER_cert_to_PEM_cert(der)

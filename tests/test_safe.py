@@ -55,3 +55,11 @@ def test_file_over_directory_is_a_clear_failure(tmp_path):
     with pytest.raises(TransferFailed, match="directory"):
         safe.SafeRoot(root).replace(safe.write_aside(tmp_path, "t", [b"x"], 0o644, 1), "d")
     assert (root / "d" / "keep").read_bytes() == b"k"
+
+
+def test_configured_path_limit_is_enforced(tmp_path):
+    s = safe.SafeRoot(tmp_path, max_path=16)
+    with pytest.raises(UnsafePath, match="longer than 16"):
+        s.mkdir("d" * 17, 0o755)
+    s.mkdir("d" * 16, 0o755)
+    assert (tmp_path / ("d" * 16)).is_dir()

@@ -64,14 +64,15 @@ def _unsafe_from(e: OSError, path: str) -> Exception:
 class SafeRoot:
     """Operations on peer-named paths below one folder."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, max_path: int = MAX_PATH) -> None:
         self.root = root
         self.meta = root / META
+        self.max_path = max_path  # config.toml's max_path_length
 
     @contextmanager
     def parent(self, path: str, create: bool = False) -> Iterator[tuple[int, str]]:
         """Yield (fd of the parent directory, final name), walked without following links."""
-        parts = check_relpath(path)
+        parts = check_relpath(path, self.max_path)
         fd = os.open(self.root, _DIR_FLAGS)
         try:
             for part in parts[:-1]:

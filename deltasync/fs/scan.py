@@ -32,19 +32,22 @@ def _stat_fields(st: os.stat_result) -> tuple[int, int, int, int]:
     return st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns
 
 
+def hash_fd(fd: int, st: os.stat_result, segment_size: int = 0) -> tuple[str, bytes] | None:
+    """blake3 of an open regular file (and of its segments, with `segment_size`),
+    or None if it is not the file `st` saw or it changed while we read it."""
+    before = os.fstat(fd)
+    if _stat_fields(before)[:3] != _stat_fields(st)[:3]:
+        return None
+    digests = hashing.of_fd(fd, segment_size)
+    return digests if _stat_fields(os.fstat(fd)) == _stat_fields(before) else None
+
+
 def hash_file(path: Path, st: os.stat_result, segment_size: int = 0) -> tuple[str, bytes] | None:
-    """blake3 of a regular file (and of its segments, with `segment_size`), or
-    None if it changed while we read it (try later)."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        before = os.fstat(fd)
-        if _stat_fields(before)[:3] != _stat_fields(st)[:3]:
-            return None
-        digests = hashing.of_fd(fd, segment_size)
-        after = os.fstat(fd)
+        return hash_fd(fd, st, segment_size)
     finally:
         os.close(fd)
-    return digests if _stat_fields(after) == _stat_fields(before) else None
 
 
 def _version(e: Entry, old: Seen | None, me: str) -> vv.Version:
