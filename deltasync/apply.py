@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
-from . import engine, hashing
+from . import engine, hashing, limits
 from . import version as vv
 from .config import Folder
 from .entry import DIR, FILE, SYMLINK, Entry
@@ -30,6 +30,7 @@ from .fs.scan import hash_fd
 from .manifest import Manifest, Partial, Seen
 from .protocol import Buffer
 from .signatures import Signatures
+from .versions import Versions
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,16 @@ class Result:
     ok: bool
     error: str | None = None
     whole: bool = False
+    kept: str | None = None  # the version this replaced or deleted, kept under .deltasync/versions/
+
+
+class Writer:
+    """One session writing into the folder: the owner of its path claims (all
+    released when it ends, whatever happened) and the peer its versions name."""
+
+    def __init__(self, peer: str = "") -> None:
+        self.peer = peer
+        self.partials_created = 0
 
 
 def _tmp_name(suffix: str = "") -> str:
@@ -95,8 +106,9 @@ class Incoming:
     """One file being received in segments."""
 
     def __init__(self, partial: Partial, fd: int, basis: BinaryIO | None,
-                 basis_segments: list[bytes] | None = None) -> None:
+                 basis_segments: list[bytes] | None = None, writer: "Writer | None" = None) -> None:
         self.partial = partial
+        self.writer = writer
         self.fd = fd
         self.basis = basis
         self.basis_segments = basis_segments  # our own per-segment blake3 of the basis, when recorded
@@ -113,9 +125,10 @@ class Incoming:
             self.basis.close()
 
 
-# Paths being written, process-wide: a watch process receives in its server and
-# in its own pulls, and two sessions must never write one path at once.
-_BUSY: set[tuple[str, str]] = set()
+# Paths being written, process-wide, and the session writing each: a watch process
+# receives in its server and in its own pulls, and two sessions must never write one
+# path at once. A session's claims all go when it ends (`release_all`).
+_BUSY: dict[tuple[str, str], "Writer | None"] = {}
 _BUSY_LOCK = threading.Lock()
 
 
@@ -125,8 +138,11 @@ class Receiver:
     def __init__(self, folder: Folder, manifest: Manifest) -> None:
         self.folder = folder
         self.manifest = manifest
-        self.safe = safe.SafeRoot(folder.root, int(folder.config().setting("max_path_length")))
+        cfg = folder.config()
+        self.safe = safe.SafeRoot(folder.root, int(cfg.setting("max_path_length")))
         self.signatures = Signatures(self.safe, manifest, self.current)
+        self.versions = Versions(folder.root, manifest, cfg.folder)
+        self.max_file_size = min(int(cfg.setting("max_file_size")), limits.MAX_FILE_SIZE)
 
     def close(self, wait_signatures: float = 0.0) -> None:
         """Stop. Background signature jobs get up to `wait_signatures` seconds
@@ -191,19 +207,34 @@ class Receiver:
                             mtime_ns=0 if link else st.st_mtime_ns, mode=0 if link else stat.S_IMODE(st.st_mode)),
                     st.st_ino, st.st_ctime_ns)
 
-    def _claim(self, path: str) -> None:
+    def _claim(self, path: str, w: Writer | None) -> None:
         key = (str(self.folder.root), path)
         with _BUSY_LOCK:
             if key in _BUSY:
                 raise TransferFailed(f"{path}: another session is writing it")
-            _BUSY.add(key)
+            _BUSY[key] = w
 
     def _release(self, path: str) -> None:
         with _BUSY_LOCK:
-            _BUSY.discard((str(self.folder.root), path))
+            _BUSY.pop((str(self.folder.root), path), None)
+
+    def release_all(self, w: Writer) -> int:
+        """Release every path `w` still claims (its session ended, cleanly or not)."""
+        root = str(self.folder.root)
+        with _BUSY_LOCK:
+            mine = [k for k, owner in _BUSY.items() if owner is w and k[0] == root]
+            for k in mine:
+                del _BUSY[k]
+        return len(mine)
+
+    def _keeper(self, path: str, w: Writer | None, reason: str, move: bool = False) -> safe.Keeper:
+        """Keep the version at `path` before a peer's session replaces or deletes it."""
+        peer = w.peer if w is not None else ""
+        return lambda fd, name: self.versions.keep(fd, name, path, peer, reason, move)
 
     # -- small files, many per frame ---------------------------------------
-    def stage_small(self, files: list[Any], body: Buffer, staged: list[tuple[Entry, Path]]) -> list[Result]:
+    def stage_small(self, files: list[Any], body: Buffer, staged: list[tuple[Entry, Path]],
+                    w: Writer | None = None) -> list[Result]:
         """Verify one `send_file` frame's files and write them aside (not yet
         durable, not yet in place); return the ones that failed or were already here.
 
@@ -217,7 +248,7 @@ class Receiver:
                 raise ProtocolError("send_file: file entry is not an object")
             e = Entry.from_wire(dict(meta, kind=FILE))
             replaces = meta.get("replaces")
-            if replaces is not None and not isinstance(replaces, str):
+            if replaces is not None and not (isinstance(replaces, str) and len(replaces) == 64):
                 raise ProtocolError("send_file: bad replaces")
             safe.check_relpath(e.path)
             parsed.append((e, replaces, offset))
@@ -228,7 +259,7 @@ class Receiver:
         for e, replaces, start in parsed:
             data = memoryview(body)[start : start + e.size]
             try:
-                self._claim(e.path)
+                self._claim(e.path, w)
             except TransferFailed as err:
                 results.append(Result(e.path, False, str(err)))
                 continue
@@ -241,12 +272,15 @@ class Receiver:
             except AlreadyPresent:
                 results.append(Result(e.path, True))
                 self._release(e.path)
-            except (TransferFailed, OSError) as err:
+            except (TransferFailed, OSError, ValueError, OverflowError) as err:
                 results.append(Result(e.path, False, _why(e.path, err)))
                 self._release(e.path)
+            except BaseException:
+                self._release(e.path)
+                raise
         return results
 
-    def commit_small(self, staged: list[tuple[Entry, Path]]) -> list[Result]:
+    def commit_small(self, staged: list[tuple[Entry, Path]], w: Writer | None = None) -> list[Result]:
         """Make staged files durable with one sync, rename them into place, and
         record them in one transaction."""
         results: list[Result] = []
@@ -256,11 +290,11 @@ class Receiver:
             rows: list[Seen] = []
             for e, tmp in staged:
                 try:
-                    self.safe.replace(tmp, e.path, durable=False)
+                    kept = self.safe.replace(tmp, e.path, durable=False, keep=self._keeper(e.path, w, "replaced"))
                     row = self._seen_row(e)
                     if row is not None:
                         rows.append(row)
-                    results.append(Result(e.path, True, whole=True))
+                    results.append(Result(e.path, True, whole=True, kept=kept))
                 except (TransferFailed, OSError) as err:
                     results.append(Result(e.path, False, _why(e.path, err)))
             self.manifest.record(rows)
@@ -285,14 +319,23 @@ class Receiver:
                 os.close(fd)
 
     # -- big files, in segments --------------------------------------------
-    def begin(self, h: dict[str, Any]) -> Incoming:
+    def begin(self, h: dict[str, Any], w: Writer | None = None) -> Incoming:
         path = h["path"]
-        safe.check_relpath(path)
-        if h["segment_size"] <= 0 or h["segment_size"] > 64 * 1024 * 1024 or len(h["blake3"]) != 64:
-            raise ProtocolError("begin_file: bad segment_size or blake3")
+        safe.check_relpath(path, self.safe.max_path)
+        limits.check_segment_size(h["segment_size"], "begin_file: segment_size")
+        limits.check_int(h["size"], 0, self.max_file_size, "begin_file: size")
+        limits.check_mtime(h["mtime_ns"], "begin_file: mtime_ns")
+        limits.check_int(h["mode"], 0, limits.MAX_MODE, "begin_file: mode")
+        if len(h["blake3"]) != 64 or not all(x is None or (isinstance(x, str) and len(x) == 64)
+                                             for x in (h["basis"], h["replaces"])):
+            raise ProtocolError("begin_file: blake3, basis and replaces must be 64-character digests")
         if h["basis"] is not None and h["basis"] != h["replaces"]:
             raise ProtocolError("begin_file: the delta basis must be the version it replaces")
-        self._claim(path)
+        if w is not None:
+            w.partials_created += 1
+            if w.partials_created > limits.MAX_PARTIALS_PER_SESSION:
+                raise ProtocolError(f"begin_file: more than {limits.MAX_PARTIALS_PER_SESSION} files in one session")
+        self._claim(path, w)
         try:
             self._expect(path, h["replaces"], Entry(path, FILE, h["size"], h["mtime_ns"], h["mode"], h["blake3"],
                                                     version=vv.from_wire(h.get("version"))))
@@ -316,7 +359,7 @@ class Receiver:
                 os.ftruncate(fd, 0)
                 self.manifest.begin_partial(part)
             known = self.manifest.segments_of(h["basis"], h["segment_size"]) if basis is not None else None
-            return Incoming(part, fd, basis, known)
+            return Incoming(part, fd, basis, known, w)
         except BaseException:
             self._release(path)
             raise
@@ -387,9 +430,9 @@ class Receiver:
         p = inc.partial
         try:
             self._sync_segments(inc)
-            missing = set(range(p.segments_total)) - inc.done
+            missing = p.segments_total - len(inc.done)  # `done` holds only indexes below the total
             if missing:
-                raise TransferFailed(f"{p.path}: {len(missing)} segments missing at file_done")
+                raise TransferFailed(f"{p.path}: {missing} segments missing at file_done")
             os.ftruncate(inc.fd, p.size)
             digest, segments = hashing.of_fd(inc.fd, p.segment_size)
             if digest != p.target_blake3:
@@ -398,13 +441,14 @@ class Receiver:
             self.manifest.store_segments([(digest, p.segment_size, segments)])
             self._expect(p.path, p.replaces)
             safe.finish(inc.fd, p.mode, p.mtime_ns)
-            self.safe.replace(self.folder.partials / p.name, p.path)
+            kept = self.safe.replace(self.folder.partials / p.name, p.path,
+                                     keep=self._keeper(p.path, inc.writer, "replaced"))
             entry = Entry(p.path, FILE, p.size, p.mtime_ns, p.mode, p.target_blake3,
-                          version=vv.from_wire(json.loads(p.version)))
+                          version=vv.from_stored(json.loads(p.version)))
             self._record(entry)
             self.manifest.drop_partial(p.path)
             self.signatures.precompute(entry)
-            return Result(p.path, True, whole=inc.basis is None)
+            return Result(p.path, True, whole=inc.basis is None, kept=kept)
         finally:
             inc.close()
             self._release(p.path)
@@ -423,11 +467,23 @@ class Receiver:
         self._release(inc.partial.path)
 
     def _discard(self, p: Partial) -> None:
-        (self.folder.partials / p.name).unlink(missing_ok=True)
+        try:
+            dfd = self.folder.state_dir_fd("partial")
+        except OSError:
+            dfd = -1
+        if dfd >= 0:
+            try:
+                os.unlink(p.name, dir_fd=dfd)
+            except FileNotFoundError:
+                pass
+            finally:
+                os.close(dfd)
         self.manifest.drop_partial(p.path)
 
     def clean_stale(self, max_age_s: float) -> int:
-        """Drop partials untouched for longer than `max_age_s`, and orphan temp files."""
+        """Drop partials untouched for longer than `max_age_s`, orphan temp files,
+        and versions past their policy. The state folders are opened without
+        following links: a symlink planted there never leads a delete outside."""
         now = time.time()
         dropped = 0
         for p in self.manifest.partials():
@@ -435,10 +491,23 @@ class Receiver:
                 self._discard(p)
                 dropped += 1
         known = {p.name for p in self.manifest.partials()}
-        for d in (self.folder.partials, self.folder.tmp):
-            for f in d.iterdir():
-                if f.name not in known and not _writer_alive(f.name):
-                    f.unlink(missing_ok=True)
+        for sub in ("partial", "tmp"):
+            try:
+                dfd = self.folder.state_dir_fd(sub)
+            except OSError as e:
+                log.warning("%s/%s: not cleaned (%s)", safe.META, sub, e.strerror)
+                continue
+            try:
+                for name in os.listdir(dfd):
+                    if name not in known and not _writer_alive(name):
+                        try:
+                            os.unlink(name, dir_fd=dfd)
+                        except OSError:
+                            pass  # a directory someone made there: not ours to remove
+            finally:
+                os.close(dfd)
+        self.versions.clean_orphans()
+        self.versions.prune()
         return dropped
 
     # -- signatures ----------------------------------------------------------
@@ -453,11 +522,11 @@ class Receiver:
     def precompute_signature(self, entry: Entry) -> None:
         self.signatures.precompute(entry)
 
-    def copy_local(self, e: Entry, origin: str, replaces: str | None) -> Result:
+    def copy_local(self, e: Entry, origin: str, replaces: str | None, w: Writer | None = None) -> Result:
         """Make `e` from content we already hold at `origin` (a rename or a copy
         on the peer): read, verified and written aside like any received file."""
         safe.check_relpath(origin)
-        self._claim(e.path)
+        self._claim(e.path, w)
         try:
             self._expect(e.path, replaces)
             with self.safe.open_read(origin) as f:
@@ -473,11 +542,11 @@ class Receiver:
             try:
                 if h.hexdigest() != e.blake3:
                     raise TransferFailed(f"{e.path}: {origin} no longer holds that content")
-                self.safe.replace(tmp, e.path)
+                kept = self.safe.replace(tmp, e.path, keep=self._keeper(e.path, w, "replaced"))
             finally:
                 tmp.unlink(missing_ok=True)
             self._record(e)
-            return Result(e.path, True)
+            return Result(e.path, True, kept=kept)
         finally:
             self._release(e.path)
 
@@ -491,7 +560,7 @@ class Receiver:
         self.manifest.record([], [path])
 
     # -- directories, symlinks, deletes, metadata ----------------------------
-    def apply_op(self, op: Any) -> Result:
+    def apply_op(self, op: Any, w: Writer | None = None) -> Result:
         if not isinstance(op, dict) or not isinstance(op.get("op"), str):
             raise ProtocolError("send_changes: op is not an object with an op name")
         kind = op["op"]
@@ -513,7 +582,7 @@ class Receiver:
                 origin, replaces = op.get("from"), op.get("replaces")
                 if not isinstance(origin, str) or not (replaces is None or isinstance(replaces, str)):
                     raise ProtocolError("send_changes: copy needs from and replaces")
-                return self.copy_local(e, origin, replaces)
+                return self.copy_local(e, origin, replaces, w)
             elif kind == "meta":
                 cur = self.current(e.path)
                 if cur is None or not cur.same_content(e):
@@ -527,11 +596,11 @@ class Receiver:
                 if not cur.same_content(e):
                     raise TransferFailed(f"{e.path}: changed here since the index was sent; not deleted")
                 try:
-                    self.safe.delete(e.path)
+                    kept = self.safe.delete(e.path, keep=self._keeper(e.path, w, "deleted", move=True))
                 except OSError as err:
                     raise TransferFailed(f"{e.path}: not deleted: {err.strerror}") from None
                 self.manifest.record([Seen(Entry(e.path, e.kind, version=e.version, deleted=True), 0, 0)])
-                return Result(e.path, True)
+                return Result(e.path, True, kept=kept)
             else:
                 raise ProtocolError(f"send_changes: unknown op {kind[:32]!r}")
             self._record(e)

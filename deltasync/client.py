@@ -20,18 +20,19 @@ from .entry import Entry
 from .errors import DeltasyncError, PartialSuccess, ProtocolError
 from .fs.ignore import Ignore
 from .fs.safe import SafeRoot
-from .fs.scan import scan
+from .fs.scan import ScanResult, scan
 from .inbound import Inbound
 from .manifest import Manifest
 from .plan import DELTA_MIN, PartialInfo, Plan, SyncPlan, Transfer, make_plan, plan_sync
 from .progress import Quiet
 from .protocol import Buffer, Frame, encode
 from .sender import FileSender, Outcome, batches, op_dict
-from .session import client_hello, peer_error, read_index
+from .session import client_hello, peer_error, read_index, refuse_nesting
 from .transport import Connection, connect
 
 log = logging.getLogger(__name__)
 REQUEST_BATCH = 200
+MAX_LISTED = 10_000  # failures kept in a report (all are counted)
 
 
 @dataclass
@@ -60,7 +61,8 @@ class Report:
 
     def fail(self, path: str, why: str) -> None:
         self.files_failed += 1
-        self.failures.append({"path": path, "error": why[:1000]})
+        if len(self.failures) < MAX_LISTED:  # counted always, listed up to a bound (a peer can send many)
+            self.failures.append({"path": path[:4096], "error": why[:1000]})
         log.warning("%s", why if path in why else f"{path}: {why}")
 
 
@@ -75,6 +77,7 @@ class _Acks:
         self.bye = asyncio.get_running_loop().create_future()
         self.delta_paths: set[str] = set()
         self.delete_paths: set[str] = set()
+        self.signatures_wanted = 0  # a signature we did not ask for is a protocol error
 
     async def run(self) -> None:
         try:
@@ -85,6 +88,9 @@ class _Acks:
                 if f.action == "ack":
                     self._ack(f)
                 elif f.action == "signature":
+                    if self.signatures_wanted <= 0:
+                        raise ProtocolError("peer sent a signature that was not asked for")
+                    self.signatures_wanted -= 1
                     await self.signatures.put(f)
                 elif f.action == "bye":
                     self.bye.set_result(None)
@@ -149,6 +155,7 @@ class Pusher:
         cached = self.manifest.signature_of_content(t.basis)
         if cached is not None:
             return cached[1]
+        self.acks.signatures_wanted += 1
         await self.conn.send(encode("request_signature", path=t.entry.path, blake3=t.basis))
         f = await self.acks.signatures.get()
         if f["path"] != t.entry.path:
@@ -189,7 +196,7 @@ class Puller:
         self.report = report
         self.receiver = receiver
         self.progress = progress
-        self.inbound = Inbound(self.receiver, conn.send, self._result)
+        self.inbound = Inbound(self.receiver, conn.send, self._result, conn.peer.id)
 
     async def _result(self, r: Result) -> None:
         self.progress.file_done(r.path, r.ok)
@@ -201,7 +208,7 @@ class Puller:
     async def _local(self, op: str, entries: list[Entry]) -> None:
         for e in entries:
             try:
-                res = await asyncio.to_thread(self.receiver.apply_op, op_dict(op, e))
+                res = await asyncio.to_thread(self.receiver.apply_op, op_dict(op, e), self.inbound.writer)
             except (OSError, DeltasyncError) as err:
                 res = Result(e.path, False, str(err))
             if not res.ok:
@@ -216,7 +223,7 @@ class Puller:
                 if c.loser == "local":
                     await asyncio.to_thread(self.receiver.move_aside, c.path, c.copy)
             for e, origin, replaces in plan.copies:
-                res = await asyncio.to_thread(self.receiver.copy_local, e, origin, replaces)
+                res = await asyncio.to_thread(self.receiver.copy_local, e, origin, replaces, self.inbound.writer)
                 await self._result(res)
             await self._local("delete", plan.deletes)
             await self._local("mkdir", plan.mkdirs)
@@ -254,6 +261,8 @@ class Puller:
 
         asker = asyncio.create_task(ask())
         done = 0
+        refusals = 0
+        asked = sum(len(h["files"]) for h, _ in requests)
         try:
             while done < len(requests):
                 f = await self.conn.recv()
@@ -263,6 +272,9 @@ class Puller:
                     await self.inbound.flush()
                     done += 1
                 elif f.action == "ack":  # the peer could not send a file
+                    refusals += 1
+                    if refusals > asked:
+                        raise ProtocolError("peer refused more files than were asked for")
                     self.report.fail(f["path"], str(f.get("error", "not sent")))
                 elif f.action == "error":
                     raise peer_error(f)
@@ -274,8 +286,8 @@ class Puller:
 
 
 def local_index(folder: Folder, manifest: Manifest, excludes: list[str] | None = None,
-                record: bool = True) -> dict[str, Entry]:
-    return scan(folder.root, manifest, Ignore.for_folder(folder.root, excludes), folder.short_id, record).entries
+                record: bool = True) -> ScanResult:
+    return scan(folder.root, manifest, Ignore.for_folder(folder.root, excludes), folder.short_id, record)
 
 
 def _record_merged(manifest: Manifest, merged: dict[str, Entry]) -> None:
@@ -318,7 +330,11 @@ async def session(folder: Folder, target: str, mode: str = "push", delete: bool 
         try:
             await client_hello(conn, folder.peer_id, compress)
             await conn.send(encode("request_file_list", dry_run=dry_run))
-            local = await scanning
+            scanned = await scanning
+            refuse_nesting(scanned.nested, conn.peer.id, "the peer's")
+            for path, why in scanned.errors:
+                report.fail(path, why)
+            local = scanned.entries
             if not dry_run:  # cache our versions' signatures while the network works (see Pusher._signature)
                 for e in manifest.missing_signatures(local.values(), DELTA_MIN):
                     receiver.precompute_signature(e)
@@ -353,7 +369,7 @@ async def session(folder: Folder, target: str, mode: str = "push", delete: bool 
                     await Puller(receiver, conn, report, progress).run(sp)
                     _record_merged(manifest, sp.merged)
                     if push_plan is not None:  # plan the push half on what we hold now (conflict copies too)
-                        local = await asyncio.to_thread(local_index, folder, manifest, excludes)
+                        local = (await asyncio.to_thread(local_index, folder, manifest, excludes)).entries
                         push_plan = plan_sync(local, remote, folder.short_id, conn.peer.id[:12], None, rpartials,
                                               pull=False).push
                 if push_plan is not None:

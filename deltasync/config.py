@@ -22,9 +22,17 @@ DEFAULTS: dict[str, Any] = {
     "partial_max_age_hours": 72.0,
     "idle_timeout": 300.0,
     "handshake_timeout": 10.0,
-    "max_connections": 16,
+    "max_connections": 16,  # authenticated sessions at once
+    "max_sessions_per_peer": 4,
+    "max_pending_handshakes": 64,  # connections not yet authenticated, all addresses together
+    "max_handshakes_per_address": 8,
+    "max_file_size": 16 * 1024**4,
     "max_index_entries": 2_000_000,
     "max_path_length": 4096,
+    "versioning": "trashcan",  # or "off": see versions.py
+    "versions_keep_days": 30.0,
+    "versions_max_mb": 0.0,  # 0: no size cap
+    "versions_per_path": 10,
     "settle_seconds": 1.0,
     "rescan_seconds": 60.0,
 }
@@ -119,13 +127,31 @@ class Folder:
         f = cls(Path(root))
         if not f.cert.is_file() or not f.key.is_file():
             raise NotInitialised(f"{root} is not a deltasync folder (run: deltasync init {root})")
+        f._check_state()
         return f
+
+    def _check_state(self) -> None:
+        for d in (self.meta, self.partials, self.tmp):
+            if d.is_symlink():
+                raise ConfigError(f"{d} is a symlink; the state folder must be a real directory (remove the link, "
+                                  f"then run: deltasync init {self.root})")
+
+    def state_dir_fd(self, name: str) -> int:
+        """A directory of ours under `.deltasync/`, opened without following any link."""
+        from .fs.safe import DIR_FLAGS
+
+        meta = os.open(self.meta, DIR_FLAGS)
+        try:
+            return os.open(name, DIR_FLAGS, dir_fd=meta)
+        finally:
+            os.close(meta)
 
     @classmethod
     def init(cls, root: str | Path) -> tuple["Folder", str, bool]:
         """Create the folder's state if absent. Returns (folder, peer ID, created)."""
         f = cls(Path(root))
         f.root.mkdir(parents=True, exist_ok=True)
+        f._check_state()
         created = not f.cert.exists()
         f.meta.mkdir(mode=0o700, exist_ok=True)
         for d in (f.partials, f.tmp):

@@ -7,10 +7,12 @@ RabinKarp rolling sums with BLAKE2 strong sums, truncated to STRONG_LEN bytes
 from __future__ import annotations
 
 import io
+import struct
 from typing import Any, BinaryIO
 
 import pyrsync
 
+from . import limits
 from .errors import TransferFailed
 
 STRONG_LEN = 16
@@ -21,6 +23,39 @@ MAGIC = pyrsync.RS_RK_BLAKE2_SIG_MAGIC
 
 class DeltaError(TransferFailed):
     """librsync refused a delta or signature (corrupt, or from a hostile peer)."""
+
+
+SIG_MAGICS = frozenset({pyrsync.RS_RK_BLAKE2_SIG_MAGIC, pyrsync.RS_BLAKE2_SIG_MAGIC, pyrsync.RS_RK_MD4_SIG_MAGIC,
+                        pyrsync.RS_MD4_SIG_MAGIC})
+
+
+def check_signature(sig: bytes | bytearray, basis_size: int) -> None:
+    """Refuse a peer's signature before librsync loads it: a known format, a
+    block length in range, exactly the blocks a basis of `basis_size` bytes
+    has, and no weak sum shared by many different blocks (a signature built
+    so that every byte of our file hits one hash bucket would make the delta
+    search compare each position with thousands of strong sums)."""
+    from .errors import ProtocolError
+
+    if len(sig) < 12:
+        raise ProtocolError("signature: shorter than its header")
+    magic, block, strong = struct.unpack_from(">III", sig)
+    if magic not in SIG_MAGICS:
+        raise ProtocolError("signature: unknown format")
+    if not limits.MIN_BLOCK_LEN <= block <= limits.MAX_BLOCK_LEN or not 1 <= strong <= 32:
+        raise ProtocolError("signature: block or strong-sum length out of range")
+    blocks = -(-basis_size // block) if basis_size else 0
+    if blocks > limits.MAX_SIG_BLOCKS or len(sig) != 12 + blocks * (4 + strong):
+        raise ProtocolError(f"signature: does not describe a basis of {basis_size} bytes in {block}-byte blocks")
+    by_weak: dict[int, set[bytes]] = {}
+    view = memoryview(sig)
+    step = 4 + strong
+    for off in range(12, len(sig), step):
+        strongs = by_weak.setdefault(int.from_bytes(view[off : off + 4], "big"), set())
+        if len(strongs) < limits.MAX_WEAK_COLLISIONS:
+            strongs.add(bytes(view[off + 4 : off + step]))
+        elif bytes(view[off + 4 : off + step]) not in strongs:
+            raise ProtocolError("signature: too many different blocks share one weak sum")
 
 
 def block_len_for(size: int) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from . import limits
 from . import version as vv
 from .errors import ProtocolError
 
@@ -58,11 +59,12 @@ class Entry:
         if not isinstance(d, dict):
             raise ProtocolError("index entry is not an object")
         path, kind = d.get("path"), d.get("kind")
-        if not isinstance(path, str) or kind not in KINDS:
+        if not isinstance(path, str) or kind not in KINDS or not 0 < len(path) <= limits.MAX_PATH_CHARS:
             raise ProtocolError("index entry needs a path and a kind")
-        ints = {k: d.get(k, 0) for k in ("size", "mtime_ns", "mode")}
-        if any(type(v) is not int or v < 0 for v in ints.values()):
-            raise ProtocolError(f"index entry {path[:200]!r}: size, mtime_ns and mode must be non-negative ints")
+        what = f"index entry {path[:200]!r}"
+        ints = {"size": limits.check_int(d.get("size", 0), 0, limits.MAX_FILE_SIZE, f"{what}: size"),
+                "mtime_ns": limits.check_mtime(d.get("mtime_ns", 0), f"{what}: mtime_ns"),
+                "mode": limits.check_int(d.get("mode", 0), 0, limits.MAX_MODE, f"{what}: mode")}
         b3, target = d.get("blake3"), d.get("target")
         version, deleted = vv.from_wire(d.get("version")), d.get("deleted", False)
         if type(deleted) is not bool:
@@ -71,7 +73,7 @@ class Entry:
             return cls(path, kind, 0, ints["mtime_ns"], 0, version=version, deleted=True)
         if kind == FILE and not (isinstance(b3, str) and len(b3) == 64):
             raise ProtocolError(f"index entry {path[:200]!r}: a file needs a blake3")
-        if kind == SYMLINK and not isinstance(target, str):
+        if kind == SYMLINK and not (isinstance(target, str) and 0 < len(target) <= limits.MAX_PATH_CHARS):
             raise ProtocolError(f"index entry {path[:200]!r}: a symlink needs a target")
         return cls(path, kind, ints["size"], ints["mtime_ns"], ints["mode"] & 0o7777,
                    b3 if kind == FILE else None, target if kind == SYMLINK else None, version)

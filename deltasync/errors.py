@@ -2,6 +2,8 @@
 so the CLI can turn any of them into one clear line and the right status."""
 from __future__ import annotations
 
+import os
+
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -65,3 +67,9 @@ class PartialSuccess(DeltasyncError):
     """Some files failed; the rest were delivered and verified."""
 
     exit_code = EXIT_PARTIAL
+
+
+def redact(text: str, root: "os.PathLike[str] | str") -> str:
+    """Text that leaves for a peer: our folder's absolute location becomes `<folder>`."""
+    base = os.fspath(root).rstrip("/")
+    return text.replace(base, "<folder>") if base else text

@@ -10,9 +10,10 @@ import errno
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from .apply import Incoming, Receiver, Result
+from .apply import Incoming, Receiver, Result, Writer
 from .entry import Entry
-from .errors import AlreadyPresent, DiskFull, ProtocolError, TransferFailed
+from .limits import MAX_FILES_IN_FLIGHT
+from .errors import AlreadyPresent, DiskFull, ProtocolError, TransferFailed, redact
 from .protocol import Frame, body_json, encode
 
 MAX_STAGED_FILES = 5000
@@ -29,20 +30,23 @@ async def disk(fn: Callable[..., Any], *args: Any) -> Any:
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DiskFull("no space left on the receiving device") from None
-        raise TransferFailed(f"{e.strerror or e}{': ' + str(e.filename) if e.filename else ''}") from None
+        raise TransferFailed(str(e.strerror or e)) from None
 
 
-def ack(r: Result) -> bytes:
+def ack(r: Result, root: Path) -> bytes:
     fields: dict[str, Any] = {"whole": r.whole}
+    if r.kept:
+        fields["kept"] = r.kept
     if r.error:
-        fields["error"] = r.error[:1000]
+        fields["error"] = redact(r.error, root)[:1000]
     return encode("ack", path=r.path, ok=r.ok, **fields)
 
 
 class Inbound:
     def __init__(self, receiver: Receiver, send: Callable[[bytes], Awaitable[None]],
-                 on_result: Callable[[Result], Awaitable[None]]) -> None:
+                 on_result: Callable[[Result], Awaitable[None]], peer: str = "") -> None:
         self.r = receiver
+        self.writer = Writer(peer)
         self.send = send
         self.on_result = on_result
         self.incoming: dict[str, Incoming] = {}
@@ -53,23 +57,26 @@ class Inbound:
     async def close(self) -> None:
         """The session ended: in-flight files stay as resumable partials;
         small files not yet committed are dropped (never acknowledged, so resent)."""
-        for inc in self.incoming.values():
-            await asyncio.to_thread(self.r.abandon, inc)
-        self.incoming.clear()
-        await asyncio.to_thread(self.r.drop_small, self.staged)
+        try:
+            for inc in self.incoming.values():
+                await asyncio.to_thread(self.r.abandon, inc)
+            self.incoming.clear()
+            await asyncio.to_thread(self.r.drop_small, self.staged)
+        finally:  # whatever failed above, no path stays claimed by a session that is gone
+            self.r.release_all(self.writer)
 
     async def flush(self) -> None:
         """Commit the staged small files and report them. Called when no frame is
         waiting, before any other kind of frame, and when many are staged."""
         if self.staged:
             staged, self.staged, self.staged_bytes = self.staged, [], 0
-            for res in await disk(self.r.commit_small, staged):
+            for res in await disk(self.r.commit_small, staged, self.writer):
                 await self.on_result(res)
 
     async def handle(self, f: Frame) -> None:
         r, a = self.r, f.action
         if a == "send_file":
-            for res in await disk(r.stage_small, f["files"], f.body, self.staged):
+            for res in await disk(r.stage_small, f["files"], f.body, self.staged, self.writer):
                 await self.on_result(res)
             self.staged_bytes += len(f.body)
             if len(self.staged) >= MAX_STAGED_FILES or self.staged_bytes >= MAX_STAGED_BYTES:
@@ -82,7 +89,7 @@ class Inbound:
                 raise ProtocolError("send_changes: body must be a list")
             for op in ops:
                 try:
-                    res = await disk(r.apply_op, op)
+                    res = await disk(r.apply_op, op, self.writer)
                 except TransferFailed as e:
                     res = Result(str(op.get("path", "?"))[:4096], False, str(e))
                 await self.on_result(res)
@@ -99,9 +106,13 @@ class Inbound:
             path = f["path"]
             if path in self.incoming:
                 raise ProtocolError(f"begin_file: {path[:200]!r} is already in flight")
+            if len(self.incoming) >= MAX_FILES_IN_FLIGHT:
+                raise ProtocolError(f"begin_file: more than {MAX_FILES_IN_FLIGHT} files in flight at once")
             self.failed.discard(path)
+            if len(self.failed) > MAX_FILES_IN_FLIGHT * 64:
+                raise ProtocolError("begin_file: too many failed files left open")
             try:
-                self.incoming[path] = await disk(r.begin, f.header)
+                self.incoming[path] = await disk(r.begin, f.header, self.writer)
             except AlreadyPresent:
                 self.failed.add(path)  # skip its segments; the content is here already
                 await self.on_result(Result(path, True))

@@ -39,6 +39,12 @@ CREATE TABLE IF NOT EXISTS partials (
 CREATE TABLE IF NOT EXISTS partial_segments (
     path TEXT NOT NULL, idx INTEGER NOT NULL, PRIMARY KEY (path, idx)
 );
+CREATE TABLE IF NOT EXISTS versions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, path TEXT NOT NULL, name TEXT NOT NULL, size INTEGER NOT NULL,
+    blake3 TEXT, mtime_ns INTEGER NOT NULL, mode INTEGER NOT NULL, version TEXT NOT NULL, kept REAL NOT NULL,
+    peer TEXT NOT NULL, reason TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS versions_by_path ON versions (path, kept);
 CREATE TABLE IF NOT EXISTS peers_seen (
     peer_id TEXT PRIMARY KEY, last_sync REAL NOT NULL, direction TEXT NOT NULL
 );
@@ -81,7 +87,7 @@ class Partial:
 @functools.lru_cache(maxsize=4096)
 def _version(text: str) -> vv.Version:
     """Parsed once per distinct vector: most rows of a folder share a few."""
-    return vv.from_wire(json.loads(text))
+    return vv.from_stored(json.loads(text))
 
 
 class Manifest:
@@ -207,6 +213,27 @@ class Manifest:
         with self._lock, self._tx():
             self._db.execute("DELETE FROM partial_segments WHERE path=?", (path,))
             self._db.execute("DELETE FROM partials WHERE path=?", (path,))
+
+    # -- kept versions (see versions.py) ----------------------------------
+    def add_version(self, path: str, name: str, size: int, blake3: str | None, mtime_ns: int, mode: int,
+                    version: str, kept: float, peer: str, reason: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT INTO versions (path, name, size, blake3, mtime_ns, mode, version, kept, peer, "
+                             "reason) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                             (path, name, size, blake3, mtime_ns, mode, version, kept, peer, reason))
+
+    def versions(self, path: str | None = None) -> list[tuple]:
+        """Rows of kept versions, newest first."""
+        cols = "id, path, name, size, blake3, mtime_ns, mode, version, kept, peer, reason"
+        with self._lock:
+            if path is None:
+                return self._db.execute(f"SELECT {cols} FROM versions ORDER BY kept DESC, id DESC").fetchall()
+            return self._db.execute(f"SELECT {cols} FROM versions WHERE path=? ORDER BY kept DESC, id DESC",
+                                    (path,)).fetchall()
+
+    def drop_version(self, vid: int) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM versions WHERE id=?", (vid,))
 
     # -- peers -------------------------------------------------------------
     def mark_synced(self, peer_id: str, direction: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 
+from . import limits
 from . import version as vv
 from .entry import DIR, FILE, SYMLINK, Entry
 
@@ -30,13 +31,23 @@ class PartialInfo:
 
     @classmethod
     def from_wire(cls, d: Any) -> "PartialInfo | None":
-        try:
-            done = frozenset(int(i) for i in d["done"])
-            return cls(str(d["path"]), str(d["target_blake3"]),
-                       None if d.get("replaces") is None else str(d["replaces"]),
-                       int(d["segment_size"]), done)
-        except (KeyError, TypeError, ValueError):
+        """A peer's partial, or None when anything in it is out of range (it is then not resumed)."""
+        if not isinstance(d, dict):
             return None
+        path, target, replaces, seg, done = (d.get(k) for k in ("path", "target_blake3", "replaces",
+                                                                  "segment_size", "done"))
+        most = limits.MAX_FILE_SIZE // limits.MIN_SEGMENT
+        if not (isinstance(path, str) and 0 < len(path) <= limits.MAX_PATH_CHARS
+                and _is_digest(target) and (replaces is None or _is_digest(replaces))
+                and type(seg) is int and limits.MIN_SEGMENT <= seg <= limits.MAX_SEGMENT
+                and isinstance(done, list) and len(done) <= most
+                and all(type(i) is int and 0 <= i < most for i in done)):
+            return None
+        return cls(path, target, replaces, seg, frozenset(done))
+
+
+def _is_digest(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from .errors import ProtocolError
 
@@ -185,7 +185,19 @@ class FrameDecoder:
             return None
         body, self._body, self._filled = self._body, bytearray(), 0
         header, self._pending = self._pending, None
-        return Frame(header["action"], header, _unzstd(body, self._max_body) if header.get("z") is True else body)
+        return Frame(header["action"], header, body)  # a compressed body stays so until `inflate`
+
+
+def inflate(frame: Frame, limit: int = MAX_BODY) -> Frame:
+    """The frame with its body decompressed, if it came compressed.
+
+    Called once per frame as it is handled, never for a whole read's worth of
+    frames at once: a burst of tiny compressed frames in one read costs their
+    compressed size, and only the frame at hand is ever expanded."""
+    if frame.header.get("z") is not True:
+        return frame
+    header = {k: v for k, v in frame.header.items() if k != "z"}
+    return Frame(frame.action, header, _unzstd(frame.body, limit))
 
 
 def _zstd() -> Any:
@@ -228,3 +240,25 @@ def body_json(frame: Frame) -> Any:
 
 def json_body(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def json_chunks(items: Iterable[Any], limit: int, max_items: int = 1 << 30) -> Iterator[list[bytes]]:
+    """Items JSON-encoded one by one and grouped so each group's bytes stay
+    under `limit` (one item alone may reach it): whatever the items hold -- long
+    paths, big version vectors -- no frame built from a group breaks a limit."""
+    group: list[bytes] = []
+    size = 0
+    for item in items:
+        raw = json_body(item)
+        if group and (size + len(raw) + 1 > limit or len(group) >= max_items):
+            yield group
+            group, size = [], 0
+        group.append(raw)
+        size += len(raw) + 1
+    if group:
+        yield group
+
+
+def json_array(encoded: list[bytes]) -> bytes:
+    """A JSON array from items `json_chunks` encoded."""
+    return b"[" + b",".join(encoded) + b"]"

@@ -23,13 +23,15 @@ from .errors import SourceChanged
 from .fs.safe import SafeRoot
 from .plan import Transfer
 from .progress import Quiet
-from .protocol import MAX_HEADER, Buffer, encode, encode_parts, json_body
+from .protocol import MAX_HEADER, Buffer, encode, encode_parts, json_array, json_body, json_chunks
 from .transport import Connection
 
 log = logging.getLogger(__name__)
 
 BATCH_BYTES = 4 * 1024 * 1024
 BATCH_FILES = 1000
+OPS_BYTES = 4 * 1024 * 1024  # a `send_changes` body
+OPS_PER_FRAME = 500
 WINDOW = 1  # segments computed ahead of the one being sent (2 cores; each holds up to 2 x 4 MiB)
 
 
@@ -45,14 +47,22 @@ class Outcome:
         log.warning("%s: %s", path, why)
 
 
+def small_meta(e: Entry, replaces: str | None, dest: str) -> dict[str, Any]:
+    """One file's record in a `send_file` header."""
+    return {"path": dest, "size": e.size, "mtime_ns": e.mtime_ns, "mode": e.mode, "blake3": e.blake3,
+            "replaces": replaces, "version": vv.to_wire(e.version)}
+
+
 def batches(small: list[tuple[Entry, str | None]]) -> list[list[tuple[Entry, str | None]]]:
-    """Group small files so each `send_file` frame stays well under the limits."""
+    """Group small files so each `send_file` frame stays well under the limits
+    (the header is measured as it will be sent: long paths and big version
+    vectors make fewer files per frame, never a frame over the limit)."""
     out: list[list[tuple[Entry, str | None]]] = []
     cur: list[tuple[Entry, str | None]] = []
     size = header = 0
     for item in small:
         e = item[0]
-        h = len(e.path.encode()) * 2 + 300
+        h = len(json_body(small_meta(e, item[1], e.path))) + 128  # + room for a conflict copy's longer name
         if cur and (size + e.size > BATCH_BYTES or len(cur) >= BATCH_FILES or header + h > MAX_HEADER // 2):
             out.append(cur)
             cur, size, header = [], 0, 0
@@ -87,9 +97,8 @@ class FileSender:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     async def ops(self, op: str, entries: list[Entry]) -> None:
-        for i in range(0, len(entries), 500):
-            ops = [op_dict(op, e) for e in entries[i : i + 500]]
-            await self.conn.send(encode("send_changes", json_body(ops)))
+        for group in json_chunks((op_dict(op, e) for e in entries), OPS_BYTES, OPS_PER_FRAME):
+            await self.conn.send(encode("send_changes", json_array(group)))
 
     def _read_small(self, e: Entry) -> bytes:
         with self.safe.open_read(e.path) as f:
@@ -107,8 +116,7 @@ class FileSender:
             except (OSError, SourceChanged) as err:
                 self.outcome.failed(e.path, str(err))
                 continue
-            metas.append({"path": dest(e), "size": e.size, "mtime_ns": e.mtime_ns, "mode": e.mode,
-                          "blake3": e.blake3, "replaces": replaces, "version": vv.to_wire(e.version)})
+            metas.append(small_meta(e, replaces, dest(e)))
             chunks.append(data)
             self.progress.advance(e.path, e.size)
         if metas:
@@ -146,6 +154,8 @@ class FileSender:
             if sig is None:
                 self.outcome.failed(path, "changed on the peer since its index was sent; not overwritten")
                 return False
+            # a peer's signature is checked off the event loop before librsync ever loads it
+            await asyncio.to_thread(engine.check_signature, sig, t.basis_size)
         try:
             f = self.safe.open_read(e.path)
         except OSError as err:

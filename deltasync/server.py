@@ -15,14 +15,14 @@ import signal
 import sqlite3
 from typing import Any, Callable
 
-from . import identity
+from . import identity, limits
 from .apply import Receiver, Result
 from .config import Folder
 from .entry import FILE, Entry
-from .errors import DeltasyncError, PeerUnreachable, ProtocolError, UnsafePath
+from .errors import DeltasyncError, PeerUnreachable, ProtocolError, redact
 from .fs import safe
 from .fs.ignore import Ignore
-from .fs.scan import scan
+from .fs.scan import ScanResult, scan
 from .inbound import ACTIONS, Inbound, ack
 from .manifest import Manifest
 from .plan import DELTA_MIN, SEGMENT_SIZE, Transfer
@@ -34,9 +34,10 @@ from .session import (
     hello_frame,
     index_frames,
     partials_wire,
+    refuse_nesting,
     wants,
 )
-from .transport import Connection, serve, split_address
+from .transport import Admission, Connection, serve, split_address
 
 log = logging.getLogger(__name__)
 READ_AHEAD = 1  # frames decoded ahead of the one being applied (each up to 16 MiB)
@@ -59,6 +60,10 @@ class Server:
         self.receiver.close()
         self.manifest.close()
 
+    def redact(self, text: str) -> str:
+        """Text for a peer: our own location on disk is none of its business."""
+        return redact(text, self.folder.root)
+
     def busy_with(self, peer_id: str) -> bool:
         """Is a session with this peer (as our client or theirs) running now?"""
         return peer_id in self.outgoing or peer_id in self.incoming
@@ -67,11 +72,10 @@ class Server:
     def incoming(self) -> set[str]:
         return set(self.sessions.values())
 
-    async def scan(self, record: bool = True) -> dict[str, Entry]:
+    async def scan(self, record: bool = True) -> ScanResult:
         async with self._scan_lock:
-            result = await asyncio.to_thread(scan, self.folder.root, self.manifest, Ignore.for_folder(self.folder.root),
-                                             self.folder.short_id, record)
-        return result.entries
+            return await asyncio.to_thread(scan, self.folder.root, self.manifest, Ignore.for_folder(self.folder.root),
+                                           self.folder.short_id, record)
 
     async def handle(self, conn: Connection) -> None:
         task = asyncio.current_task()
@@ -104,10 +108,10 @@ class Server:
                 await queue.put(e)
 
         async def send_ack(res: Result) -> None:
-            await conn.send(ack(res))
+            await conn.send(ack(res, self.folder.root))
 
         reader = asyncio.create_task(read_ahead())
-        inbound = Inbound(self.receiver, conn.send, send_ack)
+        inbound = Inbound(self.receiver, conn.send, send_ack, conn.peer.id)
         index: dict[str, Entry] | None = None
         looking = False  # a --dry-run session: it changes nothing here, not even our manifest
         try:
@@ -143,8 +147,10 @@ class Server:
                     await inbound.flush()
                 if item.action == "request_file_list":
                     looking = item.get("dry_run") is True
-                    index = await self.scan(record=not looking)
-                    for frame in index_frames(list(index.values()), partials_wire(self.manifest.partials()),
+                    scanned = await self.scan(record=not looking)
+                    refuse_nesting(scanned.nested, conn.peer.id, "your")
+                    index = scanned.entries
+                    for frame in index_frames(index.values(), partials_wire(self.manifest.partials()),
                                               zstd_index):
                         await conn.send(frame)
                 elif item.action == "request_file":
@@ -157,20 +163,20 @@ class Server:
                         await inbound.flush()
                 else:
                     raise ProtocolError(f"unexpected {item.action} in this session")
-        except (ProtocolError, UnsafePath) as e:
-            log.warning("peer %s (%s): protocol error: %s", who, conn.peer.address, e)
-            try:
-                await conn.send(encode("error", message=str(e)[:1000]))
-            except (OSError, DeltasyncError):
-                pass
         except (PeerUnreachable, ConnectionError) as e:
             log.info("peer %s: %s", who, e)
+        except DeltasyncError as e:  # the peer broke the protocol or asked for what we refuse
+            log.warning("peer %s (%s): protocol error: %s", who, conn.peer.address, e)
+            try:
+                await conn.send(encode("error", message=self.redact(str(e))[:1000]))
+            except (OSError, DeltasyncError):
+                pass
         except asyncio.CancelledError:
             raise
         except Exception as e:  # a bug or an unforeseen input: this session ends, the server does not
             log.exception("peer %s: session failed", who)
             try:
-                await conn.send(encode("error", message=f"internal error: {type(e).__name__}"))
+                await conn.send(encode("error", message=f"internal error: {type(e).__name__}"))  # no detail leaves
             except (OSError, DeltasyncError):
                 pass
         finally:
@@ -197,32 +203,33 @@ class Server:
                 safe.check_relpath(path)
                 safe.check_relpath(dest)
                 assert isinstance(path, str) and isinstance(dest, str)  # checked just above
+                replaces, basis = req.get("replaces"), req.get("basis")
+                if not all(x is None or (isinstance(x, str) and len(x) == 64) for x in (replaces, basis)):
+                    raise ProtocolError("request_file: replaces and basis must be 64-character digests")
+                seg = limits.check_segment_size(req.get("segment_size", SEGMENT_SIZE), "request_file: segment_size")
+                basis_size = limits.check_int(req.get("basis_size", 0), 0, limits.MAX_FILE_SIZE,
+                                              "request_file: basis_size")
                 e = index.get(path)
                 if e is None or e.deleted or e.kind != FILE or e.blake3 != req.get("blake3"):
-                    await conn.send(ack(Result(dest, False, f"{path}: changed on the peer; run again")))
+                    await conn.send(ack(Result(dest, False, f"{path}: changed on the peer; run again"), self.folder.root))
                     continue
-                replaces, basis = req.get("replaces"), req.get("basis")
                 done = req.get("done") or []
-                if not isinstance(done, list) or not all(type(i) is int for i in done):
-                    raise ProtocolError("request_file: done must be a list of ints")
+                total = limits.segments_of(e.size, seg)
+                if not isinstance(done, list) or len(done) > total or \
+                        not all(type(i) is int and 0 <= i < total for i in done):
+                    raise ProtocolError("request_file: done must list segment indexes of that file")
                 if basis is None and e.size < DELTA_MIN and not done:
                     small.append((e, replaces))
                     dests[e.path] = dest
                     continue
                 if basis is not None and (sig is None or len(f["files"]) != 1):
                     raise ProtocolError("request_file: a delta request carries its signature, one per frame")
-                seg = req.get("segment_size", SEGMENT_SIZE)
-                if type(seg) is not int or not 0 < seg <= 64 * 1024 * 1024:
-                    raise ProtocolError("request_file: bad segment_size")
-                basis_size = req.get("basis_size", 0)
-                if type(basis_size) is not int or basis_size < 0:
-                    raise ProtocolError("request_file: bad basis_size")
                 await sender.large(Transfer(e, basis, replaces, seg, frozenset(done), basis_size), given_signature,
                                    dest)
             for batch in batches(small):
                 await sender.small(batch, dest=lambda e: dests[e.path])
             for fail in outcome.failures:
-                await conn.send(ack(Result(dests.get(fail["path"], fail["path"]), False, fail["error"])))
+                await conn.send(ack(Result(dests.get(fail["path"], fail["path"]), False, fail["error"]), self.folder.root))
         finally:
             sender.close()
         await conn.send(encode("request_done"))
@@ -238,8 +245,10 @@ async def run(folder: Folder, listen: str, on_listening: Callable[[str], None] |
     if stale:
         log.info("dropped %d stale partial transfers", stale)
     host, port = split_address(listen)
+    admission = Admission(int(cfg.setting("max_pending_handshakes")), int(cfg.setting("max_handshakes_per_address")),
+                          int(cfg.setting("max_connections")), int(cfg.setting("max_sessions_per_peer")))
     srv = await serve(folder, host, port, server.handle, float(cfg.setting("handshake_timeout")),
-                      float(cfg.setting("idle_timeout")), int(cfg.setting("max_connections")))
+                      float(cfg.setting("idle_timeout")), admission)
     sock = srv.sockets[0].getsockname()
     actual = f"{sock[0]}:{sock[1]}" if ":" not in sock[0] else f"[{sock[0]}]:{sock[1]}"
     if on_listening:

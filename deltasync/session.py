@@ -2,10 +2,11 @@
 negotiation, and reading the peer's index."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 from .entry import Entry
-from .errors import ProtocolError
+from .errors import ProtocolError, UsageError
+from .limits import INDEX_CHUNK_BYTES, MAX_INDEX_BYTES, MAX_PARTIALS_LISTED
 from .plan import PartialInfo
 from .protocol import (
     PROTOCOL_VERSIONS,
@@ -13,13 +14,14 @@ from .protocol import (
     body_json,
     encode,
     encode_parts,
+    json_array,
+    json_chunks,
     negotiate,
 )
 from .transport import Connection
 
 FEATURES = ["zstd"]  # we can read zstd-compressed bodies
 COMPRESS = "compress"  # the client asks the server to compress what it sends
-INDEX_CHUNK = 5000
 
 
 def hello_frame(peer_id: str, compress: bool = False) -> bytes:
@@ -61,29 +63,35 @@ async def client_hello(conn: Connection, own_id: str, compress: bool = False) ->
     return version
 
 
-def index_frames(entries: list[Entry], partials: list[dict[str, Any]], compress: bool = False) -> list[bytes]:
-    """An index as `send_file_list` frames, chunked to stay under the body limit."""
-    from .protocol import json_body
-
-    frames = []
-    wire = [e.to_wire() for e in entries]
-    for i in range(0, max(1, len(wire)), INDEX_CHUNK):
-        last = i + INDEX_CHUNK >= len(wire)
-        body = {"entries": wire[i : i + INDEX_CHUNK], "partials": partials if last else []}
-        frames.append(b"".join(encode_parts("send_file_list", json_body(body), compress, more=not last)))
-    return frames
+def index_frames(entries: Iterable[Entry], partials: list[dict[str, Any]], compress: bool = False
+                 ) -> Iterator[bytes]:
+    """An index as `send_file_list` frames, cut by bytes, so no frame can break
+    the body limit whatever the entries hold (a long path, a big version vector)."""
+    chunks = [(b"entries", c) for c in json_chunks((e.to_wire() for e in entries), INDEX_CHUNK_BYTES)]
+    chunks += [(b"partials", c) for c in json_chunks(partials, INDEX_CHUNK_BYTES)]
+    if not chunks:
+        chunks = [(b"entries", [])]
+    for i, (key, items) in enumerate(chunks):
+        body = b'{"' + key + b'":' + json_array(items) + b"}"
+        yield b"".join(encode_parts("send_file_list", body, compress, more=i + 1 < len(chunks)))
 
 
 async def read_index(conn: Connection, max_entries: int) -> tuple[dict[str, Entry], dict[str, PartialInfo]]:
-    """Collect the peer's `send_file_list` frames into entries and partials."""
+    """Collect the peer's `send_file_list` frames into entries and partials,
+    within bounds on entries, partials and bytes."""
     entries: dict[str, Entry] = {}
     partials: dict[str, PartialInfo] = {}
+    total = 0
     while True:
         frame = expect(await conn.recv(), "send_file_list", "while sending its index")
+        total += len(frame.body)
+        if total > MAX_INDEX_BYTES:
+            raise ProtocolError(f"peer index is larger than {MAX_INDEX_BYTES} bytes")
         body = body_json(frame)
-        if not isinstance(body, dict) or not isinstance(body.get("entries"), list):
-            raise ProtocolError("send_file_list: body must be an object with entries")
-        for d in body["entries"]:
+        if not isinstance(body, dict) or not isinstance(body.get("entries", []), list) \
+                or not isinstance(body.get("partials", []), list):
+            raise ProtocolError("send_file_list: body must be an object with entries and partials lists")
+        for d in body.get("entries", []):
             e = Entry.from_wire(d)
             entries[e.path] = e
         if len(entries) > max_entries:
@@ -92,6 +100,8 @@ async def read_index(conn: Connection, max_entries: int) -> tuple[dict[str, Entr
             p = PartialInfo.from_wire(d)
             if p is not None:
                 partials[p.path] = p
+        if len(partials) > MAX_PARTIALS_LISTED:
+            raise ProtocolError(f"peer lists more than {MAX_PARTIALS_LISTED} partial transfers")
         if not frame["more"]:
             return entries, partials
 
@@ -99,3 +109,12 @@ async def read_index(conn: Connection, max_entries: int) -> tuple[dict[str, Entr
 def partials_wire(partials: list[Any]) -> list[dict[str, Any]]:
     return [{"path": p.path, "target_blake3": p.target_blake3, "replaces": p.replaces,
              "segment_size": p.segment_size, "done": sorted(p.done)} for p in partials]
+
+
+def refuse_nesting(nested: dict[str, str], peer_id: str, whose: str) -> None:
+    """A peer whose folder lies inside ours would receive our tree into itself, again
+    and again (`S/inner/inner/...`): refuse before anything moves."""
+    inside = next((path for path, pid in nested.items() if pid == peer_id), None)
+    if inside is not None:
+        raise UsageError(f"{whose} folder is inside this one (at {inside}/): syncing them would copy the folder "
+                         f"into itself; exclude {inside}/ or sync a folder that does not contain the other")

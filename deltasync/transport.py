@@ -27,8 +27,8 @@ from typing import Awaitable, Callable
 
 from . import identity
 from .config import Folder
-from .errors import PeerRefused, PeerUnreachable, ProtocolError, UsageError
-from .protocol import Frame, FrameDecoder
+from .errors import DeltasyncError, PeerRefused, PeerUnreachable, ProtocolError, UsageError
+from .protocol import Frame, FrameDecoder, encode, inflate
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +76,21 @@ class Connection:
                 for i in range(0, len(p), WRITE_SLICE):
                     self._writer.write(memoryview(p)[i : i + WRITE_SLICE] if len(p) > WRITE_SLICE else p)
                     if len(p) > WRITE_SLICE:
-                        await self._writer.drain()
+                        await self._drain()
             self.bytes_sent += size
-            await self._writer.drain()
+            await self._drain()
         except (ConnectionError, ssl.SSLError) as e:
             raise PeerUnreachable(f"connection to {self.peer.address} lost: {e or type(e).__name__}") from None
+
+    async def _drain(self) -> None:
+        """Wait for the peer to take our bytes, but not forever: a peer that stops reading is idle."""
+        if self._writer.transport.get_write_buffer_size() <= 64 * 1024:
+            await self._writer.drain()  # not paused: returns at once (and raises if the connection is lost)
+            return
+        try:
+            await asyncio.wait_for(self._writer.drain(), self.idle_timeout)
+        except asyncio.TimeoutError:
+            raise PeerUnreachable(f"{self.peer.address} stopped reading for {self.idle_timeout:.0f} s") from None
 
     async def recv(self) -> Frame | None:
         """The next frame, or None on a clean end of stream between frames."""
@@ -97,7 +107,7 @@ class Connection:
                 return None
             self.bytes_received += len(chunk)
             self._ready.extend(self._decoder.feed(chunk))
-        return self._ready.pop(0)
+        return inflate(self._ready.pop(0))
 
     async def close(self) -> None:
         try:
@@ -143,9 +153,12 @@ def parse_rate(text: str) -> float:
 
 
 def split_address(address: str) -> tuple[str, int]:
+    """HOST:PORT (or [v6]:PORT) -> (host, port); a port outside 0-65535 is a usage error, not a wrap-around."""
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit():
-        raise PeerUnreachable(f"not a HOST:PORT address: {address!r}")
+        raise UsageError(f"not a HOST:PORT address: {address!r}")
+    if not 0 <= int(port) <= 65535:
+        raise UsageError(f"port {int(port)} in {address!r} is outside 0-65535")
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
@@ -195,36 +208,106 @@ async def connect(folder: Folder, address: str, expect_id: str | None = None,
 Handler = Callable[[Connection], Awaitable[None]]
 
 
+class Admission:
+    """Who gets a slot, before and after authentication.
+
+    Connections that have not yet finished the trust preamble and the TLS
+    handshake share a small budget of their own, `max_pending` overall and
+    `per_address` per source address; when a budget is full the oldest pending
+    connection (of that address, or of the address holding the most) is cut.
+    An idle flood from one address therefore evicts only itself, and a peer
+    whose preamble takes milliseconds always gets through. Authenticated
+    sessions have their own slots (`max_sessions`, and `per_peer` for one peer
+    ID), so a trusted peer never waits behind strangers."""
+
+    def __init__(self, max_pending: int = 64, per_address: int = 8, max_sessions: int = 16,
+                 per_peer: int = 4) -> None:
+        self.max_pending, self.per_address = max_pending, per_address
+        self.max_sessions, self.per_peer = max_sessions, per_peer
+        self.pending: dict[asyncio.StreamWriter, str] = {}  # insertion order = age
+        self.sessions: dict[str, int] = {}  # peer ID -> sessions running
+        self.evicted = 0
+
+    def _evict(self, writer: asyncio.StreamWriter) -> None:
+        self.pending.pop(writer, None)
+        self.evicted += 1
+        transport = writer.transport
+        if transport is not None:
+            transport.abort()
+
+    def arrive(self, writer: asyncio.StreamWriter, host: str) -> None:
+        same = [w for w, h in self.pending.items() if h == host]
+        if len(same) >= self.per_address:
+            self._evict(same[0])
+        if len(self.pending) >= self.max_pending:
+            counts: dict[str, int] = {}
+            for h in self.pending.values():
+                counts[h] = counts.get(h, 0) + 1
+            worst = max(counts, key=lambda h: counts[h])
+            self._evict(next(w for w, h in self.pending.items() if h == worst))
+        self.pending[writer] = host
+
+    def authenticated(self, writer: asyncio.StreamWriter) -> None:
+        self.pending.pop(writer, None)
+
+    def leave(self, writer: asyncio.StreamWriter) -> None:
+        self.pending.pop(writer, None)
+
+    def open_session(self, peer_id: str) -> str | None:
+        """Take a session slot for `peer_id`; the reason it cannot have one, if not."""
+        if sum(self.sessions.values()) >= self.max_sessions:
+            return f"server busy: {self.max_sessions} sessions already running; retry later"
+        if self.sessions.get(peer_id, 0) >= self.per_peer:
+            return f"busy: {self.per_peer} sessions with you already running; retry later"
+        self.sessions[peer_id] = self.sessions.get(peer_id, 0) + 1
+        return None
+
+    def close_session(self, peer_id: str) -> None:
+        n = self.sessions.get(peer_id, 0) - 1
+        if n > 0:
+            self.sessions[peer_id] = n
+        else:
+            self.sessions.pop(peer_id, None)
+
+
 async def serve(folder: Folder, host: str, port: int, handler: Handler, handshake_timeout: float = 10.0,
-                idle_timeout: float = 300.0, max_connections: int = 16) -> asyncio.Server:
+                idle_timeout: float = 300.0, admission: Admission | None = None) -> asyncio.Server:
     """Accept connections; hand each trusted, encrypted one to `handler`."""
     own_der = identity.cert_der(folder.cert)
-    slots = asyncio.Semaphore(max_connections)
+    adm = admission or Admission()
 
     async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         addr = writer.get_extra_info("peername")
         address = f"{addr[0]}:{addr[1]}" if addr else "?"
-        if slots.locked():
-            log.warning("refusing %s: %d connections already", address, max_connections)
+        adm.arrive(writer, addr[0] if addr else "?")
+        try:
+            peer_der = await asyncio.wait_for(_handshake(reader, writer, own_der), handshake_timeout)
+        except PeerRefused as e:
+            log.warning("refused %s: %s", address, e)
             writer.close()
             return
-        async with slots:
+        except (ProtocolError, asyncio.IncompleteReadError, ConnectionError, ssl.SSLError,
+                asyncio.TimeoutError, OSError) as e:
+            log.info("handshake with %s failed: %s", address, e or type(e).__name__)
+            writer.close()
+            return
+        finally:
+            adm.leave(writer)
+        conn = Connection(reader, writer, Peer(identity.fingerprint(peer_der), address), idle_timeout)
+        why = adm.open_session(conn.peer.id)
+        if why is not None:
+            log.warning("peer %s: %s", identity.format_id(conn.peer.id)[:15], why)
             try:
-                peer_der = await asyncio.wait_for(_handshake(reader, writer, own_der), handshake_timeout)
-            except PeerRefused as e:
-                log.warning("refused %s: %s", address, e)
-                writer.close()
-                return
-            except (ProtocolError, asyncio.IncompleteReadError, ConnectionError, ssl.SSLError,
-                    asyncio.TimeoutError, OSError) as e:
-                log.warning("handshake with %s failed: %s", address, e or type(e).__name__)
-                writer.close()
-                return
-            conn = Connection(reader, writer, Peer(identity.fingerprint(peer_der), address), idle_timeout)
-            try:
-                await handler(conn)
-            finally:
-                await conn.close()
+                await asyncio.wait_for(conn.send(encode("error", message=why)), 5)
+            except (DeltasyncError, asyncio.TimeoutError):
+                pass
+            await conn.close()
+            return
+        try:
+            await handler(conn)
+        finally:
+            adm.close_session(conn.peer.id)
+            await conn.close()
 
     async def _handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, own: bytes) -> bytes:
         if await reader.readexactly(len(MAGIC)) != MAGIC:
@@ -240,7 +323,9 @@ async def serve(folder: Folder, host: str, port: int, handler: Handler, handshak
         await writer.start_tls(_context(folder, True, peer_der))
         if writer.get_extra_info("ssl_object").getpeercert(binary_form=True) != peer_der:
             raise PeerRefused("certificate changed during the handshake")
+        adm.authenticated(writer)
         return peer_der
 
-    server = await asyncio.start_server(accept, host, port, reuse_address=True, family=socket.AF_UNSPEC)
+    server = await asyncio.start_server(accept, host, port, reuse_address=True, family=socket.AF_UNSPEC,
+                                        backlog=256)
     return server

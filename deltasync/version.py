@@ -7,23 +7,34 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import ProtocolError
+from .limits import INT64_MAX, MAX_VECTOR_KEY_LEN, MAX_VECTOR_KEYS
 
 Version = tuple[tuple[str, int], ...]
 EQUAL, NEWER, OLDER, CONCURRENT = "equal", "newer", "older", "concurrent"
-MAX_PEERS = 1000
+
+
+def _bounded(d: dict[str, int], keep: str | None = None) -> Version:
+    """A vector a peer will accept: at most MAX_VECTOR_KEYS keys (the smallest
+    counters go first, never `keep`). A dropped key can only turn a later
+    comparison into a conflict, where both versions are kept: nothing is lost."""
+    if len(d) > MAX_VECTOR_KEYS:
+        drop = sorted((n, k) for k, n in d.items() if k != keep)[: len(d) - MAX_VECTOR_KEYS]
+        for _, k in drop:
+            del d[k]
+    return tuple(sorted(d.items()))
 
 
 def bump(v: Version, me: str) -> Version:
     d = dict(v)
-    d[me] = d.get(me, 0) + 1
-    return tuple(sorted(d.items()))
+    d[me] = min(d.get(me, 0) + 1, INT64_MAX)  # saturates: a peer's huge counter cannot make ours unsendable
+    return _bounded(d, me)
 
 
 def merge(a: Version, b: Version) -> Version:
     d = dict(a)
     for k, n in b:
         d[k] = max(d.get(k, 0), n)
-    return tuple(sorted(d.items()))
+    return _bounded(d)
 
 
 def compare(a: Version, b: Version) -> str:
@@ -44,7 +55,20 @@ def to_wire(v: Version) -> dict[str, int]:
 def from_wire(d: Any) -> Version:
     if d is None:
         return ()
-    if not isinstance(d, dict) or len(d) > MAX_PEERS or not all(
-            isinstance(k, str) and len(k) <= 64 and type(n) is int and 0 <= n < 2**63 for k, n in d.items()):
-        raise ProtocolError("version must be an object of peer -> non-negative int")
+    if not isinstance(d, dict) or len(d) > MAX_VECTOR_KEYS or not all(
+            isinstance(k, str) and 0 < len(k) <= MAX_VECTOR_KEY_LEN and type(n) is int and 0 <= n <= INT64_MAX
+            for k, n in d.items()):
+        raise ProtocolError(f"version must be an object of at most {MAX_VECTOR_KEYS} peer keys "
+                            f"(up to {MAX_VECTOR_KEY_LEN} characters) -> non-negative 64-bit int")
     return tuple(sorted(d.items()))
+
+
+def from_stored(d: Any) -> Version:
+    """A vector from our own manifest. Older versions accepted vectors of up to
+    1000 keys from peers; they are cut to what a peer accepts now, so a stored
+    row can never make our index unsendable."""
+    if not isinstance(d, dict):
+        return ()
+    good = {k: min(n, INT64_MAX) for k, n in d.items()
+            if isinstance(k, str) and 0 < len(k) <= MAX_VECTOR_KEY_LEN and type(n) is int and n >= 0}
+    return _bounded(good)

@@ -9,7 +9,7 @@ from deltasync.config import Folder
 from deltasync.errors import ProtocolError, TransferFailed, UnsafePath
 from deltasync.manifest import Manifest
 
-SEG = 1024
+SEG = 64 * 1024  # the smallest segment a peer may use
 
 
 @pytest.fixture

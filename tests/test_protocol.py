@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deltasync.errors import ProtocolError
-from deltasync.protocol import MAX_BODY, MAX_HEADER, FrameDecoder, encode, negotiate
+from deltasync.protocol import inflate, MAX_BODY, MAX_HEADER, FrameDecoder, encode, negotiate
 
 
 def raw_frame(header: object, body: bytes = b"") -> bytes:
@@ -122,11 +122,32 @@ def test_compressed_bodies_round_trip_and_bombs_are_refused():
     data = encode("send_file", body, compress=True, files=[])
     assert len(data) < len(body) // 5
     (f,) = FrameDecoder().feed(data)
-    assert f.body == body
+    assert inflate(f).body == body
     noise = __import__("os").urandom(8192)
     assert b'"z"' not in encode("send_file", noise, compress=True, files=[])  # random data goes as it is
     bomb = zstandard.ZstdCompressor(level=1).compress(b"\0" * (MAX_BODY + 1))
     with pytest.raises(ProtocolError, match="body limit"):
-        FrameDecoder().feed(raw_frame({"action": "send_file", "body_len": len(bomb), "files": [], "z": True}, bomb))
+        inflate(FrameDecoder().feed(raw_frame({"action": "send_file", "body_len": len(bomb), "files": [], "z": True},
+                                              bomb))[0])
     with pytest.raises(ProtocolError, match="compressed"):
-        FrameDecoder().feed(raw_frame({"action": "send_file", "body_len": 5, "files": [], "z": True}, b"12345"))
+        inflate(FrameDecoder().feed(raw_frame({"action": "send_file", "body_len": 5, "files": [], "z": True},
+                                              b"12345"))[0])
+
+
+def test_a_burst_of_compressed_frames_is_not_expanded_at_once():
+    """Thousands of tiny frames that each expand to 16 MiB arrive in one read:
+    decoding them costs their compressed size; only the frame at hand is expanded."""
+    import resource
+
+    import zstandard
+
+    small_bomb = zstandard.ZstdCompressor(level=19).compress(b"\0" * (MAX_BODY - 1))
+    one = raw_frame({"action": "send_file", "body_len": len(small_bomb), "files": [], "z": True}, small_bomb)
+    burst = one * 2000  # 32 GiB once expanded
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    frames = FrameDecoder().feed(burst)
+    assert len(frames) == 2000
+    for f in frames[:3]:
+        assert len(inflate(f).body) == MAX_BODY - 1
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mib < 200

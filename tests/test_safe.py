@@ -7,13 +7,16 @@ from deltasync.fs import safe
 
 
 @pytest.mark.parametrize("path", ["", "/etc/passwd", "../x", "a/../../x", "a//b", "a/./b", "a/", ".deltasync/key.pem",
-                                  ".deltasync", "a\x00b", "x" * 5000, "y" * 300 + "/z"])
+                                  ".deltasync", "a\x00b", "x" * 5000, "y" * 300 + "/z",
+                                  # the state folder at any depth, in any case or Unicode spelling
+                                  "a/.deltasync", "a/.deltasync/key.pem", "docs/.DeltaSync/x", ".DELTASYNC",
+                                  "x/\uff0edeltasync/manifest.db", "x/.deltaſync"])
 def test_unsafe_paths_refused(path):
     with pytest.raises(UnsafePath):
         safe.check_relpath(path)
 
 
-@pytest.mark.parametrize("path", ["a", "a/b/c", ".hidden", "a/.deltasync", "..a", "sp ace/ü.txt"])
+@pytest.mark.parametrize("path", ["a", "a/b/c", ".hidden", "a/.deltasyncignore", "a/deltasync", "..a", "sp ace/ü.txt"])
 def test_ordinary_paths_accepted(path):
     assert safe.check_relpath(path) == tuple(path.split("/"))
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import unicodedata
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 from ..errors import TransferFailed, UnsafePath
 
@@ -25,6 +26,27 @@ TMP_PREFIX = ".deltasync-tmp-"  # a symlink made aside in its own directory befo
 MAX_PATH = 4096
 MAX_NAME = 255
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+DIR_FLAGS = _DIR_FLAGS
+Keeper = Callable[[int, str], "str | None"]  # (parent dir fd, name) -> kept version's name
+
+
+def fold(name: str) -> str:
+    """A name as a case-insensitive, normalising filesystem sees it (vfat, exFAT,
+    NTFS, SMB, ext4 casefold, APFS): `.DeltaSync` and `.deltasync` are one folder there."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
+
+
+_META_FOLDED = fold(META)
+
+
+def is_reserved(name: str) -> bool:
+    """Is this path component our state folder, on any filesystem it may land on?"""
+    return name == META or fold(name) == _META_FOLDED
+
+
+def has_reserved(path: str) -> bool:
+    """Does any component of this relative path name a state folder (at any depth)?"""
+    return any(is_reserved(part) for part in path.split("/"))
 
 
 def check_relpath(path: object, max_len: int = MAX_PATH) -> tuple[str, ...]:
@@ -48,8 +70,8 @@ def check_relpath(path: object, max_len: int = MAX_PATH) -> tuple[str, ...]:
             raise UnsafePath(f"path {shown} has an empty, '.' or '..' component")
         if len(part.encode("utf-8", "surrogateescape")) > MAX_NAME:
             raise UnsafePath(f"path {shown} has a component longer than {MAX_NAME} bytes")
-    if parts[0] == META:
-        raise UnsafePath(f"path {shown} names the {META}/ state folder")
+        if is_reserved(part):
+            raise UnsafePath(f"path {shown} names a {META}/ state folder")
     return parts
 
 
@@ -113,9 +135,12 @@ class SafeRoot:
             raise UnsafePath(f"{path[:200]!r} is not a regular file")
         return os.fdopen(fd, "rb")
 
-    def replace(self, src: Path, path: str, durable: bool = True) -> None:
-        """Atomically rename our own file `src` (under .deltasync/) to `path`."""
+    def replace(self, src: Path, path: str, durable: bool = True, keep: Keeper | None = None) -> str | None:
+        """Atomically rename our own file `src` (under .deltasync/) to `path`.
+        `keep(dir_fd, name)` runs first, in the same directory: it keeps the
+        version about to be replaced (see versions.py); what it returns is returned."""
         with self.parent(path, create=True) as (fd, name):
+            kept = keep(fd, name) if keep is not None else None
             try:
                 os.rename(src, name, dst_dir_fd=fd)
             except IsADirectoryError:
@@ -124,6 +149,7 @@ class SafeRoot:
                 raise _unsafe_from(e, path) from None
             if durable:
                 os.fsync(fd)
+        return kept
 
     def symlink(self, target: str, path: str, tmp_name: str) -> None:
         """Create or replace a symlink atomically (made aside in the same directory)."""
@@ -158,14 +184,19 @@ class SafeRoot:
             finally:
                 os.close(fd)
 
-    def delete(self, path: str) -> None:
-        """Remove a file, symlink or empty directory; a non-empty directory stays."""
+    def delete(self, path: str, keep: Keeper | None = None) -> str | None:
+        """Remove a file, symlink or empty directory; a non-empty directory stays.
+        `keep(dir_fd, name)` may move a file away first (a kept version): its answer is returned."""
         with self.parent(path) as (fd, name):
+            kept = keep(fd, name) if keep is not None else None
+            if kept is not None:
+                return kept
             st = os.stat(name, dir_fd=fd, follow_symlinks=False)
             if stat.S_ISDIR(st.st_mode):
                 os.rmdir(name, dir_fd=fd)
             else:
                 os.unlink(name, dir_fd=fd)
+        return None
 
 
 def write_aside(directory: Path, name: str, chunks: Iterable[bytes | memoryview], mode: int,

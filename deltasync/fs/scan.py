@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .. import hashing
+from .. import hashing, identity
 from .. import version as vv
 from ..entry import DIR, FILE, SYMLINK, Entry
 from ..manifest import Manifest, Seen
 from ..plan import DELTA_MIN, SEGMENT_SIZE
 from .ignore import Ignore
+from .safe import DIR_FLAGS, is_reserved
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +26,15 @@ class ScanResult:
     entries: dict[str, Entry]
     hashed_files: int = 0
     hashed_bytes: int = 0
-    skipped: list[str] = field(default_factory=list)  # unreadable, unstable or un-encodable names
+    skipped: list[str] = field(default_factory=list)  # not indexed this time: never taken for deleted
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (path, why) of what we could not read
+    nested: dict[str, str] = field(default_factory=dict)  # folder path -> peer ID of a shared folder inside ours
     changed: list[str] = field(default_factory=list)
+
+    def skip(self, path: str, why: str) -> None:
+        self.skipped.append(path)
+        self.errors.append((path, why))
+        log.warning("%s: %s", path or ".", why)
 
 
 def _stat_fields(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -42,12 +51,19 @@ def hash_fd(fd: int, st: os.stat_result, segment_size: int = 0) -> tuple[str, by
     return digests if _stat_fields(os.fstat(fd)) == _stat_fields(before) else None
 
 
-def hash_file(path: Path, st: os.stat_result, segment_size: int = 0) -> tuple[str, bytes] | None:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+def _folder_id(dfd: int, name: str) -> str:
+    """The peer ID of a shared folder whose state folder is `name` (in `dfd`); '' if unreadable."""
     try:
-        return hash_fd(fd, st, segment_size)
-    finally:
-        os.close(fd)
+        mfd = os.open(name, DIR_FLAGS, dir_fd=dfd)
+        try:
+            cfd = os.open("cert.pem", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=mfd)
+        finally:
+            os.close(mfd)
+        with os.fdopen(cfd, "rb") as f:
+            pem = f.read(16 * 1024).decode("ascii", "replace")
+        return identity.fingerprint(ssl.PEM_cert_to_DER_cert(pem))
+    except (OSError, ValueError):
+        return ""
 
 
 def _version(e: Entry, old: Seen | None, me: str) -> vv.Version:
@@ -62,77 +78,118 @@ def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None, me: str =
     """Index the folder. `entries` holds live paths and tombstones (deleted
     paths we knew, with a bumped version); `me` is our key in version vectors.
     `changed` lists the paths that are new, changed or deleted since the last
-    scan; with `record=False` the manifest is left as it was (a look, not a sync)."""
+    scan; with `record=False` the manifest is left as it was (a look, not a sync).
+
+    The walk goes from directory descriptor to directory descriptor with
+    O_NOFOLLOW, so a directory swapped for a symlink mid-walk is refused by the
+    kernel, never followed: the index lists nothing outside the folder. What
+    cannot be read is listed in `errors` (and never taken for a delete)."""
     ignore = ignore or Ignore.for_folder(root)
     seen = manifest.seen()
     result = ScanResult({})
     rows: list[Seen] = []
     segments: list[tuple[str, int, bytes]] = []
 
-    def visit(dirpath: Path, rel: str) -> None:
+    def entry_for(dfd: int, name: str, path: str, st: os.stat_result, old: Seen | None) -> Entry | None:
+        mode = st.st_mode
+        if stat.S_ISDIR(mode):
+            e = Entry(path, DIR, 0, st.st_mtime_ns, stat.S_IMODE(mode))
+            return replace(e, version=_version(e, old, me))
+        if stat.S_ISLNK(mode):
+            target = os.readlink(name, dir_fd=dfd)
+            return Entry(path, SYMLINK, 0, 0, 0, target=target,
+                         version=_version(Entry(path, SYMLINK, target=target), old, me))
+        if not stat.S_ISREG(mode):
+            return None  # fifos, sockets, devices are not synced
+        if (old and old.entry.kind == FILE and old.entry.blake3
+                and (old.entry.size, old.entry.mtime_ns, old.ino, old.ctime_ns) == _stat_fields(st)):
+            digest: str = old.entry.blake3
+        else:
+            big = st.st_size >= DELTA_MIN
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd)
+            try:
+                hashed = hash_fd(fd, st, SEGMENT_SIZE if big else 0)
+            finally:
+                os.close(fd)
+            if hashed is None:
+                raise _Unstable()
+            digest = hashed[0]
+            if big:
+                segments.append((digest, SEGMENT_SIZE, hashed[1]))
+            result.hashed_files += 1
+            result.hashed_bytes += st.st_size
+        fmode = stat.S_IMODE(mode)
+        return Entry(path, FILE, st.st_size, st.st_mtime_ns, fmode, digest,
+                     version=_version(Entry(path, FILE, st.st_size, 0, fmode, digest), old, me))
+
+    def visit(dfd: int, rel: str) -> list[tuple[str, str]]:
+        """Index one directory's entries; return its subdirectories (name, path) to walk."""
         try:
-            it = list(os.scandir(dirpath))
+            with os.scandir(dfd) as it:
+                listing = sorted(it, key=lambda d: d.name)
         except OSError as err:
-            log.warning("cannot list %s: %s", dirpath, err.strerror)
-            result.skipped.append(rel)
-            return
-        for de in sorted(it, key=lambda d: d.name):
-            path = f"{rel}/{de.name}" if rel else de.name
+            result.skip(rel, f"cannot list: {err.strerror}")
+            return []
+        subdirs = []
+        for de in listing:
+            name = de.name
+            path = f"{rel}/{name}" if rel else name
+            if is_reserved(name):
+                if rel and de.is_dir(follow_symlinks=False):
+                    result.nested[rel] = _folder_id(dfd, name)
+                continue
             try:
                 path.encode("utf-8")
+            except UnicodeEncodeError:
+                result.skip(path.encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
+                            "name is not valid UTF-8; not synced")
+                continue
+            try:
                 st = de.stat(follow_symlinks=False)
-            except (UnicodeEncodeError, OSError):
-                result.skipped.append(path)
-                continue
-            mode = st.st_mode
-            is_dir = stat.S_ISDIR(mode)
-            if ignore(path, is_dir):
-                continue
-            old = seen.get(path)
-            if is_dir:
-                e = Entry(path, DIR, 0, st.st_mtime_ns, stat.S_IMODE(mode))
-                e = Entry(path, DIR, 0, e.mtime_ns, e.mode, version=_version(e, old, me))
-            elif stat.S_ISLNK(mode):
-                try:
-                    target = os.readlink(de.path)
-                    e = Entry(path, SYMLINK, 0, 0, 0, target=target,
-                              version=_version(Entry(path, SYMLINK, target=target), old, me))
-                except OSError:
-                    result.skipped.append(path)
+                is_dir = stat.S_ISDIR(st.st_mode)
+                if ignore.own(path, is_dir):
                     continue
-            elif stat.S_ISREG(mode):
-                if (old and old.entry.kind == FILE and old.entry.blake3
-                        and (old.entry.size, old.entry.mtime_ns, old.ino, old.ctime_ns) == _stat_fields(st)):
-                    digest: str | None = old.entry.blake3
-                else:
-                    big = st.st_size >= DELTA_MIN
-                    try:
-                        hashed = hash_file(Path(de.path), st, SEGMENT_SIZE if big else 0)
-                    except OSError:
-                        hashed = None
-                    if hashed is None:
-                        result.skipped.append(path)
-                        continue
-                    digest = hashed[0]
-                    if big:
-                        segments.append((digest, SEGMENT_SIZE, hashed[1]))
-                    result.hashed_files += 1
-                    result.hashed_bytes += st.st_size
-                fmode = stat.S_IMODE(mode)
-                e = Entry(path, FILE, st.st_size, st.st_mtime_ns, fmode, digest,
-                          version=_version(Entry(path, FILE, st.st_size, 0, fmode, digest), old, me))
-            else:
-                continue  # fifos, sockets, devices are not synced
+                old = seen.get(path)
+                e = entry_for(dfd, name, path, st, old)
+            except _Unstable:
+                result.skip(path, "changing while it was read; it goes with the next sync")
+                continue
+            except OSError as err:
+                result.skip(path, f"cannot read: {err.strerror or err}")
+                continue
+            except (ValueError, OverflowError) as err:  # one odd entry never stops the scan
+                result.skip(path, f"cannot index: {err}")
+                continue
+            if e is None:
+                continue
             result.entries[path] = e
             if old is None or old.entry != e or (old.ino, old.ctime_ns) != (st.st_ino, st.st_ctime_ns):
                 rows.append(Seen(e, st.st_ino, st.st_ctime_ns))
             if is_dir:
-                visit(Path(de.path), path)
+                subdirs.append((name, path))
+        return subdirs
 
-    visit(root, "")
+    # depth-first, holding one descriptor per level of the current path only
+    top = os.open(root, DIR_FLAGS)
+    stack: list[tuple[int, list[tuple[str, str]]]] = [(top, visit(top, ""))]
+    while stack:
+        dfd, todo = stack[-1]
+        if not todo:
+            os.close(dfd)
+            stack.pop()
+            continue
+        name, path = todo.pop(0)
+        try:
+            sub = os.open(name, DIR_FLAGS, dir_fd=dfd)
+        except OSError as err:  # swapped for a symlink or a file since it was listed, or gone
+            result.entries.pop(path, None)
+            result.skip(path, f"cannot enter: {err.strerror}")
+            continue
+        stack.append((sub, visit(sub, path)))
+
+    skipped = tuple(s + "/" for s in result.skipped)
     for path, old in seen.items():
-        if path in result.entries or path in result.skipped or any(
-                path.startswith(s + "/") for s in result.skipped):
+        if path in result.entries or path in result.skipped or path.startswith(skipped) or "" in result.skipped:
             continue
         if old.entry.deleted:
             result.entries[path] = old.entry
@@ -149,3 +206,6 @@ def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None, me: str =
         manifest.store_segments(segments)
     return result
 
+
+class _Unstable(Exception):
+    """A file changed while we hashed it."""

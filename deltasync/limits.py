@@ -1,0 +1,63 @@
+"""Every bound on what a peer can make us spend, in one place.
+
+A number that arrives from the wire is a claim, not a fact: it is checked
+against these ranges *before* any loop, allocation or file scales with it.
+Per-folder overrides live in `config.toml` (`[folder]`, see `config.DEFAULTS`);
+the values here are the ones no setting can lift.
+"""
+from __future__ import annotations
+
+from .errors import ProtocolError
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+# files and segments
+MIN_SEGMENT = 64 * 1024
+MAX_SEGMENT = 64 * 1024 * 1024
+MAX_FILE_SIZE = 16 * 1024**4  # 16 TiB: a default; config.toml max_file_size may lower it
+MAX_MODE = 0o177777  # st_mode fits in 16 bits; we keep the low 12 (0o7777)
+# mtimes are signed 64-bit nanoseconds (SQLite INTEGER, struct timespec on 64-bit Linux):
+# files older than 1970 are legal, values past 2262 cannot be stored
+MIN_MTIME_NS, MAX_MTIME_NS = INT64_MIN, INT64_MAX
+
+MAX_PATH_CHARS = 4096  # a path or symlink target (bytes are checked again where it is used)
+
+# version vectors: a mesh of more than a few hundred devices is not a folder we serve
+MAX_VECTOR_KEYS = 256
+MAX_VECTOR_KEY_LEN = 64
+
+# one session
+MAX_FILES_IN_FLIGHT = 64  # begun, not finished: each holds a partial's fd and the basis's
+MAX_PARTIALS_PER_SESSION = 4096  # partial files a session may create (each lingers until resumed or stale)
+MAX_INDEX_BYTES = 1024 * 1024 * 1024  # decompressed index JSON a peer may send in one session
+MAX_PARTIALS_LISTED = 100_000  # a peer's advertised partial transfers
+INDEX_CHUNK_BYTES = 2 * 1024 * 1024  # an index frame is cut here, far under the 16 MiB body limit
+
+# librsync signatures a peer sends (its version of a file, for our delta)
+MIN_BLOCK_LEN = 256
+MAX_BLOCK_LEN = 16 * 1024 * 1024
+MAX_SIG_BLOCKS = 65536 + 1  # our engine keeps a file at 65536 blocks or fewer
+MAX_WEAK_COLLISIONS = 16  # distinct strong sums under one weak sum: more is an attack on the search
+
+# ignore patterns (a `.deltasyncignore` arrives from peers like any file)
+MAX_IGNORE_BYTES = 1024 * 1024
+MAX_IGNORE_PATTERNS = 10_000
+
+
+def check_int(value: object, lo: int, hi: int, what: str) -> int:
+    """`value` if it is an int (not a bool) within [lo, hi]; else a ProtocolError."""
+    if type(value) is not int or not lo <= value <= hi:
+        raise ProtocolError(f"{what} must be an integer in [{lo}, {hi}]")
+    return value
+
+
+def check_segment_size(value: object, what: str = "segment_size") -> int:
+    return check_int(value, MIN_SEGMENT, MAX_SEGMENT, what)
+
+
+def check_mtime(value: object, what: str = "mtime_ns") -> int:
+    return check_int(value, MIN_MTIME_NS, MAX_MTIME_NS, what)
+
+
+def segments_of(size: int, segment_size: int) -> int:
+    return max(1, -(-size // segment_size))
