@@ -133,7 +133,8 @@ CompressOpt = typer.Option(False, "--compress/--no-compress", "-z",
 
 
 def _session(mode: str, directory: Path, peer: str, delete: bool, dry_run: bool, exclude: List[str],
-             bwlimit: Optional[str], as_json: bool, verbose: int, quiet: bool, compress: bool) -> None:
+             bwlimit: Optional[str], as_json: bool, verbose: int, quiet: bool, compress: bool,
+             force: bool = False, update: bool = False) -> None:
     """push, pull and sync are one flow with a different plan."""
     from . import client, progress
     from .config import Folder
@@ -143,7 +144,7 @@ def _session(mode: str, directory: Path, peer: str, delete: bool, dry_run: bool,
     rate = _run(lambda: parse_rate(bwlimit)) if bwlimit else None
     shown = progress.choose(quiet or dry_run)
     report = _run(lambda: asyncio.run(client.session(Folder.open(directory), peer, mode, delete, dry_run, exclude,
-                                                     rate, shown, compress)), as_json)
+                                                     rate, shown, compress, update=update)), as_json)
     if as_json:
         _print_json(report.to_json())
     elif not quiet:
@@ -153,20 +154,26 @@ def _session(mode: str, directory: Path, peer: str, delete: bool, dry_run: bool,
                    f"delta, {report.files_received} received, {report.files_unchanged} unchanged, "
                    f"{report.files_deleted} deleted, {report.files_failed} failed, {len(report.conflicts)} "
                    f"conflicts; {report.bytes_sent} bytes sent in {report.seconds:.2f} s", err=True)
-    _run(lambda: client.check(report))
+    _run(lambda: client.check(report, force))
 
 
 @app.command()
 def push(directory: Path = DirArg, peer: str = PeerArg,
          delete: bool = typer.Option(False, "--delete", help="Remove on the peer what is absent here."),
          dry_run: bool = DryRunOpt, exclude: List[str] = ExcludeOpt, bwlimit: Optional[str] = BwOpt,
-         compress: bool = CompressOpt, as_json: bool = JsonOpt, verbose: int = VerboseOpt,
-         quiet: bool = QuietOpt) -> None:
+         compress: bool = CompressOpt,
+         force: bool = typer.Option(False, "--force", help="Exit 0 even when files edited on the peer were "
+                                                           "replaced (they are kept there as versions)."),
+         update: bool = typer.Option(False, "--update", "-u", help="Skip files whose mtime is newer on the peer."),
+         as_json: bool = JsonOpt, verbose: int = VerboseOpt, quiet: bool = QuietOpt) -> None:
     """Make the peer hold this folder's tree (like rsync); exit 0 only when all is verified there.
 
+    A file edited on the peer (a version this folder never saw) is replaced, kept there
+    under .deltasync/versions/, reported, and makes the exit code 3 unless --force.
     Example: deltasync push ./A 127.0.0.1:8730 --delete --json
     """
-    _session("push", directory, peer, delete, dry_run, exclude, bwlimit, as_json, verbose, quiet, compress)
+    _session("push", directory, peer, delete, dry_run, exclude, bwlimit, as_json, verbose, quiet, compress,
+             force, update)
 
 
 @app.command()
@@ -238,6 +245,74 @@ def status(directory: Path = DirArg, as_json: bool = JsonOpt) -> None:
     for p in info["partials"]:
         typer.echo(f"partial {p['path']}: {p['segments_done']}/{p['segments_total']} segments, "
                    f"{p['bytes_done']}/{p['size']} bytes")
+
+
+@app.command()
+def versions(directory: Path = DirArg, path: Optional[str] = typer.Argument(None, help="Only this path."),
+             as_json: bool = JsonOpt) -> None:
+    """List the versions kept when peers replaced or deleted files here, newest first.
+
+    Example: deltasync versions ./A docs/report.txt
+    """
+    from .config import Folder
+    from .manifest import Manifest
+    from .versions import Versions
+
+    def collect() -> list[Any]:
+        folder = Folder.open(directory)
+        m = Manifest(folder.db)
+        try:
+            return Versions(folder.root, m, folder.config().folder).list(path)
+        finally:
+            m.close()
+
+    kept = _run(collect, as_json)
+    numbered: dict[str, int] = {}
+    rows = []
+    for k in kept:
+        numbered[k.path] = numbered.get(k.path, 0) + 1
+        rows.append(k.to_json(numbered[k.path]))
+    if as_json:
+        _print_json({"versions": rows})
+        return
+    import datetime as dt
+
+    for r in rows:
+        when = dt.datetime.fromtimestamp(r["kept"]).isoformat(timespec="seconds")
+        who = f" by {r['peer'][:7]}" if r["peer"] else ""
+        typer.echo(f"{r['number']:>3}  {when}  {r['size']:>12,}  {r['reason']}{who}  {r['path']}")
+    if not rows:
+        typer.echo("no kept versions", err=True)
+
+
+@app.command()
+def restore(directory: Path = DirArg, path: str = typer.Argument(..., help="The path to put back."),
+            at: Optional[str] = typer.Option(None, "--at", help="The version in place at this time "
+                                                                   "(ISO 8601 or epoch seconds)."),
+            version: Optional[int] = typer.Option(None, "--version", help="Number N as `versions` lists it "
+                                                                             "(1 = newest)."),
+            as_json: bool = JsonOpt) -> None:
+    """Put a kept version back (the current file is kept too); it syncs as a new local change.
+
+    Example: deltasync restore ./A docs/report.txt --version 2
+    """
+    from .config import Folder
+    from .versions import parse_when
+    from .versions import restore as do_restore
+
+    def go() -> Any:
+        if at is not None and version is not None:
+            from .errors import UsageError
+
+            raise UsageError("give --at or --version, not both")
+        return do_restore(Folder.open(directory), path, parse_when(at) if at else None, version)
+
+    k = _run(go, as_json)
+    if as_json:
+        _print_json({"restored": path, "size": k.size, "kept": k.kept, "reason": k.reason})
+    else:
+        typer.echo(f"restored {path} ({k.size:,} bytes, the version {k.reason} at "
+                   f"{__import__('datetime').datetime.fromtimestamp(k.kept).isoformat(timespec='seconds')})")
 
 
 @app.command()

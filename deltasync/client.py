@@ -19,6 +19,7 @@ from .config import Folder
 from .entry import Entry
 from .errors import DeltasyncError, PartialSuccess, ProtocolError
 from .fs.ignore import Ignore
+from .fs.safe import META
 from .fs.safe import SafeRoot
 from .fs.scan import ScanResult, scan
 from .inbound import Inbound
@@ -44,12 +45,15 @@ class Report:
     files_unchanged: int = 0
     files_deleted: int = 0
     files_failed: int = 0
+    files_skipped: int = 0  # newer on the peer, left alone (--update)
     bytes_sent: int = 0
     bytes_received: int = 0
     literal_bytes: int = 0
     seconds: float = 0.0
     failures: list[dict[str, str]] = field(default_factory=list)
     conflicts: list[dict[str, str]] = field(default_factory=list)
+    # a push replaced a version on the peer that ours does not descend from (edited there)
+    overwritten: list[dict[str, str | None]] = field(default_factory=list)
     plan: list[dict[str, Any]] | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -78,6 +82,7 @@ class _Acks:
         self.delta_paths: set[str] = set()
         self.delete_paths: set[str] = set()
         self.signatures_wanted = 0  # a signature we did not ask for is a protocol error
+        self.overwrites: set[str] = set()
 
     async def run(self) -> None:
         try:
@@ -109,7 +114,14 @@ class _Acks:
         self.progress.file_done(path, f["ok"])
         if not f["ok"]:
             self.report.fail(path, str(f.get("error", "failed")))
-        elif path in self.delete_paths:
+            return
+        if path in self.overwrites and len(self.report.overwritten) < MAX_LISTED:
+            kept = f.get("kept")
+            kept = f"{META}/versions/{kept}" if isinstance(kept, str) and kept.isalnum() else None
+            self.report.overwritten.append({"path": path, "kept": kept})
+            log.warning("%s: overwrote a newer version on the peer, %s", path,
+                        f"kept there as {kept}" if kept else "not kept (versioning is off there)")
+        if path in self.delete_paths:
             self.report.files_deleted += 1
         elif f.get("whole") is True:
             self.report.files_sent_whole += 1
@@ -165,6 +177,7 @@ class Pusher:
     async def _send_all(self, plan: Plan) -> None:
         s = self.sender
         self.acks.delete_paths = {e.path for e in plan.deletes}
+        self.acks.overwrites = set(plan.overwrites)
         for e, origin, replaces in plan.copies:  # before deletes: a rename's origin must still be there
             await self.conn.send(encode("send_changes", _json([dict(op_dict("copy", e), **{"from": origin},
                                                                     replaces=replaces)])))
@@ -311,7 +324,8 @@ def _work(plans: list[Plan]) -> tuple[int, int]:
 
 async def session(folder: Folder, target: str, mode: str = "push", delete: bool = False, dry_run: bool = False,
                   excludes: list[str] | None = None, bwlimit: float | None = None,
-                  progress: Quiet | None = None, compress: bool = False, keep_signatures: bool = False) -> Report:
+                  progress: Quiet | None = None, compress: bool = False, keep_signatures: bool = False,
+                  update: bool = False) -> Report:
     """One session with the peer at `target` (HOST:PORT or a peer name)."""
     progress = progress or Quiet()
     started = time.monotonic()
@@ -342,7 +356,8 @@ async def session(folder: Folder, target: str, mode: str = "push", delete: bool 
             ignore = Ignore.for_folder(folder.root, excludes)
             remote = {p: e for p, e in remote.items() if not ignore(p, e.kind == "dir")}
             if mode == "push":
-                push_plan: Plan | None = make_plan(local, remote, rpartials, delete=delete, me=folder.short_id)
+                push_plan: Plan | None = make_plan(local, remote, rpartials, delete=delete, me=folder.short_id,
+                                                   update=update)
                 sp = None
             else:
                 lpartials = {p.path: PartialInfo(p.path, p.target_blake3, p.replaces, p.segment_size, p.done)
@@ -354,6 +369,7 @@ async def session(folder: Folder, target: str, mode: str = "push", delete: bool 
             for p in ([push_plan] if push_plan else []) + ([sp.pull] if sp else []):
                 report.files_total += p.files_total
                 report.files_unchanged += p.unchanged
+                report.files_skipped += len(p.skipped)
                 for path, why in p.blocked:
                     report.fail(path, why)
             if dry_run:
@@ -405,8 +421,9 @@ async def push(folder: Folder, target: str, delete: bool = False, dry_run: bool 
     return await session(folder, target, "push", delete, dry_run, excludes, bwlimit)
 
 
-def check(report: Report) -> None:
-    """Raise PartialSuccess (exit 3) when some files did not make it or conflicted."""
+def check(report: Report, force: bool = False) -> None:
+    """Raise PartialSuccess (exit 3) when some files did not make it or conflicted,
+    or (unless `force`) when a push replaced versions edited on the peer."""
     if report.files_failed:
         first = report.failures[0]
         raise PartialSuccess(f"{report.files_failed} file(s) failed; first: {first['path']}: {first['error']}")
@@ -414,3 +431,8 @@ def check(report: Report) -> None:
         c = report.conflicts[0]
         raise PartialSuccess(f"{len(report.conflicts)} conflict(s); first: {c['path']} (other version kept as "
                              f"{c['copy']})")
+    if report.overwritten and not force:
+        o = report.overwritten[0]
+        raise PartialSuccess(f"overwrote {len(report.overwritten)} newer version(s) on the peer; first: {o['path']}, "
+                             f"{'kept there as ' + str(o['kept']) if o['kept'] else 'not kept (versioning is off there)'}"
+                             f" (--force: exit 0 for this; -u: skip files newer there)")

@@ -77,6 +77,10 @@ class Plan:
     deletes: list[Entry] = field(default_factory=list)
     copies: list[tuple[Entry, str, str | None]] = field(default_factory=list)  # (entry, from path, replaces)
     blocked: list[tuple[str, str]] = field(default_factory=list)
+    # files whose version on the target ours does not descend from (edited there): a push
+    # replaces them (the receiver keeps them as versions) and says so
+    overwrites: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # newer on the target, left alone (`--update`)
     unchanged: int = 0
     files_total: int = 0
 
@@ -98,6 +102,7 @@ class Plan:
         out += [{"op": "symlink", "path": e.path, "target": e.target} for e in self.symlinks]
         out += [{"op": "meta", "path": e.path} for e in self.meta + self.dir_meta]
         out += [{"op": "blocked", "path": p, "reason": r} for p, r in self.blocked]
+        out += [{"op": "skip_newer", "path": p} for p in self.skipped]
         return out
 
 
@@ -109,13 +114,15 @@ def _parents(path: str) -> Iterable[str]:
 
 def make_plan(source: dict[str, Entry], target: dict[str, Entry],
               partials: dict[str, PartialInfo] | None = None, delete: bool = False,
-              delta_min: int = DELTA_MIN, me: str = "local") -> Plan:
+              delta_min: int = DELTA_MIN, me: str = "local", update: bool = False) -> Plan:
     """Make the target hold what the source holds.
 
     Files whose content matches but whose mode or mtime differ get a metadata
     change, not a transfer. A target entry of another kind is replaced only
     with `delete` (like rsync's --delete); otherwise the path is reported as
-    blocked and nothing there is touched.
+    blocked and nothing there is touched. With `update` (rsync's -u), a file
+    whose mtime is newer on the target is skipped. A file whose version on the
+    target is not one ours descends from is listed in `overwrites`.
     """
     partials = partials or {}
     tombs = {p: e for p, e in source.items() if e.deleted}
@@ -165,6 +172,12 @@ def make_plan(source: dict[str, Entry], target: dict[str, Entry],
         elif src.kind == SYMLINK:
             plan.symlinks.append(src)
         else:
+            if have is not None and update and have.mtime_ns > src.mtime_ns:
+                plan.skipped.append(path)
+                touched.discard(path)
+                continue
+            if have is not None and have.version and vv.compare(src.version, have.version) != vv.NEWER:
+                plan.overwrites.append(path)
             replaces = have.blake3 if have is not None else None
             part = partials.get(path)
             resumable = part is not None and part.target_blake3 == src.blake3 and part.replaces == replaces

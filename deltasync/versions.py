@@ -188,3 +188,58 @@ class Versions:
             return os.open(k.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=vfd)
         finally:
             os.close(vfd)
+
+
+def parse_when(text: str) -> float:
+    """`--at` values: seconds since the epoch, or an ISO 8601 date/time (local time when no zone is given)."""
+    import datetime as dt
+
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return dt.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise UsageError(f"not a time: {text!r} (use 2026-11-25T14:30 or seconds since the epoch)") from None
+
+
+def choose(kept: list[Kept], path: str, at: float | None = None, number: int | None = None) -> Kept:
+    """The version `restore` puts back: number N (1 = newest, as `versions` lists them), or
+    the one that was in place at time `at` (the first replaced after it), or the newest."""
+    if not kept:
+        raise UsageError(f"no kept versions of {path} (see: deltasync versions DIR)")
+    if number is not None:
+        if not 1 <= number <= len(kept):
+            raise UsageError(f"{path} has {len(kept)} kept version(s); --version takes 1 to {len(kept)}")
+        return kept[number - 1]
+    if at is not None:
+        later = [k for k in kept if k.kept >= at]
+        if not later:
+            raise UsageError(f"no version of {path} was replaced after that time; the current file is that version")
+        return later[-1]  # oldest of those replaced after `at`: the one in place then
+    return kept[0]
+
+
+def restore(folder: Any, path: str, at: float | None = None, number: int | None = None) -> Kept:
+    """Put a kept version back at `path`, as a new local change (so it syncs).
+    The file there now, if any, is kept as a version first: a restore is undoable."""
+    from .apply import _tmp_name
+
+    safe.check_relpath(path)
+    manifest = Manifest(folder.db)
+    try:
+        store = Versions(folder.root, manifest, folder.config().folder)
+        k = choose(store.list(path), path, at, number)
+        src = store.open(k)
+        tmp = folder.tmp / _tmp_name()
+        try:
+            with os.fdopen(src, "rb") as f:
+                safe.write_aside(folder.tmp, tmp.name, iter(lambda: f.read(1 << 20), b""), k.mode, k.mtime_ns)
+            root = safe.SafeRoot(folder.root)
+            root.replace(tmp, path, keep=lambda fd, name: store.keep(fd, name, path, "", "restored"))
+        finally:
+            tmp.unlink(missing_ok=True)
+        return k
+    finally:
+        manifest.close()
