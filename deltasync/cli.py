@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any, Callable, List, Optional
@@ -43,6 +44,12 @@ def _run(fn: Callable[[], Any], as_json: bool = False) -> Any:
         raise typer.Exit(130) from None
     except OSError as e:
         typer.echo(f"deltasync: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), err=True)
+        raise typer.Exit(EXIT_ERROR) from None
+    except sqlite3.Error as e:  # the manifest: most often a full disk or a read-only folder
+        hint = " (is the disk full or read-only?)" if isinstance(e, sqlite3.OperationalError) else ""
+        typer.echo(f"deltasync: error: manifest database: {e}{hint}", err=True)
+        if as_json:
+            _print_json({"error": f"manifest database: {e}", "exit_code": EXIT_ERROR})
         raise typer.Exit(EXIT_ERROR) from None
 
 

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sqlite3
+import sys
+import threading
 from typing import Any, Callable
 
 from . import identity, limits
@@ -41,6 +44,28 @@ from .transport import Admission, Connection, serve, split_address
 
 log = logging.getLogger(__name__)
 READ_AHEAD = 1  # frames decoded ahead of the one being applied (each up to 16 MiB)
+STOP_GRACE = 5.0  # seconds a SIGTERM/SIGINT waits for sessions before the process ends anyway
+_watchdog: threading.Timer | None = None
+
+
+def _hard_exit() -> None:
+    """Whatever a session is stuck in (a peer's slow input, a thread in librsync),
+    the process ends: committed files are committed, journaled segments resume."""
+    log.warning("stopping now: a session did not end within %.0f s", STOP_GRACE)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(0)
+
+
+def arm_watchdog() -> None:
+    global _watchdog
+    if _watchdog is None and threading.current_thread() is threading.main_thread():
+        _watchdog = threading.Timer(STOP_GRACE * 2, _hard_exit)
+        _watchdog.daemon = True
+        _watchdog.start()
 
 
 class Server:
@@ -173,8 +198,9 @@ class Server:
                 pass
         except asyncio.CancelledError:
             raise
-        except Exception as e:  # a bug or an unforeseen input: this session ends, the server does not
-            log.exception("peer %s: session failed", who)
+        except Exception as e:  # a bug, a full disk under SQLite, an unforeseen input: this session ends, the server does not
+            log.error("peer %s: session failed: %s: %s", who, type(e).__name__, e)
+            log.debug("traceback", exc_info=True)
             try:
                 await conn.send(encode("error", message=f"internal error: {type(e).__name__}"))  # no detail leaves
             except (OSError, DeltasyncError):
@@ -255,13 +281,24 @@ async def run(folder: Folder, listen: str, on_listening: Callable[[str], None] |
         on_listening(actual)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        # a Python-level handler runs between bytecodes even while the loop is busy;
+        # the watchdog ends the process if the orderly stop has not within STOP_GRACE
+        loop.call_soon_threadsafe(stop.set)
+        arm_watchdog()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):
+            signal.signal(sig, on_signal)
+        except ValueError:  # not the main thread (an embedding caller stops us through `stop`)
             pass
     try:
         await stop.wait()
     finally:
+        arm_watchdog()
         srv.close()
-        await server.shutdown()
+        try:
+            await asyncio.wait_for(server.shutdown(), STOP_GRACE)
+        except asyncio.TimeoutError:
+            log.warning("sessions did not stop within %.0f s; leaving them as resumable partials", STOP_GRACE)

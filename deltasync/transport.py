@@ -305,6 +305,8 @@ async def serve(folder: Folder, host: str, port: int, handler: Handler, handshak
             return
         try:
             await handler(conn)
+        except asyncio.CancelledError:
+            pass  # the server is stopping: the session left its files as resumable partials
         finally:
             adm.close_session(conn.peer.id)
             await conn.close()
