@@ -467,17 +467,7 @@ class Receiver:
         self._release(inc.partial.path)
 
     def _discard(self, p: Partial) -> None:
-        try:
-            dfd = self.folder.state_dir_fd("partial")
-        except OSError:
-            dfd = -1
-        if dfd >= 0:
-            try:
-                os.unlink(p.name, dir_fd=dfd)
-            except FileNotFoundError:
-                pass
-            finally:
-                os.close(dfd)
+        safe.unlink_state(self.folder.root, "partial", p.name)
         self.manifest.drop_partial(p.path)
 
     def clean_stale(self, max_age_s: float) -> int:
@@ -493,7 +483,7 @@ class Receiver:
         known = {p.name for p in self.manifest.partials()}
         for sub in ("partial", "tmp"):
             try:
-                dfd = self.folder.state_dir_fd(sub)
+                dfd = safe.state_dir(self.folder.root, sub)
             except OSError as e:
                 log.warning("%s/%s: not cleaned (%s)", safe.META, sub, e.strerror)
                 continue

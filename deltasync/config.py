@@ -136,16 +136,6 @@ class Folder:
                 raise ConfigError(f"{d} is a symlink; the state folder must be a real directory (remove the link, "
                                   f"then run: deltasync init {self.root})")
 
-    def state_dir_fd(self, name: str) -> int:
-        """A directory of ours under `.deltasync/`, opened without following any link."""
-        from .fs.safe import DIR_FLAGS
-
-        meta = os.open(self.meta, DIR_FLAGS)
-        try:
-            return os.open(name, DIR_FLAGS, dir_fd=meta)
-        finally:
-            os.close(meta)
-
     @classmethod
     def init(cls, root: str | Path) -> tuple["Folder", str, bool]:
         """Create the folder's state if absent. Returns (folder, peer ID, created)."""

@@ -43,7 +43,7 @@ class PartialInfo:
                 and isinstance(done, list) and len(done) <= most
                 and all(type(i) is int and 0 <= i < most for i in done)):
             return None
-        return cls(path, target, replaces, seg, frozenset(done))
+        return cls(path, str(target), replaces, seg, frozenset(done))
 
 
 def _is_digest(value: Any) -> bool:

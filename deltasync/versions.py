@@ -73,18 +73,7 @@ class Versions:
 
     def _dir_fd(self) -> int:
         """The versions folder, opened without following links (made if absent)."""
-        meta = os.open(self.root / safe.META, safe.DIR_FLAGS)
-        try:
-            try:
-                return os.open("versions", safe.DIR_FLAGS, dir_fd=meta)
-            except FileNotFoundError:
-                try:
-                    os.mkdir("versions", 0o700, dir_fd=meta)
-                except FileExistsError:
-                    pass
-                return os.open("versions", safe.DIR_FLAGS, dir_fd=meta)
-        finally:
-            os.close(meta)
+        return safe.state_dir(self.root, "versions", create=True)
 
     def keep(self, dfd: int, name: str, path: str, peer: str, reason: str, move: bool = False) -> str | None:
         """Keep the regular file `name` (in directory `dfd`, standing for `path`)
@@ -150,16 +139,7 @@ class Versions:
 
     def drop(self, k: Kept) -> None:
         self.manifest.drop_version(k.id)
-        try:
-            vfd = self._dir_fd()
-        except OSError:
-            return
-        try:
-            os.unlink(k.name, dir_fd=vfd)
-        except FileNotFoundError:
-            pass
-        finally:
-            os.close(vfd)
+        safe.unlink_state(self.root, "versions", k.name)
 
     def clean_orphans(self) -> int:
         """Files with no row (a crash between the link and the row) and rows with no file."""

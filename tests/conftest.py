@@ -161,3 +161,47 @@ def netns_available() -> bool:
 
 
 NETPAIR = ROOT / "bench" / "netpair.sh"
+
+
+@pytest.fixture
+def rx(tmp_path):
+    """A receiver on a fresh folder B, without a network."""
+    from deltasync.apply import Receiver
+    from deltasync.config import Folder
+    from deltasync.manifest import Manifest
+
+    folder, _, _ = Folder.init(tmp_path / "B")
+    m = Manifest(folder.db)
+    r = Receiver(folder, m)
+    yield r
+    r.close()
+    m.close()
+
+
+async def attack(client, address: str, frames: list[bytes], say_hello: bool = True, read_for: float = 10.0) -> list:
+    """A trusted client that sends `frames` after a hello; what came back (frames, or the exception that ended it)."""
+    import asyncio
+    import time
+
+    from deltasync.session import hello_frame
+    from deltasync.transport import connect
+
+    conn = await connect(client, address)
+    got: list = []
+    try:
+        if say_hello:
+            await conn.send(hello_frame(client.peer_id))
+            got.append(await conn.recv())
+        for f in frames:
+            await conn.send(f)
+        deadline = time.monotonic() + read_for
+        while time.monotonic() < deadline:
+            f = await asyncio.wait_for(conn.recv(), max(0.1, deadline - time.monotonic()))
+            if f is None:
+                break
+            got.append(f)
+    except Exception as e:  # the server closing on us is the expected end
+        got.append(e)
+    finally:
+        await conn.close()
+    return got

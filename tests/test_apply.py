@@ -4,22 +4,9 @@ import os
 import pytest
 
 from deltasync import hashing
-from deltasync.apply import Receiver
-from deltasync.config import Folder
 from deltasync.errors import ProtocolError, TransferFailed, UnsafePath
-from deltasync.manifest import Manifest
 
 SEG = 64 * 1024  # the smallest segment a peer may use
-
-
-@pytest.fixture
-def rx(tmp_path):
-    folder, _, _ = Folder.init(tmp_path / "B")
-    m = Manifest(folder.db)
-    r = Receiver(folder, m)
-    yield r
-    r.close()
-    m.close()
 
 
 def begin(rx, path, data, replaces=None, basis=None):

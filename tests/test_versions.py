@@ -6,22 +6,10 @@ import time
 import pytest
 
 from deltasync import hashing
-from deltasync.apply import Receiver, Writer
-from deltasync.config import Folder
+from deltasync.apply import Writer
 from deltasync.errors import UsageError
 from deltasync.fs.scan import scan
-from deltasync.manifest import Manifest
 from deltasync.versions import Versions, choose, parse_when, restore
-
-
-@pytest.fixture
-def rx(tmp_path):
-    folder, _, _ = Folder.init(tmp_path / "B")
-    m = Manifest(folder.db)
-    r = Receiver(folder, m)
-    yield r
-    r.close()
-    m.close()
 
 
 def send_small(rx, path, data, replaces=None, peer="PEERAAAAAAAA"):

@@ -25,7 +25,7 @@ from .safe import TMP_PREFIX, is_reserved
 log = logging.getLogger(__name__)
 
 IGNORE_FILE = ".deltasyncignore"
-_STAR = object()  # a `**` component
+_STAR = None  # a `**` component
 
 
 def _chunk(glob: str) -> str:
@@ -95,7 +95,7 @@ def component_regex(glob: str) -> re.Pattern[str]:
 
 @dataclass(frozen=True)
 class Rule:
-    parts: tuple[object, ...]  # regexes and _STAR
+    parts: tuple[re.Pattern[str] | None, ...]  # regexes, and _STAR for `**`
     negate: bool
     dir_only: bool
     anchored: bool
@@ -123,7 +123,7 @@ class Rule:
         comps = [c for c in line.split("/") if c]
         if not comps:
             return None
-        parts: list[object] = []
+        parts: list[re.Pattern[str] | None] = []
         for c in comps:
             if c == "**":
                 if not parts or parts[-1] is not _STAR:
@@ -137,19 +137,19 @@ class Rule:
             return False
         if not self.anchored:  # a pattern without a slash matches the name at any depth
             rx = self.parts[0]
-            return rx is _STAR or bool(rx.match(comps[-1]))  # type: ignore[union-attr]
+            return rx is _STAR or bool(rx.match(comps[-1]))
         return _match_parts(self.parts, comps)
 
 
-def _fixed(group: tuple[object, ...], comps: list[str], at: int) -> bool:
-    return all(rx.match(comps[at + k]) for k, rx in enumerate(group))  # type: ignore[union-attr]
+def _fixed(group: tuple[re.Pattern[str], ...], comps: list[str], at: int) -> bool:
+    return all(rx.match(comps[at + k]) for k, rx in enumerate(group))
 
 
-def _match_parts(parts: tuple[object, ...], comps: list[str]) -> bool:
+def _match_parts(parts: tuple[re.Pattern[str] | None, ...], comps: list[str]) -> bool:
     """Components against parts with `**` (zero or more components; a trailing one, one or more)."""
-    groups: list[tuple[object, ...]] = [()]
+    groups: list[tuple[re.Pattern[str], ...]] = [()]
     for p in parts:
-        if p is _STAR:
+        if p is None:
             groups.append(())
         else:
             groups[-1] = groups[-1] + (p,)

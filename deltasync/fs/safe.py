@@ -199,6 +199,38 @@ class SafeRoot:
         return None
 
 
+def state_dir(root: Path, sub: str, create: bool = False) -> int:
+    """A directory of ours under `root/.deltasync/`, opened without following any link."""
+    meta = os.open(root / META, _DIR_FLAGS)
+    try:
+        try:
+            return os.open(sub, _DIR_FLAGS, dir_fd=meta)
+        except FileNotFoundError:
+            if not create:
+                raise
+            try:
+                os.mkdir(sub, 0o700, dir_fd=meta)
+            except FileExistsError:
+                pass
+            return os.open(sub, _DIR_FLAGS, dir_fd=meta)
+    finally:
+        os.close(meta)
+
+
+def unlink_state(root: Path, sub: str, name: str) -> None:
+    """Remove our file `name` from `.deltasync/sub/` (gone already is fine), never through a link."""
+    try:
+        dfd = state_dir(root, sub)
+    except OSError:
+        return
+    try:
+        os.unlink(name, dir_fd=dfd)
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(dfd)
+
+
 def write_aside(directory: Path, name: str, chunks: Iterable[bytes | memoryview], mode: int,
                 mtime_ns: int, fsync: bool = True) -> Path:
     """Write a new file under our own state folder with its final mode and mtime."""

@@ -4,13 +4,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import DELTASYNC, Serve, digest, ds, push_json
+from conftest import DELTASYNC, Serve, ds, push_json
 
 
 def test_a_folder_initialised_inside_never_sends_its_state(served):

@@ -10,12 +10,11 @@ import struct
 
 import pytest
 
-from conftest import Serve, digest, push_json
+from conftest import Serve, attack, digest, push_json
 from deltasync import engine, hashing, identity
 from deltasync.config import Folder
 from deltasync.protocol import encode
-from deltasync.session import hello_frame
-from deltasync.transport import MAGIC, connect
+from deltasync.transport import MAGIC
 
 
 def raw(header, body=b""):
@@ -62,24 +61,6 @@ CASES = {
                                     blake3=hashing.of_bytes(NEW_SEG), literal=False)],
     "out-of-order ack": [encode("ack", path="x", ok=True)],
 }
-
-
-async def attack(client: Folder, address: str, frames: list[bytes], say_hello: bool = True) -> list:
-    conn = await connect(client, address)
-    got = []
-    try:
-        if say_hello:
-            await conn.send(hello_frame(client.peer_id))
-            got.append(await conn.recv())
-        for f in frames:
-            await conn.send(f)
-        while (f := await conn.recv()) is not None:
-            got.append(f)
-    except Exception as e:  # the server closing on us is the expected end
-        got.append(e)
-    finally:
-        await conn.close()
-    return got
 
 
 @pytest.fixture

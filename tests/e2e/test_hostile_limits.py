@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import DELTASYNC, Serve, digest, ds, push_json
+from conftest import DELTASYNC, Serve, attack, digest, ds, push_json
 from deltasync import engine, hashing
 from deltasync.config import Folder
 from deltasync.protocol import encode, encode_parts, json_body
@@ -39,26 +39,10 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-async def attack(client: Folder, address: str, frames: list[bytes], read_for: float = 10.0) -> tuple[list, bytes]:
-    """Send frames after a hello; return what came back (frames or the exception) and the raw bytes."""
-    conn = await connect(client, address)
-    got: list = []
-    try:
-        await conn.send(hello_frame(client.peer_id))
-        got.append(await conn.recv())
-        for f in frames:
-            await conn.send(f)
-        deadline = time.monotonic() + read_for
-        while time.monotonic() < deadline:
-            f = await asyncio.wait_for(conn.recv(), max(0.1, deadline - time.monotonic()))
-            if f is None:
-                break
-            got.append(f)
-    except Exception as e:  # the server closing on us is the expected end
-        got.append(e)
-    finally:
-        await conn.close()
-    received = b"".join(bytes(json.dumps(f.header), "utf-8") + bytes(f.body) for f in got if hasattr(f, "header"))
+def run_attack(client: Folder, address: str, frames: list[bytes]) -> tuple[list, bytes]:
+    """The attack, and every byte of header and body that came back (to look for secrets in)."""
+    got = asyncio.run(attack(client, address, frames))
+    received = b"".join(json.dumps(f.header).encode() + bytes(f.body) for f in got if hasattr(f, "header"))
     return got, received
 
 
@@ -124,7 +108,7 @@ ATTACKS = {
 def test_trusted_peer_attacks_are_refused(arena, name):
     a, b, s, canary = arena
     before_b, before_canary = digest(b), digest(canary)
-    got, received = asyncio.run(attack(Folder.open(a), s.address, ATTACKS[name]))
+    got, received = run_attack(Folder.open(a), s.address, ATTACKS[name])
     assert errors_in(got), f"{name}: no error frame: {got}"
     assert digest(b) == before_b, name
     no_secret(b, received)
@@ -136,7 +120,7 @@ def test_trusted_peer_attacks_are_refused(arena, name):
 def test_a_refused_mtime_leaves_no_claim_behind(arena):
     """Today's bug: a bad mtime_ns left the path 'being written' until a restart."""
     a, b, s, canary = arena
-    asyncio.run(attack(Folder.open(a), s.address, [small("when", mtime_ns=2**63 - 1 + 1)]))
+    run_attack(Folder.open(a), s.address, [small("when", mtime_ns=2**63 - 1 + 1)])
     (a / "when").write_text("a normal file")
     r = push_json(a, s.address)
     assert r["files_failed"] == 0 and (b / "when").read_text() == "a normal file"
@@ -149,7 +133,7 @@ def test_zstd_burst_is_expanded_one_frame_at_a_time(arena):
     before_canary = digest(canary)
     bomb = zstandard.ZstdCompressor(level=19).compress(b"\0" * (16 * 1024 * 1024 - 1))
     burst = [raw({"action": "send_file", "body_len": len(bomb), "files": [], "z": True}, bomb)] * 3000
-    got, _ = asyncio.run(attack(Folder.open(a), s.address, [b"".join(burst)]))
+    got, _ = run_attack(Folder.open(a), s.address, [b"".join(burst)])
     assert errors_in(got) or any(isinstance(f, Exception) for f in got)
     assert_healthy(a, b, s, canary, before_canary)
 
@@ -272,7 +256,7 @@ def test_unsendable_index_cannot_be_forced(arena):
     vec = {f"K{i:011d}": 1 for i in range(256)}
     ops = [dict(op="mkdir", path=f"d{i}", kind="dir", mode=0o755, version=vec) for i in range(600)]
     frames = [encode_parts("send_changes", json_body(ops[i:i + 100])) for i in range(0, 600, 100)]
-    asyncio.run(attack(Folder.open(a), s.address, [b"".join(f) for f in frames] + [encode("bye")]))
+    run_attack(Folder.open(a), s.address, [b"".join(f) for f in frames] + [encode("bye")])
     assert len([p for p in b.iterdir() if p.name.startswith("d")]) == 600
     s.stop()
     s2 = Serve(b)  # and after a restart
