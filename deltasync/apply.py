@@ -25,7 +25,7 @@ from . import version as vv
 from .config import Folder
 from .entry import DIR, FILE, SYMLINK, Entry
 from .errors import AlreadyPresent, ProtocolError, TransferFailed, UnsafePath
-from .fs import safe
+from .fs import native, safe
 from .fs.scan import hash_fd
 from .manifest import Manifest, Partial, Seen
 from .protocol import Buffer
@@ -81,12 +81,8 @@ SYNC_SECONDS = 0.25
 
 
 def _copy_range(src: int, dst: int, offset: int, length: int) -> None:
-    done = 0
-    while done < length:
-        n = os.copy_file_range(src, dst, length - done, offset + done, offset + done)
-        if n == 0:
-            raise ProtocolError("the basis is shorter than the segment it should hold")
-        done += n
+    if native.copy_range(src, dst, offset, length) != length:
+        raise ProtocolError("the basis is shorter than the segment it should hold")
 
 
 def _pwrite_all(fd: int, data: bytes | bytearray, offset: int) -> None:
@@ -417,7 +413,7 @@ class Receiver:
     def _sync_segments(self, inc: Incoming) -> None:
         """Make written segments durable, then journal them: never the other way round."""
         if inc.unsynced:
-            os.fdatasync(inc.fd)
+            native.datasync(inc.fd)
             self.manifest.segments_done(inc.partial.path, inc.unsynced)
             inc.done.update(inc.unsynced)
             inc.unsynced.clear()

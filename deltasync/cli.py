@@ -53,6 +53,27 @@ def _run(fn: Callable[[], Any], as_json: bool = False) -> Any:
         raise typer.Exit(EXIT_ERROR) from None
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib import metadata
+
+        from . import engines
+
+        try:
+            ours = metadata.version("deltasync")
+        except metadata.PackageNotFoundError:
+            ours = "unknown"
+        engine = _run(engines.describe)
+        typer.echo(f"deltasync {ours}; engine {engine}; Python {sys.version.split()[0]}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version, the librsync engine and its version.")) -> None:
+    """Keep folders in sync between peers by rolling-signature deltas, verified end to end."""
+
+
 def _print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=None, sort_keys=True) + "\n")
     sys.stdout.flush()

@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from . import engine
 from .apply import Receiver, Result
 from .config import Folder
 from .entry import Entry
@@ -164,7 +165,7 @@ class Pusher:
         """The peer's signature of the version it holds: from our own cache when
         we held that content too (no round trip, no signature on the wire)."""
         assert t.basis is not None
-        cached = self.manifest.signature_of_content(t.basis)
+        cached = self.manifest.signature_of_content(t.basis, engine.SIG_FORMAT)
         if cached is not None:
             return cached[1]
         self.acks.signatures_wanted += 1

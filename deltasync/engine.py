@@ -1,8 +1,10 @@
-"""The rsync algorithm over streams, backed by librsync (python-rsync).
+"""The rsync algorithm as deltasync uses it: block sizes, checks on a peer's
+signature, and signature/delta/patch over streams, done by the engine
+`engines.get()` chose (python-rsync or the system librsync through ctypes).
 
-Nothing else imports `pyrsync`. Signatures use librsync's default since 2.2:
-RabinKarp rolling sums with BLAKE2 strong sums, truncated to STRONG_LEN bytes
-(a false block match is still caught by the end-to-end blake3 check).
+Signatures use librsync's default since 2.2: RabinKarp rolling sums with
+BLAKE2 strong sums, truncated to STRONG_LEN bytes (a false block match is
+still caught by the end-to-end blake3 check).
 """
 from __future__ import annotations
 
@@ -10,23 +12,28 @@ import io
 import struct
 from typing import Any, BinaryIO
 
-import pyrsync
-
-from . import limits
-from .errors import TransferFailed
+from . import engines, limits
+from .engines import RS_RK_BLAKE2_SIG_MAGIC, SIG_MAGICS, DeltaError
 
 STRONG_LEN = 16
 MIN_BLOCK = 8 * 1024
 MAX_BLOCKS = 65536
-MAGIC = pyrsync.RS_RK_BLAKE2_SIG_MAGIC
+MAGIC = RS_RK_BLAKE2_SIG_MAGIC
+SIG_FORMAT = f"{MAGIC:08x}/{STRONG_LEN}"  # recorded with every cached signature; both engines write these bytes
+
+__all__ = ["DeltaError", "SIG_MAGICS", "MAGIC", "block_len_for", "check_signature", "delta", "delta_to", "patch",
+           "signature", "signature_to", "sig_args"]
 
 
-class DeltaError(TransferFailed):
-    """librsync refused a delta or signature (corrupt, or from a hostile peer)."""
-
-
-SIG_MAGICS = frozenset({pyrsync.RS_RK_BLAKE2_SIG_MAGIC, pyrsync.RS_BLAKE2_SIG_MAGIC, pyrsync.RS_RK_MD4_SIG_MAGIC,
-                        pyrsync.RS_MD4_SIG_MAGIC})
+def block_len_for(size: int) -> int:
+    """8 KiB blocks (cheap deltas for shifted data: 1.8 MB vs 4.6 MB at the
+    default 2 KiB-per-sqrt rule on a 500 MB file), doubled until the file has at
+    most 65536 blocks, so a signature stays under ~1.3 MB (one frame) and the
+    delta side's hash table stays small for any file size."""
+    block = MIN_BLOCK
+    while size // block > MAX_BLOCKS:
+        block *= 2
+    return block
 
 
 def check_signature(sig: bytes | bytearray, basis_size: int) -> None:
@@ -58,17 +65,6 @@ def check_signature(sig: bytes | bytearray, basis_size: int) -> None:
             raise ProtocolError("signature: too many different blocks share one weak sum")
 
 
-def block_len_for(size: int) -> int:
-    """8 KiB blocks (cheap deltas for shifted data: 1.8 MB vs 4.6 MB at the
-    default 2 KiB-per-sqrt rule on a 500 MB file), doubled until the file has at
-    most 65536 blocks, so a signature stays under ~1.3 MB (one frame) and the
-    delta side's hash table stays small for any file size."""
-    block = MIN_BLOCK
-    while size // block > MAX_BLOCKS:
-        block *= 2
-    return block
-
-
 def signature(f: Any, block_len: int, strong_len: int = STRONG_LEN, magic: int = MAGIC) -> bytes:
     out = io.BytesIO()
     signature_to(f, out, block_len, strong_len, magic)
@@ -78,9 +74,16 @@ def signature(f: Any, block_len: int, strong_len: int = STRONG_LEN, magic: int =
 def signature_to(f: Any, out: BinaryIO, block_len: int, strong_len: int = STRONG_LEN,
                  magic: int = MAGIC) -> None:
     try:
-        pyrsync.signature(f, out, strong_len, magic, block_len)
-    except Exception as e:  # the binding raises its own LibrsyncError type
+        engines.get().signature(f, out, block_len, strong_len, magic)
+    except DeltaError:
+        raise
+    except Exception as e:  # a binding's own error type
         raise DeltaError(f"signature failed: {e}") from None
+
+
+def sig_args(size: int, magic: int, block_len: int, strong_len: int) -> tuple[int, int, int]:
+    """librsync's recommended signature arguments for a file of `size` bytes (rdiff's defaults)."""
+    return engines.get().sig_args(size, magic, block_len, strong_len)
 
 
 def delta(new: bytes, sig: bytes | bytearray) -> bytes:
@@ -92,7 +95,9 @@ def delta(new: bytes, sig: bytes | bytearray) -> bytes:
 
 def delta_to(new: BinaryIO, sig: BinaryIO, out: BinaryIO) -> None:
     try:
-        pyrsync.delta(new, sig, out)
+        engines.get().delta(new, sig, out)
+    except DeltaError:
+        raise
     except Exception as e:
         raise DeltaError(f"delta failed: {e}") from None
 
@@ -125,7 +130,7 @@ def patch(basis: BinaryIO, delta_bytes: bytes | BinaryIO, out: Any) -> None:
     """Apply a delta; `basis` must be seekable, and so must the delta (librsync's rule)."""
     d = io.BytesIO(delta_bytes) if isinstance(delta_bytes, (bytes, bytearray)) else delta_bytes
     try:
-        pyrsync.patch(_Basis(basis), d, out)
+        engines.get().patch(_Basis(basis), d, out)
     except DeltaError:
         raise
     except Exception as e:

@@ -103,7 +103,10 @@ class Manifest:
         """Add columns that newer versions introduced to a manifest made by an older one."""
         for table, column, decl in (("files", "version", "TEXT NOT NULL DEFAULT '{}'"),
                                     ("files", "deleted", "INTEGER NOT NULL DEFAULT 0"),
-                                    ("partials", "version", "TEXT NOT NULL DEFAULT '{}'")):
+                                    ("partials", "version", "TEXT NOT NULL DEFAULT '{}'"),
+                                    # what made a cached signature: its format (magic/strong length) and engine
+                                    ("signatures", "format", "TEXT NOT NULL DEFAULT ''"),
+                                    ("signatures", "engine", "TEXT NOT NULL DEFAULT ''")):
             have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
             if column not in have:
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
@@ -144,17 +147,19 @@ class Manifest:
             self._db.executemany("DELETE FROM signatures WHERE path=?", gone)
 
     # -- signatures --------------------------------------------------------
-    def signature(self, path: str, blake3: str) -> tuple[int, bytes] | None:
+    def signature(self, path: str, blake3: str, fmt: str) -> tuple[int, bytes] | None:
+        """A cached signature of `path` at content `blake3`, in format `fmt` (see engine.SIG_FORMAT)."""
         with self._lock:
-            r = self._db.execute("SELECT block_len, sig FROM signatures WHERE path=? AND blake3=?",
-                                 (path, blake3)).fetchone()
+            r = self._db.execute("SELECT block_len, sig FROM signatures WHERE path=? AND blake3=? AND format=?",
+                                 (path, blake3, fmt)).fetchone()
         return (r[0], bytes(r[1])) if r else None
 
-    def signature_of_content(self, blake3: str) -> tuple[int, bytes] | None:
+    def signature_of_content(self, blake3: str, fmt: str) -> tuple[int, bytes] | None:
         """A cached signature of this content, whatever path held it (a
-        signature depends only on the bytes and the block length)."""
+        signature depends only on the bytes, the block length and the format)."""
         with self._lock:
-            r = self._db.execute("SELECT block_len, sig FROM signatures WHERE blake3=? LIMIT 1", (blake3,)).fetchone()
+            r = self._db.execute("SELECT block_len, sig FROM signatures WHERE blake3=? AND format=? LIMIT 1",
+                                 (blake3, fmt)).fetchone()
         return (r[0], bytes(r[1])) if r else None
 
     def store_segments(self, items: Iterable[tuple[str, int, bytes]]) -> None:
@@ -173,13 +178,14 @@ class Manifest:
 
     def missing_signatures(self, entries: Iterable[Entry], min_size: int) -> list[Entry]:
         with self._lock:
-            have = {r[0] for r in self._db.execute("SELECT blake3 FROM signatures")}
+            have = {r[0] for r in self._db.execute("SELECT blake3 FROM signatures WHERE format != ''")}
         return [e for e in entries if e.kind == "file" and not e.deleted and e.size >= min_size
                 and e.blake3 not in have]
 
-    def store_signature(self, path: str, blake3: str, block_len: int, sig: bytes) -> None:
+    def store_signature(self, path: str, blake3: str, block_len: int, sig: bytes, fmt: str, engine: str) -> None:
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO signatures VALUES (?,?,?,?)", (path, blake3, block_len, sig))
+            self._db.execute("INSERT OR REPLACE INTO signatures (path, blake3, block_len, sig, format, engine) "
+                             "VALUES (?,?,?,?,?,?)", (path, blake3, block_len, sig, fmt, engine))
 
     # -- partial-transfer journal -----------------------------------------
     def partials(self) -> list[Partial]:

@@ -11,13 +11,13 @@ import tempfile
 from contextlib import ExitStack
 from typing import BinaryIO
 
-from . import engine
+from . import engine, engines
 from .errors import UsageError
 
-MAGICS = {("blake2", "rabinkarp"): engine.pyrsync.RS_RK_BLAKE2_SIG_MAGIC,
-          ("blake2", "rollsum"): engine.pyrsync.RS_BLAKE2_SIG_MAGIC,
-          ("md4", "rabinkarp"): engine.pyrsync.RS_RK_MD4_SIG_MAGIC,
-          ("md4", "rollsum"): engine.pyrsync.RS_MD4_SIG_MAGIC}
+MAGICS = {("blake2", "rabinkarp"): engines.RS_RK_BLAKE2_SIG_MAGIC,
+          ("blake2", "rollsum"): engines.RS_BLAKE2_SIG_MAGIC,
+          ("md4", "rabinkarp"): engines.RS_RK_MD4_SIG_MAGIC,
+          ("md4", "rollsum"): engines.RS_MD4_SIG_MAGIC}
 
 
 def _in(stack: ExitStack, path: str | None) -> BinaryIO:
@@ -53,7 +53,7 @@ def signature(basis: str | None, sig: str | None, block_size: int = 0, sum_size:
     with ExitStack() as stack:
         f = _in(stack, basis)
         size = os.fstat(f.fileno()).st_size if f.seekable() else -1
-        magic, block, strong = engine.pyrsync.get_signature_args(size, magic, block_size, sum_size)
+        magic, block, strong = engine.sig_args(size, magic, block_size, sum_size)
         engine.signature_to(f, _out(stack, sig, force), block, strong, magic)
 
 

@@ -37,6 +37,7 @@ from .session import (
     hello_frame,
     index_frames,
     partials_wire,
+    peer_engine,
     refuse_nesting,
     wants,
 )
@@ -145,6 +146,7 @@ class Server:
                 raise first
             check_hello(first)
             assert isinstance(first, Frame)
+            log.debug("peer %s: engine %s", who, peer_engine(first))
             conn.compress = wants(first, COMPRESS)
             zstd_index = wants(first, "zstd")  # indexes compress well (paths, keys), so always when readable
             if conn.peer.id in self.outgoing:

@@ -25,8 +25,16 @@ COMPRESS = "compress"  # the client asks the server to compress what it sends
 
 
 def hello_frame(peer_id: str, compress: bool = False) -> bytes:
+    """Our hello; `engine` (informational: the formats are librsync's whatever binding) helps a bug report."""
+    from . import engines
+
     return encode("hello", versions=list(PROTOCOL_VERSIONS), peer_id=peer_id,
-                  features=FEATURES + ([COMPRESS] if compress else []))
+                  features=FEATURES + ([COMPRESS] if compress else []), engine=engines.describe()[:100])
+
+
+def peer_engine(frame: Frame) -> str:
+    value = frame.get("engine")
+    return value[:100] if isinstance(value, str) else "unknown"
 
 
 def wants(frame: Frame, feature: str) -> bool:

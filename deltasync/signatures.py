@@ -10,7 +10,7 @@ from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO, Callable
 
-from . import engine
+from . import engine, engines
 from .entry import Entry
 from .errors import TransferFailed
 from .fs.safe import SafeRoot
@@ -52,7 +52,7 @@ class Signatures:
         """(block length, signature) of this version of a file we hold: cached,
         or from a background job under way, or computed now."""
         assert entry.blake3 is not None
-        cached = self._manifest.signature(entry.path, entry.blake3)
+        cached = self._manifest.signature(entry.path, entry.blake3, engine.SIG_FORMAT)
         if cached is not None:
             return cached
         job = self._jobs.get((entry.path, entry.blake3))
@@ -87,5 +87,5 @@ class Signatures:
         assert entry.blake3 is not None
         cur = self._current(entry.path)
         if cur is not None and cur.blake3 == entry.blake3:
-            self._manifest.store_signature(entry.path, entry.blake3, block, sig)
+            self._manifest.store_signature(entry.path, entry.blake3, block, sig, engine.SIG_FORMAT, engines.get().name)
         return block, sig

@@ -22,6 +22,7 @@ from typing import Any
 from .client import session
 from .config import Folder
 from .errors import DeltasyncError
+from .fs.safe import has_reserved
 from .server import Server
 from .server import run as serve
 
@@ -63,9 +64,12 @@ class Watcher:
         from watchfiles import awatch
 
         root = str(self.folder.root)
-        meta = os.path.join(root, ".deltasync")
+
+        def wanted(_change: object, path: str) -> bool:  # nothing inside a state folder, at any depth
+            return not has_reserved(os.path.relpath(path, root).replace(os.sep, "/"))
+
         async for changes in awatch(root, stop_event=self.stop, debounce=400, step=50, recursive=True,
-                                    watch_filter=lambda _c, p: not (p == meta or p.startswith(meta + os.sep))):
+                                    watch_filter=wanted):
             self.pending.update(os.path.relpath(p, root) for _c, p in changes)
             self.wake.set()
 

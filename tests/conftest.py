@@ -16,6 +16,12 @@ FIXTURE = ROOT / "bench" / "fixture.py"  # an identical copy of ../shared/scenar
 DELTASYNC = [sys.executable, "-m", "deltasync"]
 
 
+def pytest_report_header() -> str:
+    from deltasync import engines
+
+    return f"deltasync engine: {engines.describe()}; available: {[e.name for e in engines.available()]}"
+
+
 def fixture(*args: str) -> str:
     return subprocess.run([sys.executable, str(FIXTURE), *args], check=True, capture_output=True,
                           text=True).stdout

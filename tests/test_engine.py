@@ -6,8 +6,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deltasync import engine
+from deltasync import engine, engines
 from conftest import have_rdiff
+
+ENGINES = engines.available()
+assert ENGINES, "no librsync engine loads here"
+
+
+@pytest.fixture(autouse=True, params=[e.name for e in ENGINES])
+def each_engine(request):
+    """Every engine test runs against every engine that loads here."""
+    engines.use(next(e for e in ENGINES if e.name == request.param))
+    yield request.param
+    engines.use(None)
 
 
 def roundtrip(old: bytes, new: bytes, block: int = 1024) -> bytes:
@@ -75,3 +86,58 @@ def test_delta_reaching_past_the_basis_is_refused_not_looped():
     d = engine.delta(pretend[100_000:200_000], engine.signature(io.BytesIO(pretend), 8192))
     with pytest.raises(engine.DeltaError, match="basis"):
         engine.patch(io.BytesIO(real), d, io.BytesIO())
+
+
+@pytest.mark.skipif(len(ENGINES) < 2, reason="one engine loads here (python-rsync has no wheel for this Python)")
+def test_engines_are_interchangeable():
+    """A signature from one engine and a delta from the other patch to the same bytes, and
+    every engine's signature and delta are byte-identical (the formats are librsync's)."""
+    rng = random.Random(5)
+    old = rng.randbytes(400_000)
+    new = old[:100_000] + rng.randbytes(7000) + old[90_000:]
+    sigs, deltas = [], []
+    for e in ENGINES:
+        sig, d = io.BytesIO(), io.BytesIO()
+        e.signature(io.BytesIO(old), sig, 8192, 16, engines.RS_RK_BLAKE2_SIG_MAGIC)
+        sigs.append(sig.getvalue())
+        deltas.append(d)
+    assert len(set(sigs)) == 1
+    for maker in ENGINES:
+        for patcher in ENGINES:
+            d = io.BytesIO()
+            maker.delta(io.BytesIO(new), io.BytesIO(sigs[0]), d)
+            out = io.BytesIO()
+            patcher.patch(io.BytesIO(old), io.BytesIO(d.getvalue()), out)
+            assert out.getvalue() == new, (maker.name, patcher.name)
+
+
+def test_every_magic_and_strong_length(each_engine):
+    rng = random.Random(6)
+    old = rng.randbytes(50_000)
+    new = old[:20_000] + b"x" * 100 + old[20_000:]
+    for magic in sorted(engines.SIG_MAGICS):
+        for strong in (8, 16, 32 if magic in (engines.RS_BLAKE2_SIG_MAGIC, engines.RS_RK_BLAKE2_SIG_MAGIC) else 16):
+            sig = engine.signature(io.BytesIO(old), 2048, strong, magic)
+            out = io.BytesIO()
+            engine.patch(io.BytesIO(old), engine.delta(new, sig), out)
+            assert out.getvalue() == new, (hex(magic), strong)
+
+
+def test_engine_named_in_describe(each_engine):
+    assert engines.describe().startswith(each_engine + " (librsync ")
+
+
+def test_forced_engine_and_a_missing_library(monkeypatch):
+    monkeypatch.setenv("DELTASYNC_ENGINE", "nonsense")
+    engines.use(None)
+    with pytest.raises(engines.EngineMissing, match="pyrsync or librsync"):
+        engines.get()
+    monkeypatch.setenv("DELTASYNC_ENGINE", "librsync")
+    monkeypatch.setenv("DELTASYNC_LIBRSYNC", "/nonexistent/librsync.so")
+    monkeypatch.setattr("ctypes.util.find_library", lambda name: None)
+    import deltasync.engines.librsync as lr
+    monkeypatch.setattr(lr, "_candidates", lambda: ["/nonexistent/librsync.so"])
+    engines.use(None)
+    with pytest.raises(engines.EngineMissing, match="cannot load"):
+        engines.get()
+    engines.use(None)

@@ -55,12 +55,14 @@ def test_partials_journal_survives_reopen(tmp_path):
     m.begin_partial(p)
     m.segments_done("big", [0])
     m.segments_done("big", [2])
-    m.store_signature("big", "b" * 64, 8192, b"sig")
+    m.store_signature("big", "b" * 64, 8192, b"sig", "72730147/16", "librsync")
     m.close()
     m = Manifest(db)
     (q,) = m.partials()
     assert q.done == {0, 2} and q.segments_total == 3 and q.bytes_done == 4 * 2**20 + 2 * 2**20
-    assert m.signature("big", "b" * 64) == (8192, b"sig") and m.signature("big", "c" * 64) is None
+    assert m.signature("big", "b" * 64, "72730147/16") == (8192, b"sig") and m.signature("big", "c" * 64,
+                                                                                          "72730147/16") is None
+    assert m.signature("big", "b" * 64, "72730146/8") is None  # another format is not this one
     m.drop_partial("big")
     assert m.partials() == []
     m.close()

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
 
 from ..errors import TransferFailed, UnsafePath
+from . import native
 
 META = ".deltasync"
 TMP_PREFIX = ".deltasync-tmp-"  # a symlink made aside in its own directory before its rename
@@ -276,14 +277,8 @@ def make_durable(directory: Path, files: list[Path]) -> None:
 
 
 def _syncfs(directory: Path) -> bool:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            return bool(libc.syncfs(fd) == 0)
-        finally:
-            os.close(fd)
-    except (OSError, AttributeError):
-        return False
+        return native.syncfs(fd)
+    finally:
+        os.close(fd)

@@ -70,7 +70,9 @@ def assert_healthy(a, b, s, canary, before_canary):
     assert time.monotonic() - start < 15
     assert (b / "ok.txt").read_text() == f"legitimate {start}"
     assert digest(canary) == before_canary and os.listdir(canary) == ["keep"]
-    assert peak_rss_mib(s.proc.pid) < RSS_LIMIT_MIB
+    rss = peak_rss_mib(s.proc.pid)
+    print(f"server peak RSS {rss:.0f} MiB; legitimate push after the attack {time.monotonic() - start:.2f} s")
+    assert rss < RSS_LIMIT_MIB
 
 
 def no_secret(b, received: bytes):

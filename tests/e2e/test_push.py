@@ -125,3 +125,23 @@ def test_status_json_lists_peers(pair):
     info = json.loads(ds("status", a, "--json").stdout)
     assert info["peer_id"] == ds("id", a).stdout.strip()
     assert [p["name"] for p in info["peers"]] == ["b"] and info["partials"] == []
+
+
+def test_portable_fallbacks_and_the_ctypes_engine_end_to_end(pair, monkeypatch):
+    """Both peers without the Linux-only calls (copy_file_range, fdatasync, syncfs) and on the
+    system librsync through ctypes, as on macOS or CPython 3.13+: same bytes, same trees."""
+    from conftest import Serve
+
+    monkeypatch.setenv("DELTASYNC_PORTABLE", "1")
+    monkeypatch.setenv("DELTASYNC_ENGINE", "librsync")
+    a, b = pair
+    s = Serve(b)
+    try:
+        fixture("seed", str(a), "--scale", "0.02")
+        assert push_json(a, s.address)["files_failed"] == 0
+        fixture("mutate", str(a / "File_2"), "regions", "--seed", "7")
+        r = push_json(a, s.address)
+        assert r["files_sent_delta"] == 1 and r["bytes_sent"] < (a / "File_2").stat().st_size * 0.3
+        assert digest(a) == digest(b) and no_leftovers(b) == []
+    finally:
+        s.stop()

@@ -1,0 +1,71 @@
+"""Linux-only system calls and their portable stand-ins, chosen once at start-up.
+
+| call | Linux | elsewhere (or `DELTASYNC_PORTABLE=1`) |
+| --- | --- | --- |
+| `copy_range` | `copy_file_range(2)`: in the kernel, reflinked where the filesystem can | `pread`/`pwrite` in 1 MiB pieces |
+| `datasync` | `fdatasync(2)` | `fsync(2)` (macOS has no fdatasync) |
+| `syncfs` | `syncfs(2)` of the folder's filesystem | not available: callers fsync each file |
+
+The stand-ins are tested on Linux by forcing them (`DELTASYNC_PORTABLE=1`, or `use(portable=True)`).
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+COPY_CHUNK = 1024 * 1024
+
+
+def _copy_kernel(src: int, dst: int, offset: int, length: int) -> int:
+    done = 0
+    while done < length:
+        n = os.copy_file_range(src, dst, length - done, offset + done, offset + done)
+        if n == 0:
+            break
+        done += n
+    return done
+
+
+def _copy_portable(src: int, dst: int, offset: int, length: int) -> int:
+    done = 0
+    while done < length:
+        data = os.pread(src, min(COPY_CHUNK, length - done), offset + done)
+        if not data:
+            break
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(dst, view, offset + done)
+            view, done = view[n:], done + n
+    return done
+
+
+def _syncfs_linux(dir_fd: int) -> bool:
+    try:
+        import ctypes
+
+        return bool(ctypes.CDLL(None, use_errno=True).syncfs(dir_fd) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def _syncfs_none(_dir_fd: int) -> bool:
+    return False
+
+
+copy_range: Callable[[int, int, int, int], int]
+datasync: Callable[[int], None]
+syncfs: Callable[[int], bool]
+PORTABLE = False
+
+
+def use(portable: bool) -> None:
+    """Pick the implementations (at import, from the platform and DELTASYNC_PORTABLE)."""
+    global copy_range, datasync, syncfs, PORTABLE
+    linux = not portable and hasattr(os, "copy_file_range")
+    copy_range = _copy_kernel if linux else _copy_portable
+    datasync = os.fdatasync if not portable and hasattr(os, "fdatasync") else os.fsync
+    syncfs = _syncfs_linux if not portable and os.uname().sysname == "Linux" else _syncfs_none
+    PORTABLE = portable or not linux
+
+
+use(os.environ.get("DELTASYNC_PORTABLE", "") not in ("", "0"))
