@@ -211,3 +211,12 @@ async def attack(client, address: str, frames: list[bytes], say_hello: bool = Tr
     finally:
         await conn.close()
     return got
+
+
+@pytest.fixture
+def canary(tmp_path: Path) -> Path:
+    """A directory beside the folders that no attack may change."""
+    c = tmp_path / "canary"
+    c.mkdir()
+    (c / "keep").write_text("canary")
+    return c

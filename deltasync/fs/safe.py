@@ -50,6 +50,21 @@ def has_reserved(path: str) -> bool:
     return any(is_reserved(part) for part in path.split("/"))
 
 
+def open_dir(name: str, dir_fd: int, create_mode: int | None = None) -> int:
+    """Open directory `name` in `dir_fd` without following a link; made first (with
+    `create_mode`) when absent and asked to."""
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        if create_mode is None:
+            raise
+        try:
+            os.mkdir(name, create_mode, dir_fd=dir_fd)
+        except FileExistsError:
+            pass
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+
+
 def check_relpath(path: object, max_len: int = MAX_PATH) -> tuple[str, ...]:
     """Validate a peer's path; return its components or raise UnsafePath."""
     if not isinstance(path, str) or not path:
@@ -99,16 +114,7 @@ class SafeRoot:
         fd = os.open(self.root, _DIR_FLAGS)
         try:
             for part in parts[:-1]:
-                try:
-                    nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
-                except FileNotFoundError:
-                    if not create:
-                        raise
-                    try:
-                        os.mkdir(part, 0o755, dir_fd=fd)
-                    except FileExistsError:
-                        pass
-                    nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                nfd = open_dir(part, fd, 0o755 if create else None)
                 os.close(fd)
                 fd = nfd
             yield fd, parts[-1]
@@ -204,16 +210,7 @@ def state_dir(root: Path, sub: str, create: bool = False) -> int:
     """A directory of ours under `root/.deltasync/`, opened without following any link."""
     meta = os.open(root / META, _DIR_FLAGS)
     try:
-        try:
-            return os.open(sub, _DIR_FLAGS, dir_fd=meta)
-        except FileNotFoundError:
-            if not create:
-                raise
-            try:
-                os.mkdir(sub, 0o700, dir_fd=meta)
-            except FileExistsError:
-                pass
-            return os.open(sub, _DIR_FLAGS, dir_fd=meta)
+        return open_dir(sub, meta, 0o700 if create else None)
     finally:
         os.close(meta)
 

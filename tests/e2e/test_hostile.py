@@ -64,11 +64,8 @@ CASES = {
 
 
 @pytest.fixture
-def arena(tmp_path, served):
+def arena(served, canary):
     a, b, s = served
-    canary = tmp_path / "canary"
-    canary.mkdir()
-    (canary / "keep").write_text("canary")
     os.symlink(canary, b / "link")
     (b / "base").write_bytes(BASE)
     (b / "d").mkdir()

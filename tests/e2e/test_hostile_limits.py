@@ -51,11 +51,8 @@ def errors_in(got: list) -> list[str]:
 
 
 @pytest.fixture
-def arena(tmp_path, served):
+def arena(served, canary):
     a, b, s = served
-    canary = tmp_path / "canary"
-    canary.mkdir()
-    (canary / "keep").write_text("canary")
     (a / "ok.txt").write_text("legitimate")
     return a, b, s, canary
 
