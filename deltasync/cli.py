@@ -119,11 +119,28 @@ def trust(directory: Path = DirArg, peer_id: str = typer.Argument(..., help="The
     from . import identity
     from .config import Folder
 
-    peer = _run(lambda: Folder.open(directory).trust(peer_id, name, address))
+    peer = _run(lambda: Folder.open(directory).trust(peer_id, name, address), as_json)
     if as_json:
         _print_json({"name": peer.name, "peer_id": identity.format_id(peer.id), "address": peer.address})
     else:
         typer.echo(f"trusted {peer.name} = {identity.format_id(peer.id)}")
+
+
+@app.command()
+def untrust(directory: Path = DirArg, peer: str = typer.Argument(..., help="The peer's name or ID."),
+            as_json: bool = JsonOpt) -> None:
+    """Stop trusting a peer: its next connection is refused, both ways.
+
+    Example: deltasync untrust ./A laptop
+    """
+    from . import identity
+    from .config import Folder
+
+    gone = _run(lambda: Folder.open(directory).untrust(peer), as_json)
+    if as_json:
+        _print_json({"name": gone.name, "peer_id": identity.format_id(gone.id), "address": gone.address})
+    else:
+        typer.echo(f"untrusted {gone.name} = {identity.format_id(gone.id)}")
 
 
 @app.command()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import identity
-from .errors import ConfigError, NotInitialised
+from .errors import ConfigError, NotInitialised, UsageError
 
 META = ".deltasync"
 
@@ -176,7 +176,16 @@ class Folder:
         os.replace(tmp, self.config_path)
 
     def trust(self, peer_id: str, name: str | None = None, address: str | None = None) -> Peer:
-        pid = identity.normalise_id(peer_id)
+        try:
+            pid = identity.normalise_id(peer_id)
+        except ConfigError as e:  # a mistyped ID on the command line is a usage mistake
+            raise UsageError(str(e)) from None
+        if pid == self.peer_id:
+            raise UsageError("that is this folder's own peer ID; trust the other folder's (run `deltasync id` there)")
+        if address is not None:
+            from .transport import split_address
+
+            split_address(address)  # a usage error, now rather than at the first sync
         cfg = self.config()
         existing = cfg.peer_by_id(pid)
         if existing is not None:
@@ -186,3 +195,19 @@ class Folder:
         cfg.peers[name] = peer
         self.save_config(cfg)
         return peer
+
+    def untrust(self, peer: str) -> Peer:
+        """Forget a trusted peer (by name or ID): it is refused from its next connection on."""
+        cfg = self.config()
+        found = cfg.peers.get(peer)
+        if found is None:
+            try:
+                found = cfg.peer_by_id(identity.normalise_id(peer))
+            except ConfigError:
+                found = None
+        if found is None:
+            known = ", ".join(sorted(cfg.peers)) or "none"
+            raise UsageError(f"no trusted peer {peer!r} (trusted: {known})")
+        del cfg.peers[found.name]
+        self.save_config(cfg)
+        return found

@@ -1,7 +1,8 @@
 """A folder's identity: its key, its self-signed certificate, and its peer ID.
 
-The peer ID is the SHA-256 of the certificate's DER, in base32, grouped for
-reading (like Syncthing's device IDs). Knowing a peer's ID is enough to pin it:
+The peer ID is the SHA-256 of the certificate's DER, in base32, with a Luhn
+mod 32 check character after every 13 characters, grouped for reading (like
+Syncthing's device IDs), so a mistyped ID is refused when it is trusted. Knowing a peer's ID is enough to pin it:
 whoever presents a certificate with that fingerprint and proves, in the TLS
 handshake, that it holds the matching key *is* that peer.
 """
@@ -24,17 +25,47 @@ def fingerprint(cert_der: bytes) -> str:
     return base64.b32encode(hashlib.sha256(cert_der).digest()).decode().rstrip("=")
 
 
+_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+_CHUNK = 13  # the 52 base32 characters in four chunks, each followed by its check character
+
+
+def luhn32(chunk: str) -> str:
+    """The Luhn mod 32 check character of a base32 chunk: any one wrong character,
+    and any swap of two neighbours that are not a pair the algorithm cannot tell apart, changes it."""
+    factor, total = 1, 0
+    for ch in chunk:
+        addend = factor * _ALPHABET.index(ch)
+        factor = 2 if factor == 1 else 1
+        total += addend // 32 + addend % 32
+    return _ALPHABET[(32 - total % 32) % 32]
+
+
 def format_id(peer_id: str) -> str:
+    """The peer ID as people read and type it: 56 characters (four chunks of 13, each with
+    its check character), in eight groups of seven -- the form Syncthing's device IDs use."""
     raw = normalise_id(peer_id)
-    return "-".join(raw[i : i + _GROUP] for i in range(0, len(raw), _GROUP))
+    checked = "".join(raw[i : i + _CHUNK] + luhn32(raw[i : i + _CHUNK]) for i in range(0, 52, _CHUNK))
+    return "-".join(checked[i : i + _GROUP] for i in range(0, len(checked), _GROUP))
 
 
 def normalise_id(text: str) -> str:
-    """Accept an ID with or without dashes/spaces, any case; refuse anything else."""
+    """An ID as typed -> the canonical 52 characters (what config.toml stores).
+
+    Accepts the checked 56-character form (dashes and spaces optional, any case; a
+    typo is refused, naming the group it is in) and, for IDs printed by deltasync
+    before check characters existed, the bare 52-character form (no typo check)."""
     raw = re.sub(r"[\s-]", "", text).upper()
-    if not re.fullmatch(r"[A-Z2-7]{52}", raw):
-        raise ConfigError(f"not a peer ID: {text!r} (expected 52 base32 characters, dashes optional)")
-    return raw
+    if re.fullmatch(r"[A-Z2-7]{56}", raw):
+        chunks = [raw[i : i + _CHUNK + 1] for i in range(0, 56, _CHUNK + 1)]
+        for n, c in enumerate(chunks):
+            if luhn32(c[:-1]) != c[-1]:
+                raise ConfigError(f"peer ID {text.strip()!r} has a typo in its groups {2 * n + 1} and {2 * n + 2} "
+                                  f"of 8; copy it again from `deltasync id` on the peer")
+        return "".join(c[:-1] for c in chunks)
+    if re.fullmatch(r"[A-Z2-7]{52}", raw):
+        return raw
+    raise ConfigError(f"not a peer ID: {text!r} (expected 56 base32 characters in groups of 7, as "
+                      f"`deltasync id` prints it)")
 
 
 def generate(key_path: Path, cert_path: Path, name: str = "deltasync") -> str:

@@ -95,3 +95,21 @@ def test_progress_bar_on_a_terminal_only(tmp_path, pair):
         assert "━" not in piped
     finally:
         s.stop()
+
+
+def test_trust_checks_what_it_is_given_and_untrust_refuses_at_once(served, tmp_path):
+    a, b, s = served
+    own = ds("id", a).stdout.strip()
+    other = ds("id", b).stdout.strip()
+    typo = other[:3] + ("A" if other[3] != "A" else "B") + other[4:]
+    for args, words in ((["trust", a, typo], "typo"), (["trust", a, own], "own peer ID"),
+                        (["trust", a, other, "--address", "127.0.0.1:99999"], "outside 0-65535"),
+                        (["untrust", a, "nobody"], "no trusted peer")):
+        p = ds(*args, check=False)
+        assert p.returncode == 2 and words in p.stderr and len(p.stderr.strip().splitlines()) == 1, (args, p.stderr)
+    (a / "f").write_text("x")
+    assert push_json(a, s.address)["files_failed"] == 0
+    gone = json.loads(ds("untrust", b, "a", "--json").stdout)  # B forgets A: A's next push is refused
+    assert gone["name"] == "a" and gone["peer_id"] == own
+    p = ds("push", a, s.address, check=False)
+    assert p.returncode == 4 and "does not trust this folder" in p.stderr
