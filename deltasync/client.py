@@ -28,7 +28,7 @@ from .manifest import Manifest
 from .plan import DELTA_MIN, PartialInfo, Plan, SyncPlan, Transfer, make_plan, plan_sync
 from .progress import Quiet
 from .protocol import Buffer, Frame, encode
-from .sender import FileSender, Outcome, batches, op_dict
+from .sender import FileSender, Outcome, batches, op_dict, peer_signature
 from .session import client_hello, peer_error, read_index, refuse_nesting
 from .transport import Connection, connect
 
@@ -173,7 +173,7 @@ class Pusher:
         f = await self.acks.signatures.get()
         if f["path"] != t.entry.path:
             raise ProtocolError("signature for the wrong file")
-        return f.body if f.get("blake3") == t.basis else None
+        return await peer_signature(f.body, t) if f.get("blake3") == t.basis else None
 
     async def _send_all(self, plan: Plan) -> None:
         s = self.sender

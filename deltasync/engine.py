@@ -14,6 +14,7 @@ from typing import Any, BinaryIO
 
 from . import engines, limits
 from .engines import RS_RK_BLAKE2_SIG_MAGIC, SIG_MAGICS, DeltaError
+from .errors import ProtocolError
 
 STRONG_LEN = 16
 MIN_BLOCK = 8 * 1024
@@ -42,8 +43,6 @@ def check_signature(sig: bytes | bytearray, basis_size: int) -> None:
     has, and no weak sum shared by many different blocks (a signature built
     so that every byte of our file hits one hash bucket would make the delta
     search compare each position with thousands of strong sums)."""
-    from .errors import ProtocolError
-
     if len(sig) < 12:
         raise ProtocolError("signature: shorter than its header")
     magic, block, strong = struct.unpack_from(">III", sig)

@@ -83,6 +83,13 @@ def op_dict(op: str, e: Entry) -> dict[str, Any]:
 SignatureSource = Callable[[Transfer], Awaitable["Buffer | None"]]
 
 
+async def peer_signature(sig: Buffer, t: Transfer) -> Buffer:
+    """A signature that came from the peer, checked off the event loop before
+    librsync ever loads it (our own cached signatures need no check)."""
+    await asyncio.to_thread(engine.check_signature, sig, t.basis_size)
+    return sig
+
+
 class FileSender:
     def __init__(self, safe: SafeRoot, conn: Connection, outcome: Outcome, progress: Quiet | None = None,
                  segments_of: Callable[[str, int], list[bytes] | None] = lambda _b, _s: None) -> None:
@@ -154,8 +161,6 @@ class FileSender:
             if sig is None:
                 self.outcome.failed(path, "changed on the peer since its index was sent; not overwritten")
                 return False
-            # a peer's signature is checked off the event loop before librsync ever loads it
-            await asyncio.to_thread(engine.check_signature, sig, t.basis_size)
         try:
             f = self.safe.open_read(e.path)
         except OSError as err:

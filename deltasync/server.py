@@ -30,7 +30,7 @@ from .inbound import ACTIONS, Inbound, ack
 from .manifest import Manifest
 from .plan import DELTA_MIN, SEGMENT_SIZE, Transfer
 from .protocol import Buffer, Frame, encode
-from .sender import FileSender, Outcome, batches
+from .sender import FileSender, Outcome, batches, peer_signature
 from .session import (
     COMPRESS,
     check_hello,
@@ -220,8 +220,8 @@ class Server:
         dests: dict[str, str] = {}
         sig = f.body or None
 
-        async def given_signature(_: Transfer) -> Buffer | None:
-            return sig
+        async def given_signature(t: Transfer) -> Buffer | None:
+            return None if sig is None else await peer_signature(sig, t)
 
         try:
             for req in f["files"]:
@@ -298,7 +298,6 @@ async def run(folder: Folder, listen: str, on_listening: Callable[[str], None] |
     try:
         await stop.wait()
     finally:
-        arm_watchdog()
         srv.close()
         try:
             await asyncio.wait_for(server.shutdown(), STOP_GRACE)

@@ -118,19 +118,17 @@ class Versions:
     def prune(self, now: float | None = None) -> int:
         """Drop versions past their age, past `versions_per_path`, and past the size cap (oldest first)."""
         now = time.time() if now is None else now
-        rows = self.list()
         doomed: list[Kept] = []
+        left: list[Kept] = []
         count: dict[str, int] = {}
-        for k in rows:  # newest first
+        for k in self.list():  # newest first
             count[k.path] = count.get(k.path, 0) + 1
-            if now - k.kept > self.keep_days * 86400 or count[k.path] > self.per_path:
-                doomed.append(k)
+            old = now - k.kept > self.keep_days * 86400 or count[k.path] > self.per_path
+            (doomed if old else left).append(k)
         if self.max_bytes > 0:
-            left = [k for k in rows if k not in doomed]
             total = sum(k.size for k in left)
-            for k in reversed(left):  # oldest first
-                if total <= self.max_bytes:
-                    break
+            while left and total > self.max_bytes:  # oldest first
+                k = left.pop()
                 doomed.append(k)
                 total -= k.size
         for k in doomed:

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from conftest import DELTASYNC, Serve, attack, digest, ds, push_json
-from deltasync import engine, hashing
+from deltasync import engines, hashing
 from deltasync.config import Folder
 from deltasync.protocol import encode, encode_parts, json_body
 from deltasync.session import hello_frame
@@ -144,9 +144,8 @@ def test_hostile_signature_is_refused(arena):
     data = os.urandom(1 << 20)
     (b / "big").write_bytes(data)
     block, strong, blocks = 8192, 16, (len(data) + 8191) // 8192
-    sig = struct.pack(">III", engine.SIG_MAGICS.__iter__().__next__(), block, strong) + b"".join(
-        struct.pack(">I", 7) + os.urandom(strong) for _ in range(blocks))
-    frames = [encode("request_file_list")]
+    sig = struct.pack(">III", engines.RS_RK_BLAKE2_SIG_MAGIC, block, strong) + b"".join(
+        struct.pack(">I", 7) + os.urandom(strong) for _ in range(blocks))  # every block: one weak sum
 
     async def go():
         conn = await connect(Folder.open(a), s.address)
@@ -168,7 +167,6 @@ def test_hostile_signature_is_refused(arena):
         finally:
             await conn.close()
 
-    del frames
     got = asyncio.run(go())
     assert any("weak sum" in m for m in errors_in(got)), got
     assert_healthy(a, b, s, canary, before_canary)
