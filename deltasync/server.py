@@ -18,7 +18,7 @@ import sys
 import threading
 from typing import Any, Callable
 
-from . import identity, limits
+from . import engines, identity, limits
 from .apply import Receiver, Result
 from .config import Folder
 from .entry import FILE, Entry
@@ -267,6 +267,7 @@ async def run(folder: Folder, listen: str, on_listening: Callable[[str], None] |
               stop: asyncio.Event | None = None, server: Server | None = None) -> None:
     """Serve until SIGINT/SIGTERM (or `stop`); in-flight files are left as
     resumable partials, and anything committed stays committed."""
+    engines.get()  # chosen before we listen: a missing librsync is one line now, not in a peer's session
     server = server or Server(folder)
     cfg = server.config
     stale = server.receiver.clean_stale(float(cfg.setting("partial_max_age_hours")) * 3600)

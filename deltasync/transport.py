@@ -247,9 +247,6 @@ class Admission:
             self._evict(next(w for w, h in self.pending.items() if h == worst))
         self.pending[writer] = host
 
-    def authenticated(self, writer: asyncio.StreamWriter) -> None:
-        self.pending.pop(writer, None)
-
     def leave(self, writer: asyncio.StreamWriter) -> None:
         self.pending.pop(writer, None)
 
@@ -325,7 +322,6 @@ async def serve(folder: Folder, host: str, port: int, handler: Handler, handshak
         await writer.start_tls(_context(folder, True, peer_der))
         if writer.get_extra_info("ssl_object").getpeercert(binary_form=True) != peer_der:
             raise PeerRefused("certificate changed during the handshake")
-        adm.authenticated(writer)
         return peer_der
 
     server = await asyncio.start_server(accept, host, port, reuse_address=True, family=socket.AF_UNSPEC,

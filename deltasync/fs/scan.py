@@ -167,6 +167,7 @@ def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None, me: str =
                 rows.append(Seen(e, st.st_ino, st.st_ctime_ns))
             if is_dir:
                 subdirs.append((name, path))
+        subdirs.reverse()  # the walk pops from the end: name order, O(1) a directory
         return subdirs
 
     # depth-first, holding one descriptor per level of the current path only
@@ -178,7 +179,7 @@ def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None, me: str =
             os.close(dfd)
             stack.pop()
             continue
-        name, path = todo.pop(0)
+        name, path = todo.pop()
         try:
             sub = os.open(name, DIR_FLAGS, dir_fd=dfd)
         except OSError as err:  # swapped for a symlink or a file since it was listed, or gone
