@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from deltasync.config import Folder  # noqa: E402
-from deltasync.protocol import encode  # noqa: E402
+from deltasync.wire.framing import encode  # noqa: E402
 from deltasync.session import hello_frame  # noqa: E402
 from deltasync.transport import connect  # noqa: E402
 

@@ -20,17 +20,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
-from . import engine, hashing, limits
-from . import version as vv
+from . import engine, hashing
+from .core import limits
+from .core import version as vv
 from .config import Folder
-from .entry import DIR, FILE, SYMLINK, Entry
+from .core.entry import DIR, FILE, SYMLINK, Entry
 from .errors import AlreadyPresent, ProtocolError, TransferFailed, UnsafePath
 from .fs import native, safe
 from .fs.scan import hash_fd
-from .manifest import Manifest, Partial, Seen
-from .protocol import Buffer
-from .signatures import Signatures
-from .versions import Versions
+from .store.manifest import Manifest, Partial, Seen
+from .wire.framing import Buffer
+from .store.signatures import Signatures
+from .store.versions import Versions
 
 log = logging.getLogger(__name__)
 

@@ -300,8 +300,8 @@ def versions(directory: Path = DirArg, path: Optional[str] = typer.Argument(None
     Example: deltasync versions ./A docs/report.txt
     """
     from .config import Folder
-    from .manifest import Manifest
-    from .versions import Versions
+    from .store.manifest import Manifest
+    from .store.versions import Versions
 
     def collect() -> list[Any]:
         folder = Folder.open(directory)
@@ -342,8 +342,8 @@ def restore(directory: Path = DirArg, path: str = typer.Argument(..., help="The 
     Example: deltasync restore ./A docs/report.txt --version 2
     """
     from .config import Folder
-    from .versions import parse_when
-    from .versions import restore as do_restore
+    from .store.versions import parse_when
+    from .store.versions import restore as do_restore
 
     def go() -> Any:
         if at is not None and version is not None:

@@ -17,17 +17,17 @@ from typing import Any
 from . import engine
 from .apply import Receiver, Result
 from .config import Folder
-from .entry import Entry
+from .core.entry import Entry
 from .errors import DeltasyncError, PartialSuccess, ProtocolError
 from .fs.ignore import Ignore
 from .fs.safe import META
 from .fs.safe import SafeRoot
 from .fs.scan import ScanResult, scan
 from .inbound import Inbound
-from .manifest import Manifest
-from .plan import DELTA_MIN, PartialInfo, Plan, SyncPlan, Transfer, make_plan, plan_sync
+from .store.manifest import Manifest
+from .core.plan import DELTA_MIN, PartialInfo, Plan, SyncPlan, Transfer, make_plan, plan_sync
 from .progress import Quiet
-from .protocol import Buffer, Frame, encode
+from .wire.framing import Buffer, Frame, encode
 from .sender import FileSender, Outcome, batches, op_dict, peer_signature
 from .session import client_hello, peer_error, read_index, refuse_nesting
 from .transport import Connection, connect
@@ -196,7 +196,7 @@ class Pusher:
 
 
 def _json(value: Any) -> bytes:
-    from .protocol import json_body
+    from .wire.framing import json_body
 
     return json_body(value)
 

@@ -150,7 +150,7 @@ class Folder:
             identity.generate(f.key, f.cert, name=f.root.name or "deltasync")
         if not f.config_path.exists():
             f.save_config(Config())
-        from .manifest import Manifest
+        from .store.manifest import Manifest
 
         Manifest(f.db).close()
         return f, f.peer_id, created

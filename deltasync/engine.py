@@ -12,7 +12,8 @@ import io
 import struct
 from typing import Any, BinaryIO
 
-from . import engines, limits
+from . import engines
+from .core import limits
 from .engines import RS_RK_BLAKE2_SIG_MAGIC, SIG_MAGICS, DeltaError
 from .errors import ProtocolError
 

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from .apply import Incoming, Receiver, Result, Writer
-from .entry import Entry
-from .limits import MAX_FILES_IN_FLIGHT
+from .core.entry import Entry
+from .core.limits import MAX_FILES_IN_FLIGHT
 from .errors import AlreadyPresent, DiskFull, ProtocolError, TransferFailed, redact
-from .protocol import Frame, body_json, encode
+from .wire.framing import Frame, body_json, encode
 
 MAX_STAGED_FILES = 5000
 MAX_STAGED_BYTES = 64 * 1024 * 1024  # on disk, in .deltasync/tmp; not in memory

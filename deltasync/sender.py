@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 from . import engine, hashing
-from . import version as vv
-from .entry import Entry
+from .core import version as vv
+from .core.entry import Entry
 from .errors import SourceChanged
 from .fs.safe import SafeRoot
-from .plan import Transfer
+from .core.plan import Transfer
 from .progress import Quiet
-from .protocol import MAX_HEADER, Buffer, encode, encode_parts, json_array, json_body, json_chunks
+from .wire.framing import MAX_HEADER, Buffer, encode, encode_parts, json_array, json_body, json_chunks
 from .transport import Connection
 
 log = logging.getLogger(__name__)

@@ -18,18 +18,19 @@ import sys
 import threading
 from typing import Any, Callable
 
-from . import engines, identity, limits
+from . import engines, identity
+from .core import limits
 from .apply import Receiver, Result
 from .config import Folder
-from .entry import FILE, Entry
+from .core.entry import FILE, Entry
 from .errors import DeltasyncError, PeerUnreachable, ProtocolError, redact
 from .fs import safe
 from .fs.ignore import Ignore
 from .fs.scan import ScanResult, scan
 from .inbound import ACTIONS, Inbound, ack
-from .manifest import Manifest
-from .plan import DELTA_MIN, SEGMENT_SIZE, Transfer
-from .protocol import Buffer, Frame, encode
+from .store.manifest import Manifest
+from .core.plan import DELTA_MIN, SEGMENT_SIZE, Transfer
+from .wire.framing import Buffer, Frame, encode
 from .sender import FileSender, Outcome, batches, peer_signature
 from .session import (
     COMPRESS,

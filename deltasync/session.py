@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Iterator
 
-from .entry import Entry
+from .core.entry import Entry
 from .errors import ProtocolError, UsageError
-from .limits import INDEX_CHUNK_BYTES, MAX_INDEX_BYTES, MAX_PARTIALS_LISTED
-from .plan import PartialInfo
-from .protocol import (
+from .core.limits import INDEX_CHUNK_BYTES, MAX_INDEX_BYTES, MAX_PARTIALS_LISTED
+from .core.plan import PartialInfo
+from .wire.framing import (
     PROTOCOL_VERSIONS,
     Frame,
     body_json,

@@ -9,7 +9,7 @@ from . import identity
 from .config import Folder
 from .fs.ignore import Ignore
 from .fs.scan import scan
-from .manifest import Manifest
+from .store.manifest import Manifest
 
 
 def _when(ts: float | None) -> str | None:

@@ -28,7 +28,7 @@ from typing import Awaitable, Callable
 from . import identity
 from .config import Folder
 from .errors import DeltasyncError, PeerRefused, PeerUnreachable, ProtocolError, UsageError
-from .protocol import Frame, FrameDecoder, encode, inflate
+from .wire.framing import Frame, FrameDecoder, encode, inflate
 
 log = logging.getLogger(__name__)
 

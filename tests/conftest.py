@@ -174,7 +174,7 @@ def rx(tmp_path):
     """A receiver on a fresh folder B, without a network."""
     from deltasync.apply import Receiver
     from deltasync.config import Folder
-    from deltasync.manifest import Manifest
+    from deltasync.store.manifest import Manifest
 
     folder, _, _ = Folder.init(tmp_path / "B")
     m = Manifest(folder.db)

@@ -2,10 +2,10 @@ import os
 import time
 
 from deltasync.config import Folder
-from deltasync.entry import FILE, SYMLINK
+from deltasync.core.entry import FILE, SYMLINK
 from deltasync.fs.ignore import Ignore
 from deltasync.fs.scan import scan
-from deltasync.manifest import Manifest, Partial
+from deltasync.store.manifest import Manifest, Partial
 
 
 def test_scan_rehashes_only_what_changed(tmp_path):

@@ -1,5 +1,5 @@
-from deltasync.entry import DIR, FILE, SYMLINK, Entry
-from deltasync.plan import DELTA_MIN, PartialInfo, make_plan
+from deltasync.core.entry import DIR, FILE, SYMLINK, Entry
+from deltasync.core.plan import DELTA_MIN, PartialInfo, make_plan
 
 H1, H2 = "1" * 64, "2" * 64
 

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deltasync.errors import ProtocolError
-from deltasync.protocol import inflate, MAX_BODY, MAX_HEADER, FrameDecoder, encode, negotiate
+from deltasync.wire.framing import inflate, MAX_BODY, MAX_HEADER, FrameDecoder, encode, negotiate
 
 
 def raw_frame(header: object, body: bytes = b"") -> bytes:

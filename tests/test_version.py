@@ -1,7 +1,7 @@
 """Version-vector rules and the two-way planner, without I/O."""
-from deltasync import version as vv
-from deltasync.entry import FILE, Entry
-from deltasync.plan import DELTA_MIN, conflict_name, plan_sync
+from deltasync.core import version as vv
+from deltasync.core.entry import FILE, Entry
+from deltasync.core.plan import DELTA_MIN, conflict_name, plan_sync
 
 H1, H2, H3 = "1" * 64, "2" * 64, "3" * 64
 

@@ -9,7 +9,7 @@ from deltasync import hashing
 from deltasync.apply import Writer
 from deltasync.errors import UsageError
 from deltasync.fs.scan import scan
-from deltasync.versions import Versions, choose, parse_when, restore
+from deltasync.store.versions import Versions, choose, parse_when, restore
 
 
 def send_small(rx, path, data, replaces=None, peer="PEERAAAAAAAA"):
@@ -70,7 +70,7 @@ def test_restore_puts_a_version_back_as_a_local_change(rx):
 
 
 def test_choose_by_time():
-    from deltasync.versions import Kept
+    from deltasync.store.versions import Kept
 
     ks = [Kept(i, "p", f"n{i}", 1, None, 0, 0o644, (), t, "", "replaced") for i, t in ((3, 300.0), (2, 200.0),
                                                                                          (1, 100.0))]

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..limits import MAX_IGNORE_BYTES, MAX_IGNORE_PATTERNS
+from ..core.limits import MAX_IGNORE_BYTES, MAX_IGNORE_PATTERNS
 from .safe import TMP_PREFIX, is_reserved
 
 log = logging.getLogger(__name__)

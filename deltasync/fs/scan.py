@@ -11,10 +11,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .. import hashing, identity
-from .. import version as vv
-from ..entry import DIR, FILE, SYMLINK, Entry
-from ..manifest import Manifest, Seen
-from ..plan import DELTA_MIN, SEGMENT_SIZE
+from ..core import version as vv
+from ..core.entry import DIR, FILE, SYMLINK, Entry
+from ..store.manifest import Manifest, Seen
+from ..core.plan import DELTA_MIN, SEGMENT_SIZE
 from .ignore import Ignore
 from .safe import DIR_FLAGS, is_reserved
 

@@ -13,7 +13,7 @@ import pytest
 from conftest import Serve, attack, digest, push_json
 from deltasync import engine, hashing, identity
 from deltasync.config import Folder
-from deltasync.protocol import encode
+from deltasync.wire.framing import encode
 from deltasync.transport import MAGIC
 
 

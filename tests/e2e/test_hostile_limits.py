@@ -16,7 +16,7 @@ import pytest
 from conftest import DELTASYNC, Serve, attack, digest, ds, push_json
 from deltasync import engines, hashing
 from deltasync.config import Folder
-from deltasync.protocol import encode, encode_parts, json_body
+from deltasync.wire.framing import encode, encode_parts, json_body
 from deltasync.session import hello_frame
 from deltasync.transport import MAGIC, Admission, connect, serve
 

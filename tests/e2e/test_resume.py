@@ -172,7 +172,7 @@ def test_receiver_serves_signatures_from_its_cache(tmp_path, monkeypatch):
     from deltasync import engine, hashing
     from deltasync.apply import Receiver
     from deltasync.config import Folder
-    from deltasync.manifest import Manifest
+    from deltasync.store.manifest import Manifest
 
     folder, _, _ = Folder.init(tmp_path / "B")
     (folder.root / "f").write_bytes(os.urandom(3 * SEGMENT))

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from . import version as vv
-from .entry import Entry
+from ..core import version as vv
+from ..core.entry import Entry
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (

@@ -13,7 +13,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
-from .errors import ProtocolError
+from ..errors import ProtocolError
 
 PROTOCOL_VERSIONS = (1,)
 MAX_HEADER = 64 * 1024

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import ProtocolError
+from ..errors import ProtocolError
 from .limits import INT64_MAX, MAX_VECTOR_KEY_LEN, MAX_VECTOR_KEYS
 
 Version = tuple[tuple[str, int], ...]

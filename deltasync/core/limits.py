@@ -1,4 +1,5 @@
-"""Every bound on what a peer can make us spend, in one place.
+"""Every bound on what a peer can make us spend, and the sizes the transfer is
+cut into, in one place.
 
 A number that arrives from the wire is a claim, not a fact: it is checked
 against these ranges *before* any loop, allocation or file scales with it.
@@ -7,9 +8,24 @@ the values here are the ones no setting can lift.
 """
 from __future__ import annotations
 
-from .errors import ProtocolError
+from ..errors import ProtocolError
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+# how a transfer is cut
+SEGMENT_SIZE = 4 * 1024 * 1024  # a big file travels in segments, each verified and journaled on arrival
+# Files below this travel whole, many per frame: for them a signature round
+# trip and per-file bookkeeping cost more than the bytes a delta could save
+# (at most 128 KiB per file, 10 ms at 100 Mbit/s).
+DELTA_MIN = 128 * 1024
+BATCH_BYTES = 4 * 1024 * 1024  # small files' bytes in one `send_file` frame
+BATCH_FILES = 1000  # small files in one `send_file` frame
+OPS_BYTES = 4 * 1024 * 1024  # a `send_changes` body
+OPS_PER_FRAME = 500
+REQUEST_BATCH = 200  # small files asked for in one `request_file`
+# small files received are written aside and made durable together, every so many
+MAX_STAGED_FILES = 5000
+MAX_STAGED_BYTES = 64 * 1024 * 1024  # on disk, in .deltasync/tmp; not in memory
 
 # files and segments
 MIN_SEGMENT = 64 * 1024

@@ -11,12 +11,7 @@ from typing import Any, Iterable
 from . import limits
 from . import version as vv
 from .entry import DIR, FILE, SYMLINK, Entry
-
-SEGMENT_SIZE = 4 * 1024 * 1024
-# Files below this travel whole, many per frame: for them a signature round
-# trip and per-file bookkeeping cost more than the bytes a delta could save
-# (at most 128 KiB per file, 10 ms at 100 Mbit/s).
-DELTA_MIN = 128 * 1024
+from .limits import DELTA_MIN, SEGMENT_SIZE
 
 
 @dataclass(frozen=True)
@@ -44,6 +39,10 @@ class PartialInfo:
                 and all(type(i) is int and 0 <= i < most for i in done)):
             return None
         return cls(path, str(target), replaces, seg, frozenset(done))
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"path": self.path, "target_blake3": self.target_blake3, "replaces": self.replaces,
+                "segment_size": self.segment_size, "done": sorted(self.done)}
 
 
 def _is_digest(value: Any) -> bool:
@@ -104,6 +103,25 @@ class Plan:
         out += [{"op": "blocked", "path": p, "reason": r} for p, r in self.blocked]
         out += [{"op": "skip_newer", "path": p} for p in self.skipped]
         return out
+
+
+@dataclass(frozen=True)
+class Step:
+    """One kind of work in a plan, in the order `steps` gives."""
+
+    kind: str  # copy, delete, mkdir, small, symlink, meta, large, dir_meta
+    items: list[Any]
+
+
+def steps(plan: Plan) -> list[Step]:
+    """The order a plan is carried out in, whichever way it goes (pushed to the
+    peer or pulled from it): copies first (a rename's origin must still be
+    there), deletes (deepest first), new directories, small files, symlinks,
+    metadata, big files, and directory metadata last (writing into a directory
+    moves its mtime)."""
+    order = [("copy", plan.copies), ("delete", plan.deletes), ("mkdir", plan.mkdirs), ("small", plan.small),
+             ("symlink", plan.symlinks), ("meta", plan.meta), ("large", plan.large), ("dir_meta", plan.dir_meta)]
+    return [Step(kind, items) for kind, items in order if items]
 
 
 def _parents(path: str) -> Iterable[str]:

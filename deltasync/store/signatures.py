@@ -10,12 +10,12 @@ from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO, Callable
 
-from . import engine, engines
-from .entry import Entry
-from .errors import TransferFailed
-from .fs.safe import SafeRoot
+from .. import engine, engines
+from ..core.entry import Entry
+from ..errors import TransferFailed
+from ..fs.safe import SafeRoot
 from .manifest import Manifest
-from .plan import DELTA_MIN
+from ..core.plan import DELTA_MIN
 
 
 class _Interruptible:

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import version as vv
-from .errors import TransferFailed, UsageError
-from .fs import safe
+from ..core import version as vv
+from ..errors import TransferFailed, UsageError
+from ..fs import safe
 from .manifest import Manifest
 
 log = logging.getLogger(__name__)
@@ -202,7 +202,7 @@ def choose(kept: list[Kept], path: str, at: float | None = None, number: int | N
 def restore(folder: Any, path: str, at: float | None = None, number: int | None = None) -> Kept:
     """Put a kept version back at `path`, as a new local change (so it syncs).
     The file there now, if any, is kept as a version first: a restore is undoable."""
-    from .apply import _tmp_name
+    from ..apply import _tmp_name
 
     safe.check_relpath(path)
     manifest = Manifest(folder.db)

@@ -7,7 +7,7 @@ from typing import Any
 
 from . import limits
 from . import version as vv
-from .errors import ProtocolError
+from ..errors import ProtocolError
 
 FILE, DIR, SYMLINK = "file", "dir", "symlink"
 KINDS = (FILE, DIR, SYMLINK)
