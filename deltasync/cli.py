@@ -153,7 +153,7 @@ def serve(directory: Path = DirArg,
     Example: deltasync serve ./B --listen 127.0.0.1:8730
     """
     from .config import Folder
-    from .server import run
+    from .run.server import run
 
     _logging(verbose, quiet)
 
@@ -181,9 +181,10 @@ def _session(mode: str, directory: Path, peer: str, delete: bool, dry_run: bool,
              bwlimit: Optional[str], as_json: bool, verbose: int, quiet: bool, compress: bool,
              force: bool = False, update: bool = False) -> None:
     """push, pull and sync are one flow with a different plan."""
-    from . import client, progress
+    from . import progress
     from .config import Folder
-    from .transport import parse_rate
+    from .run import client, report as reports
+    from .run.channel import parse_rate
 
     _logging(verbose, quiet)
     rate = _run(lambda: parse_rate(bwlimit)) if bwlimit else None
@@ -199,7 +200,7 @@ def _session(mode: str, directory: Path, peer: str, delete: bool, dry_run: bool,
                    f"delta, {report.files_received} received, {report.files_unchanged} unchanged, "
                    f"{report.files_deleted} deleted, {report.files_failed} failed, {len(report.conflicts)} "
                    f"conflicts; {report.bytes_sent} bytes sent in {report.seconds:.2f} s", err=True)
-    _run(lambda: client.check(report, force))
+    _run(lambda: reports.check(report, force))
 
 
 @app.command()
@@ -255,7 +256,7 @@ def watch(directory: Path = DirArg,
     Example: deltasync watch ./A --listen 10.0.0.1:8730 --peer 10.0.0.2:8730
     """
     from .config import Folder
-    from .watch import Watcher
+    from .run.watch import Watcher
 
     _logging(max(verbose, 0 if quiet or as_json else 1), quiet)
 

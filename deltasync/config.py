@@ -183,7 +183,7 @@ class Folder:
         if pid == self.peer_id:
             raise UsageError("that is this folder's own peer ID; trust the other folder's (run `deltasync id` there)")
         if address is not None:
-            from .transport import split_address
+            from .transports.tls import split_address
 
             split_address(address)  # a usage error, now rather than at the first sync
         cfg = self.config()

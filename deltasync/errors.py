@@ -33,6 +33,14 @@ class ProtocolError(DeltasyncError):
     """A peer sent bytes that are not a valid frame or message here."""
 
 
+class RemoteError(DeltasyncError):
+    """The peer ended the session with its own `error` message."""
+
+
+class PeerBusy(RemoteError):
+    """The peer is syncing with us already, or is full: retry later."""
+
+
 class UnsafePath(ProtocolError):
     """A peer's path would leave the folder or touch something we never let it touch."""
 

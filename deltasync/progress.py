@@ -10,7 +10,7 @@ from typing import Any
 log = logging.getLogger("deltasync")
 
 
-class Quiet:
+class Progress:
     """The hooks the transfer code calls; this one shows nothing."""
 
     def start(self, files: int, size: int) -> None:
@@ -26,7 +26,7 @@ class Quiet:
         pass
 
 
-class Lines(Quiet):
+class Lines(Progress):
     """One log line per file (shown with -v), for logs and pipes."""
 
     def start(self, files: int, size: int) -> None:
@@ -36,7 +36,7 @@ class Lines(Quiet):
         log.info("%s %s", "done" if ok else "FAILED", path)
 
 
-class Bar(Quiet):
+class Bar(Progress):
     """A rich progress bar on stderr: files, bytes, rate, ETA, current file."""
 
     def __init__(self) -> None:
@@ -75,7 +75,7 @@ class Bar(Quiet):
             self._p.stop()
 
 
-def choose(quiet: bool) -> Quiet:
+def choose(quiet: bool) -> Progress:
     if quiet:
-        return Quiet()
+        return Progress()
     return Bar() if sys.stderr.isatty() else Lines()

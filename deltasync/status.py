@@ -7,8 +7,7 @@ from typing import Any
 
 from . import identity
 from .config import Folder
-from .fs.ignore import Ignore
-from .fs.scan import scan
+from .fs.scan import scan_folder
 from .store.manifest import Manifest
 
 
@@ -24,7 +23,7 @@ def collect(directory: Path) -> dict[str, Any]:
         seen = m.last_synced()
         partials = m.partials()
         known = m.seen()
-        look = scan(folder.root, m, Ignore.for_folder(folder.root), folder.short_id, record=False)
+        look = scan_folder(folder, m, record=False)
     finally:
         m.close()
     conflicts = sorted(p for p, s in known.items() if not s.entry.deleted and ".sync-conflict-" in p.rsplit("/", 1)[-1])

@@ -172,7 +172,7 @@ NETPAIR = ROOT / "bench" / "netpair.sh"
 @pytest.fixture
 def rx(tmp_path):
     """A receiver on a fresh folder B, without a network."""
-    from deltasync.apply import Receiver
+    from deltasync.store.receiver import Receiver
     from deltasync.config import Folder
     from deltasync.store.manifest import Manifest
 
@@ -184,15 +184,35 @@ def rx(tmp_path):
     m.close()
 
 
+def wire(action: str, body: bytes = b"", **header):
+    """A message as a peer's frame would arrive: encoded, decoded, inflated, parsed (and so validated)."""
+    from deltasync.wire.framing import FrameDecoder, encode, inflate
+    from deltasync.wire.messages import parse
+
+    (frame,) = FrameDecoder().feed(encode(action, body, **header))
+    return parse(inflate(frame))
+
+
+def hello_frame(peer_id: str) -> bytes:
+    from deltasync.wire.messages import Hello
+
+    return b"".join(Hello.ours(peer_id).parts())
+
+
+async def raw_channel(client, address: str):
+    """Frames to a live server with no conversation machine on our side: a hostile client's tool."""
+    from deltasync.run.channel import Channel
+    from deltasync.transports.tls import connect
+
+    return Channel(await connect(client, address))
+
+
 async def attack(client, address: str, frames: list[bytes], say_hello: bool = True, read_for: float = 10.0) -> list:
     """A trusted client that sends `frames` after a hello; what came back (frames, or the exception that ended it)."""
     import asyncio
     import time
 
-    from deltasync.session import hello_frame
-    from deltasync.transport import connect
-
-    conn = await connect(client, address)
+    conn = await raw_channel(client, address)
     got: list = []
     try:
         if say_hello:

@@ -3,36 +3,40 @@ import os
 
 import pytest
 
+from dataclasses import replace
+
+from conftest import wire
 from deltasync import hashing
 from deltasync.errors import ProtocolError, TransferFailed, UnsafePath
+from deltasync.wire.messages import Op
 
 SEG = 64 * 1024  # the smallest segment a peer may use
 
 
 def begin(rx, path, data, replaces=None, basis=None):
-    return rx.begin({"path": path, "size": len(data), "mtime_ns": 5, "mode": 0o644,
-                     "blake3": hashing.of_bytes(data), "segment_size": SEG, "basis": basis, "replaces": replaces})
+    return rx.begin(wire("begin_file", path=path, size=len(data), mtime_ns=5, mode=0o644,
+                         blake3=hashing.of_bytes(data), segment_size=SEG, basis=basis, replaces=replaces))
 
 
 def seg(inc, data, i, digest=None):
     chunk = data[i * SEG:(i + 1) * SEG]
-    return {"index": i, "offset": i * SEG, "length": len(chunk), "blake3": digest or hashing.of_bytes(chunk),
-            "literal": True}, chunk
+    return wire("send_delta", chunk, path=inc.partial.path, index=i, offset=i * SEG, length=len(chunk),
+                blake3=digest or hashing.of_bytes(chunk), literal=True)
 
 
 def test_literal_file_in_segments_then_resume_after_abandon(rx):
     data = os.urandom(3 * SEG + 100)
     inc = begin(rx, "f", data)
-    rx.segment(inc, *seg(inc, data, 0))
-    rx.segment(inc, *seg(inc, data, 2))
+    rx.segment(inc, seg(inc, data, 0))
+    rx.segment(inc, seg(inc, data, 2))
     rx.abandon(inc)  # the connection dropped
     (p,) = rx.manifest.partials()
     assert p.done == {0, 2}
     assert not (rx.folder.root / "f").exists()
     inc = begin(rx, "f", data)  # a new session resumes the same partial
     assert inc.done == {0, 2}
-    rx.segment(inc, *seg(inc, data, 1))
-    rx.segment(inc, *seg(inc, data, 3))
+    rx.segment(inc, seg(inc, data, 1))
+    rx.segment(inc, seg(inc, data, 3))
     assert rx.finish(inc).ok
     assert (rx.folder.root / "f").read_bytes() == data
     assert rx.manifest.partials() == [] and list(rx.folder.partials.iterdir()) == []
@@ -41,12 +45,12 @@ def test_literal_file_in_segments_then_resume_after_abandon(rx):
 def test_bad_segment_hash_is_refused_and_not_journaled(rx):
     data = os.urandom(2 * SEG)
     inc = begin(rx, "f", data)
-    h, chunk = seg(inc, data, 0)
+    h = seg(inc, data, 0)
     with pytest.raises(ProtocolError, match="verification"):
-        rx.segment(inc, h, chunk[:-1] + b"!")
+        rx.segment(inc, replace(h, body=h.body[:-1] + b"!"))
     assert rx.manifest.partials()[0].done == frozenset()
     with pytest.raises(ProtocolError, match="out of range"):
-        rx.segment(inc, dict(h, index=9, offset=9 * SEG), chunk)
+        rx.segment(inc, replace(h, index=9, offset=9 * SEG))
     rx.abandon(inc)
 
 
@@ -58,8 +62,9 @@ def test_file_changed_here_is_never_overwritten(rx):
     with pytest.raises(TransferFailed, match="changed here"):
         begin(rx, "f", b"new", replaces="0" * 64)
     staged = []
-    results = rx.stage_small([{"path": "f", "size": 3, "mtime_ns": 1, "mode": 0o644,
-                               "blake3": hashing.of_bytes(b"new"), "replaces": None}], b"new", staged)
+    results = rx.stage_small(wire("send_file", b"new", files=[{"path": "f", "size": 3, "mtime_ns": 1, "mode": 0o644,
+                                                               "blake3": hashing.of_bytes(b"new"),
+                                                               "replaces": None}]), staged)
     assert not results[0].ok and staged == []
     assert target.read_bytes() == b"local edit the sender never saw"
 
@@ -69,7 +74,7 @@ def test_edit_during_transfer_blocks_the_final_rename(rx):
     target.write_bytes(b"v1")
     data = os.urandom(SEG)
     inc = begin(rx, "f", data, replaces=hashing.of_bytes(b"v1"))
-    rx.segment(inc, *seg(inc, data, 0))
+    rx.segment(inc, seg(inc, data, 0))
     target.write_bytes(b"v1 edited here meanwhile")
     with pytest.raises(TransferFailed, match="changed here"):
         rx.finish(inc)
@@ -82,18 +87,19 @@ def test_hostile_paths_and_ops(rx, tmp_path):
         with pytest.raises((UnsafePath, TransferFailed)):
             begin(rx, path, b"x")
         with pytest.raises((UnsafePath, ProtocolError)):
-            rx.apply_op({"op": "mkdir", "path": path, "kind": "dir", "mode": 0o755})
+            rx.apply_op(Op.from_wire({"op": "mkdir", "path": path, "kind": "dir", "mode": 0o755}))
     with pytest.raises(ProtocolError):
-        rx.apply_op({"op": "chmod-everything", "path": "a", "kind": "dir"})
+        rx.apply_op(Op.from_wire({"op": "chmod-everything", "path": "a", "kind": "dir"}))
     with pytest.raises(ProtocolError, match="add up"):
-        rx.stage_small([{"path": "a", "size": 10, "mtime_ns": 1, "mode": 0, "blake3": "0" * 64}], b"short", [])
+        rx.stage_small(wire("send_file", b"short", files=[{"path": "a", "size": 10, "mtime_ns": 1, "mode": 0,
+                                                             "blake3": "0" * 64}]), [])
     assert sorted(os.listdir(tmp_path)) == ["B"]
 
 
 def test_partial_for_another_target_or_basis_starts_over(rx):
     data = os.urandom(3 * SEG)
     inc = begin(rx, "f", data)
-    rx.segment(inc, *seg(inc, data, 0))
+    rx.segment(inc, seg(inc, data, 0))
     rx.abandon(inc)
     (old,) = rx.manifest.partials()
     other = os.urandom(3 * SEG)  # the source changed before the resume: a new target version
@@ -107,7 +113,7 @@ def test_partial_for_another_target_or_basis_starts_over(rx):
 def test_stale_partials_are_cleaned(rx):
     data = os.urandom(2 * SEG)
     inc = begin(rx, "f", data)
-    rx.segment(inc, *seg(inc, data, 0))
+    rx.segment(inc, seg(inc, data, 0))
     rx.abandon(inc)
     assert rx.clean_stale(3600) == 0 and len(rx.manifest.partials()) == 1
     assert rx.clean_stale(-1) == 1
@@ -120,13 +126,13 @@ def test_unchanged_segments_are_copied_from_the_basis(rx):
     new = old[:SEG] + os.urandom(SEG) + old[2 * SEG:]
     b3 = hashing.of_bytes(old)
     inc = begin(rx, "f", new, replaces=b3, basis=b3)
-    h0, _ = seg(inc, new, 0)
-    rx.segment(inc, dict(h0, literal=False, same=True), b"")
-    rx.segment(inc, *seg(inc, new, 1))
-    h2, _ = seg(inc, new, 2)
+    h0 = seg(inc, new, 0)
+    rx.segment(inc, replace(h0, literal=False, same=True, body=b""))
+    rx.segment(inc, seg(inc, new, 1))
+    h2 = seg(inc, new, 2)
     with pytest.raises(ProtocolError, match="not what the basis holds"):
-        rx.segment(inc, dict(h2, literal=False, same=True, blake3=h0["blake3"]), b"")
-    rx.segment(inc, dict(h2, literal=False, same=True), b"")
+        rx.segment(inc, replace(h2, literal=False, same=True, blake3=h0.blake3, body=b""))
+    rx.segment(inc, replace(h2, literal=False, same=True, body=b""))
     assert rx.finish(inc).ok
     assert (rx.folder.root / "f").read_bytes() == new
     assert rx.manifest.segments_of(hashing.of_bytes(new), SEG) is not None
@@ -137,8 +143,8 @@ def test_small_files_are_staged_then_committed_together(rx):
     files = {f"d/f{i}": os.urandom(100 + i) for i in range(5)}
     metas = [{"path": p, "size": len(d), "mtime_ns": 7, "mode": 0o600, "blake3": hashing.of_bytes(d),
               "replaces": None} for p, d in files.items()]
-    assert rx.stage_small(metas[:2], b"".join(list(files.values())[:2]), staged) == []
-    assert rx.stage_small(metas[2:], b"".join(list(files.values())[2:]), staged) == []
+    assert rx.stage_small(wire("send_file", b"".join(list(files.values())[:2]), files=metas[:2]), staged) == []
+    assert rx.stage_small(wire("send_file", b"".join(list(files.values())[2:]), files=metas[2:]), staged) == []
     assert len(staged) == 5 and not (rx.folder.root / "d").exists()  # nothing in place before the commit
     results = rx.commit_small(staged)
     assert all(r.ok for r in results) and staged == []

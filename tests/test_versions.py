@@ -5,19 +5,21 @@ import time
 
 import pytest
 
+from conftest import wire
 from deltasync import hashing
-from deltasync.apply import Writer
+from deltasync.store.claims import Ticket
+from deltasync.wire.messages import Op
 from deltasync.errors import UsageError
 from deltasync.fs.scan import scan
 from deltasync.store.versions import Versions, choose, parse_when, restore
 
 
 def send_small(rx, path, data, replaces=None, peer="PEERAAAAAAAA"):
-    w = Writer(peer)
+    w = Ticket(peer)
     staged = []
     meta = {"path": path, "size": len(data), "mtime_ns": 1_000_000_000, "mode": 0o644,
             "blake3": hashing.of_bytes(data), "replaces": replaces}
-    assert rx.stage_small([meta], data, staged, w) == []
+    assert rx.stage_small(wire("send_file", data, files=[meta]), staged, w) == []
     (res,) = rx.commit_small(staged, w)
     assert res.ok, res
     return res
@@ -42,8 +44,8 @@ def test_delete_moves_the_file_into_versions(rx):
     (root / "gone").write_bytes(b"keep me")
     scan(root, rx.manifest, me="HERE")
     e = rx.manifest.get("gone").entry
-    res = rx.apply_op({"op": "delete", "path": "gone", "kind": "file", "size": e.size, "blake3": e.blake3,
-                       "mtime_ns": e.mtime_ns, "mode": e.mode}, Writer("PEER"))
+    res = rx.apply_op(Op.from_wire({"op": "delete", "path": "gone", "kind": "file", "size": e.size,
+                                    "blake3": e.blake3, "mtime_ns": e.mtime_ns, "mode": e.mode}), Ticket("PEER"))
     assert res.ok and not (root / "gone").exists()
     (k,) = rx.versions.list("gone")
     assert k.reason == "deleted" and (root / ".deltasync" / "versions" / k.name).read_bytes() == b"keep me"
@@ -117,11 +119,12 @@ def test_crash_between_link_and_rename_loses_nothing(rx, monkeypatch):
         return real_rename(src, dst, *a, **kw)
 
     monkeypatch.setattr(os, "rename", crash)
-    w = Writer("PEER")
+    w = Ticket("PEER")
     staged = []
     data = b"incoming"
-    rx.stage_small([{"path": "f", "size": len(data), "mtime_ns": 1, "mode": 0o644,
-                     "blake3": hashing.of_bytes(data), "replaces": hashing.of_bytes(b"precious")}], data, staged, w)
+    rx.stage_small(wire("send_file", data, files=[{"path": "f", "size": len(data), "mtime_ns": 1, "mode": 0o644,
+                                                    "blake3": hashing.of_bytes(data),
+                                                    "replaces": hashing.of_bytes(b"precious")}]), staged, w)
     (res,) = rx.commit_small(staged, w)
     assert not res.ok
     assert (root / "f").read_bytes() == b"precious"  # the old file is where it was
@@ -154,10 +157,11 @@ def test_a_link_that_fails_refuses_the_replace(rx, monkeypatch):
         raise OSError(18, "Invalid cross-device link")
 
     monkeypatch.setattr(os, "link", no_link)
-    w = Writer("PEER")
+    w = Ticket("PEER")
     staged = []
-    rx.stage_small([{"path": "f", "size": 3, "mtime_ns": 1, "mode": 0o644, "blake3": hashing.of_bytes(b"new"),
-                     "replaces": hashing.of_bytes(b"old")}], b"new", staged, w)
+    rx.stage_small(wire("send_file", b"new", files=[{"path": "f", "size": 3, "mtime_ns": 1, "mode": 0o644,
+                                                      "blake3": hashing.of_bytes(b"new"),
+                                                      "replaces": hashing.of_bytes(b"old")}]), staged, w)
     (res,) = rx.commit_small(staged, w)
     assert not res.ok and "cannot keep" in res.error
     assert (root / "f").read_bytes() == b"old"

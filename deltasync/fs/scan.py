@@ -9,14 +9,19 @@ import ssl
 import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import hashing, identity
 from ..core import version as vv
 from ..core.entry import DIR, FILE, SYMLINK, Entry
+from ..core.limits import DELTA_MIN, SEGMENT_SIZE
+from ..errors import UsageError
 from ..store.manifest import Manifest, Seen
-from ..core.plan import DELTA_MIN, SEGMENT_SIZE
 from .ignore import Ignore
 from .safe import DIR_FLAGS, is_reserved
+
+if TYPE_CHECKING:
+    from ..config import Folder
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +35,15 @@ class ScanResult:
     errors: list[tuple[str, str]] = field(default_factory=list)  # (path, why) of what we could not read
     nested: dict[str, str] = field(default_factory=dict)  # folder path -> peer ID of a shared folder inside ours
     changed: list[str] = field(default_factory=list)
+    ignore: Ignore = field(default_factory=Ignore)  # the rules it followed (a peer's index is filtered by them too)
+
+    def refuse_nesting(self, peer_id: str, whose: str) -> None:
+        """A peer whose folder lies inside ours would receive our tree into itself, again
+        and again (`S/inner/inner/...`): refuse before anything moves."""
+        inside = next((path for path, pid in self.nested.items() if pid == peer_id), None)
+        if inside is not None:
+            raise UsageError(f"{whose} folder is inside this one (at {inside}/): syncing them would copy the folder "
+                             f"into itself; exclude {inside}/ or sync a folder that does not contain the other")
 
     def skip(self, path: str, why: str) -> None:
         self.skipped.append(path)
@@ -86,7 +100,7 @@ def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None, me: str =
     cannot be read is listed in `errors` (and never taken for a delete)."""
     ignore = ignore or Ignore.for_folder(root)
     seen = manifest.seen()
-    result = ScanResult({})
+    result = ScanResult({}, ignore=ignore)
     rows: list[Seen] = []
     segments: list[tuple[str, int, bytes]] = []
 
@@ -210,3 +224,10 @@ def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None, me: str =
 
 class _Unstable(Exception):
     """A file changed while we hashed it."""
+
+
+def scan_folder(folder: "Folder", manifest: Manifest, excludes: list[str] | None = None,
+                record: bool = True) -> ScanResult:
+    """Our folder's index as every command takes it: its `.deltasyncignore` plus
+    `excludes`, and our own key in version vectors."""
+    return scan(folder.root, manifest, Ignore.for_folder(folder.root, excludes), folder.short_id, record)

@@ -15,7 +15,7 @@ from ..core.entry import Entry
 from ..errors import TransferFailed
 from ..fs.safe import SafeRoot
 from .manifest import Manifest
-from ..core.plan import DELTA_MIN
+from ..core.limits import DELTA_MIN
 
 
 class _Interruptible:
@@ -40,11 +40,13 @@ class _Interruptible:
 
 
 class Signatures:
-    def __init__(self, root: SafeRoot, manifest: Manifest, current: Callable[[str], Entry | None]) -> None:
+    def __init__(self, root: SafeRoot, manifest: Manifest, current: Callable[[str], Entry | None],
+                 background: bool = True) -> None:
         self._root = root
+        self._background = background  # off: no worker thread, nothing precomputed (the cache fills on demand)
         self._manifest = manifest
         self._current = current  # what a path holds now (to never cache a signature of a stale read)
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="signature")
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="signature") if background else None
         self._jobs: dict[tuple[str, str], Future[tuple[int, bytes]]] = {}
         self._stop = threading.Event()
 
@@ -65,9 +67,10 @@ class Signatures:
 
     def precompute(self, entry: Entry) -> None:
         """Compute and cache a version's signature in the background."""
-        if entry.size < DELTA_MIN:
+        if entry.size < DELTA_MIN or not self._background:
             return
         key = (entry.path, entry.blake3 or "")
+        assert self._pool is not None
         fut = self._pool.submit(self._compute, entry)
         self._jobs[key] = fut
         fut.add_done_callback(lambda _f: self._jobs.pop(key, None))
@@ -78,7 +81,8 @@ class Signatures:
         if pending and wait > 0:
             futures.wait(pending, timeout=None if math.isinf(wait) else wait)
         self._stop.set()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _compute(self, entry: Entry, interruptible: bool = True) -> tuple[int, bytes]:
         block = engine.block_len_for(entry.size)

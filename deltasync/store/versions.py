@@ -202,7 +202,7 @@ def choose(kept: list[Kept], path: str, at: float | None = None, number: int | N
 def restore(folder: Any, path: str, at: float | None = None, number: int | None = None) -> Kept:
     """Put a kept version back at `path`, as a new local change (so it syncs).
     The file there now, if any, is kept as a version first: a restore is undoable."""
-    from ..apply import _tmp_name
+    from .local import tmp_name
 
     safe.check_relpath(path)
     manifest = Manifest(folder.db)
@@ -210,7 +210,7 @@ def restore(folder: Any, path: str, at: float | None = None, number: int | None 
         store = Versions(folder.root, manifest, folder.config().folder)
         k = choose(store.list(path), path, at, number)
         src = store.open(k)
-        tmp = folder.tmp / _tmp_name()
+        tmp = folder.tmp / tmp_name()
         try:
             with os.fdopen(src, "rb") as f:
                 safe.write_aside(folder.tmp, tmp.name, iter(lambda: f.read(1 << 20), b""), k.mode, k.mtime_ns)

@@ -14,7 +14,7 @@ from conftest import Serve, attack, digest, push_json
 from deltasync import engine, hashing, identity
 from deltasync.config import Folder
 from deltasync.wire.framing import encode
-from deltasync.transport import MAGIC
+from deltasync.transports.tls import MAGIC
 
 
 def raw(header, body=b""):

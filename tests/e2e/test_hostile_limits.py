@@ -13,12 +13,12 @@ import time
 
 import pytest
 
-from conftest import DELTASYNC, Serve, attack, digest, ds, push_json
+from conftest import DELTASYNC, Serve, attack, digest, ds, hello_frame, push_json, raw_channel
 from deltasync import engines, hashing
 from deltasync.config import Folder
+from deltasync.run.channel import Channel
+from deltasync.transports.tls import MAGIC, Admission, serve
 from deltasync.wire.framing import encode, encode_parts, json_body
-from deltasync.session import hello_frame
-from deltasync.transport import MAGIC, Admission, connect, serve
 
 RSS_LIMIT_MIB = 256
 
@@ -148,7 +148,7 @@ def test_hostile_signature_is_refused(arena):
         struct.pack(">I", 7) + os.urandom(strong) for _ in range(blocks))  # every block: one weak sum
 
     async def go():
-        conn = await connect(Folder.open(a), s.address)
+        conn = await raw_channel(Folder.open(a), s.address)
         try:
             await conn.send(hello_frame(Folder.open(a).peer_id))
             await conn.recv()
@@ -281,7 +281,8 @@ class FakeServer:
     def _run(self):
         asyncio.set_event_loop(self.loop)
 
-        async def handler(conn):
+        async def handler(transport):
+            conn = Channel(transport)
             await conn.recv()
             await conn.send(hello_frame(self.folder.peer_id))
             await conn.recv()

@@ -170,7 +170,7 @@ def test_pull_resumes_from_the_pullers_journal(served):
 
 def test_receiver_serves_signatures_from_its_cache(tmp_path, monkeypatch):
     from deltasync import engine, hashing
-    from deltasync.apply import Receiver
+    from deltasync.store.receiver import Receiver
     from deltasync.config import Folder
     from deltasync.store.manifest import Manifest
 

@@ -1,4 +1,4 @@
-"""Sockets: asyncio streams, the trust preamble, TLS 1.3, and frames.
+"""TLS 1.3 over TCP: asyncio streams, the trust preamble, and admission.
 
 The only module that touches the network. How a connection starts:
 
@@ -21,14 +21,13 @@ import logging
 import socket
 import ssl
 import struct
-import time
-from dataclasses import dataclass
 from typing import Awaitable, Callable
 
-from . import identity
-from .config import Folder
-from .errors import DeltasyncError, PeerRefused, PeerUnreachable, ProtocolError, UsageError
-from .wire.framing import Frame, FrameDecoder, encode, inflate
+from .. import identity
+from ..config import Folder
+from ..errors import DeltasyncError, PeerRefused, PeerUnreachable, ProtocolError, UsageError
+from ..wire.messages import Error
+from .base import Peer
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +38,8 @@ WRITE_SLICE = 256 * 1024
 _OK, _REFUSED = b"\x00", b"\x01"
 
 
-@dataclass
-class Peer:
-    id: str
-    address: str
-
-
-class Connection:
-    """Frames over one TLS stream, with byte counters and an idle timeout."""
+class TlsTransport:
+    """One TLS stream, with byte counters and an idle timeout."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer,
                  idle_timeout: float = 300.0) -> None:
@@ -54,21 +47,11 @@ class Connection:
         self._writer = writer
         self.peer = peer
         self.idle_timeout = idle_timeout
-        self._decoder = FrameDecoder()
-        self._ready: list[Frame] = []
         self.bytes_sent = 0
         self.bytes_received = 0
-        self.bwlimit: float | None = None  # bytes per second, for what we send
-        self.compress = False  # zstd on big bodies we send (negotiated in hello)
-        self._started = time.monotonic()
 
     async def send(self, *parts: bytes) -> None:
-        """Write a frame (or its parts: header, then body, uncopied) with backpressure."""
-        size = sum(len(p) for p in parts)
-        if self.bwlimit:
-            ahead = (self.bytes_sent + size) / self.bwlimit - (time.monotonic() - self._started)
-            if ahead > 0:
-                await asyncio.sleep(ahead)
+        """Write a frame's parts (header, then body, uncopied) with backpressure."""
         try:
             for p in parts:
                 # big bodies go in slices, each drained: the TLS layer then never holds a
@@ -77,7 +60,7 @@ class Connection:
                     self._writer.write(memoryview(p)[i : i + WRITE_SLICE] if len(p) > WRITE_SLICE else p)
                     if len(p) > WRITE_SLICE:
                         await self._drain()
-            self.bytes_sent += size
+            self.bytes_sent += sum(len(p) for p in parts)
             await self._drain()
         except (ConnectionError, ssl.SSLError) as e:
             raise PeerUnreachable(f"connection to {self.peer.address} lost: {e or type(e).__name__}") from None
@@ -92,22 +75,15 @@ class Connection:
         except asyncio.TimeoutError:
             raise PeerUnreachable(f"{self.peer.address} stopped reading for {self.idle_timeout:.0f} s") from None
 
-    async def recv(self) -> Frame | None:
-        """The next frame, or None on a clean end of stream between frames."""
-        while not self._ready:
-            try:
-                chunk = await asyncio.wait_for(self._reader.read(READ_SIZE), self.idle_timeout)
-            except asyncio.TimeoutError:
-                raise ProtocolError(f"peer idle for {self.idle_timeout:.0f} s") from None
-            except (ConnectionError, ssl.SSLError) as e:
-                raise PeerUnreachable(f"connection to {self.peer.address} lost: {e}") from None
-            if not chunk:
-                if self._decoder.buffered:
-                    raise PeerUnreachable(f"connection to {self.peer.address} closed mid-frame")
-                return None
-            self.bytes_received += len(chunk)
-            self._ready.extend(self._decoder.feed(chunk))
-        return inflate(self._ready.pop(0))
+    async def receive(self) -> bytes:
+        try:
+            chunk = await asyncio.wait_for(self._reader.read(READ_SIZE), self.idle_timeout)
+        except asyncio.TimeoutError:
+            raise ProtocolError(f"peer idle for {self.idle_timeout:.0f} s") from None
+        except (ConnectionError, ssl.SSLError) as e:
+            raise PeerUnreachable(f"connection to {self.peer.address} lost: {e}") from None
+        self.bytes_received += len(chunk)
+        return chunk
 
     async def close(self) -> None:
         try:
@@ -138,20 +114,6 @@ async def _read_cert(reader: asyncio.StreamReader) -> bytes:
     return await reader.readexactly(n)
 
 
-def parse_rate(text: str) -> float:
-    """`--bwlimit` values like rsync's: a number of KiB/s, or with a K, M or G suffix."""
-    units = {"K": 1024, "M": 1024**2, "G": 1024**3}
-    t = text.strip().upper().removesuffix("B").removesuffix("/S")
-    mult = units.get(t[-1:], None)
-    try:
-        value = float(t[:-1] if mult else t) * (mult or 1024)
-    except ValueError:
-        raise UsageError(f"not a rate: {text!r} (try 10M or 500K)") from None
-    if value <= 0:
-        raise UsageError(f"--bwlimit must be positive, not {text!r}")
-    return value
-
-
 def split_address(address: str) -> tuple[str, int]:
     """HOST:PORT (or [v6]:PORT) -> (host, port); a port outside 0-65535 is a usage error, not a wrap-around."""
     host, sep, port = address.rpartition(":")
@@ -163,7 +125,7 @@ def split_address(address: str) -> tuple[str, int]:
 
 
 async def connect(folder: Folder, address: str, expect_id: str | None = None,
-                  timeout: float = 10.0, idle_timeout: float = 300.0) -> Connection:
+                  timeout: float = 10.0, idle_timeout: float = 300.0) -> TlsTransport:
     """Open a trusted, encrypted connection to the peer at `address`."""
     host, port = split_address(address)
     trusted = folder.config().trusted_ids()
@@ -202,10 +164,10 @@ async def connect(folder: Folder, address: str, expect_id: str | None = None,
     except BaseException:
         writer.close()
         raise
-    return Connection(reader, writer, Peer(peer_id, address), idle_timeout)
+    return TlsTransport(reader, writer, Peer(peer_id, address), idle_timeout)
 
 
-Handler = Callable[[Connection], Awaitable[None]]
+Handler = Callable[[TlsTransport], Awaitable[None]]
 
 
 class Admission:
@@ -290,12 +252,12 @@ async def serve(folder: Folder, host: str, port: int, handler: Handler, handshak
             return
         finally:
             adm.leave(writer)
-        conn = Connection(reader, writer, Peer(identity.fingerprint(peer_der), address), idle_timeout)
+        conn = TlsTransport(reader, writer, Peer(identity.fingerprint(peer_der), address), idle_timeout)
         why = adm.open_session(conn.peer.id)
         if why is not None:
             log.warning("peer %s: %s", identity.format_id(conn.peer.id)[:15], why)
             try:
-                await asyncio.wait_for(conn.send(encode("error", message=why)), 5)
+                await asyncio.wait_for(conn.send(*Error(why).parts()), 5)  # before any session: no machine yet
             except (DeltasyncError, asyncio.TimeoutError):
                 pass
             await conn.close()

@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..config import Folder
+from ..errors import DeltasyncError
+from ..fs.safe import has_reserved
 from .client import session
-from .config import Folder
-from .errors import DeltasyncError
-from .fs.safe import has_reserved
 from .server import Server
 from .server import run as serve
 
@@ -85,11 +85,12 @@ class Watcher:
         ok = True
         for peer in self.peers:
             _, pinned = self.folder.config().resolve(peer)
-            if pinned and self.server.busy_with(pinned):
+            registry = self.server.receiver.registry
+            if pinned and registry.busy_with(pinned):
                 ok = False  # that peer is syncing with us right now; look again shortly
                 continue
-            if pinned:
-                self.server.outgoing.add(pinned)
+            # held from before we connect: a crossing session from that peer is told to retry
+            ticket = registry.open(pinned or "", "client")
             try:
                 r = await session(self.folder, peer, "sync", keep_signatures=True)
                 moved = r.files_sent_whole + r.files_sent_delta + r.files_received + r.files_deleted
@@ -102,7 +103,7 @@ class Watcher:
                 self.event("peer_unavailable", peer=peer, error=str(e))
                 ok = False
             finally:
-                self.server.outgoing.discard(pinned or "")
+                registry.close(ticket)
         return ok
 
     async def loop(self) -> None:

@@ -1,0 +1,61 @@
+"""Frames over a transport, for one session: the decoder on the way in, and
+the `--bwlimit` pacing on the way out (a session concern, not the transport's)."""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+
+from ..errors import PeerUnreachable, UsageError
+from ..transports.base import Peer, Transport
+from ..wire.framing import Frame, FrameDecoder, inflate
+
+
+def parse_rate(text: str) -> float:
+    """`--bwlimit` values like rsync's: a number of KiB/s, or with a K, M or G suffix."""
+    units = {"K": 1024, "M": 1024**2, "G": 1024**3}
+    t = text.strip().upper().removesuffix("B").removesuffix("/S")
+    mult = units.get(t[-1:], None)
+    try:
+        value = float(t[:-1] if mult else t) * (mult or 1024)
+    except ValueError:
+        raise UsageError(f"not a rate: {text!r} (try 10M or 500K)") from None
+    if value <= 0:
+        raise UsageError(f"--bwlimit must be positive, not {text!r}")
+    return value
+
+
+class Channel:
+    def __init__(self, transport: Transport, bwlimit: float | None = None) -> None:
+        self.transport = transport
+        self.bwlimit = bwlimit  # bytes per second, for what we send
+        self._decoder = FrameDecoder()
+        self._ready: deque[Frame] = deque()
+        self._paced = 0
+        self._started = time.monotonic()
+
+    @property
+    def peer(self) -> Peer:
+        return self.transport.peer
+
+    async def send(self, *parts: bytes) -> None:
+        if self.bwlimit:
+            self._paced += sum(len(p) for p in parts)
+            ahead = self._paced / self.bwlimit - (time.monotonic() - self._started)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+        await self.transport.send(*parts)
+
+    async def recv(self) -> Frame | None:
+        """The next frame (its body inflated), or None on a clean end between frames."""
+        while not self._ready:
+            chunk = await self.transport.receive()
+            if not chunk:
+                if self._decoder.buffered:
+                    raise PeerUnreachable(f"connection to {self.peer.address} closed mid-frame")
+                return None
+            self._ready.extend(self._decoder.feed(chunk))
+        return inflate(self._ready.popleft())  # one frame at a time: a burst of tiny zstd frames stays small
+
+    async def close(self) -> None:
+        await self.transport.close()

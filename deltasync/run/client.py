@@ -1,0 +1,303 @@
+"""One session against one peer, from the client's end: `push` (make the peer
+hold what we hold, like rsync), `pull` (fetch what the peer has newer, by
+version vectors) or `sync` (both, in one session, with the same conflict rules).
+
+The conversation runs in the driver; here is only what the client decides:
+the plan, and carrying it out in the one order `plan.steps` gives -- pushed
+(`Pusher`: sent to the peer) or pulled (`Puller`: asked of it, or done here).
+The sender never waits per file or per segment: verdicts arrive while frames
+keep flowing.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import replace
+from typing import Awaitable, Callable
+
+from .. import engine
+from ..config import Folder
+from ..core.entry import Entry
+from ..core.limits import DELTA_MIN, REQUEST_BATCH
+from ..core.plan import PartialInfo, Plan, SyncPlan, Transfer, make_plan, plan_sync, steps
+from ..core.result import FileResult
+from ..errors import DeltasyncError, ProtocolError
+from ..fs.scan import scan_folder
+from ..progress import Progress
+from ..store.manifest import Manifest
+from ..store.receiver import Receiver
+from ..transports import tls
+from ..transports.base import Transport
+from ..wire import machine as mc
+from ..wire.framing import Buffer
+from ..wire.messages import Bye, FileRequest, Hello, Op, RequestFile, RequestFileList, RequestSignature, SendFile
+from .channel import Channel
+from .driver import Driver
+from .report import Report
+from .sending import peer_signature
+from .workers import Workers
+
+log = logging.getLogger(__name__)
+OP_OF = {"delete": "delete", "mkdir": "mkdir", "symlink": "symlink", "meta": "meta", "dir_meta": "meta"}
+Connect = Callable[[Folder, str, "str | None", float], Awaitable[Transport]]
+
+
+async def _tls(folder: Folder, address: str, expect: str | None, idle_timeout: float) -> Transport:
+    return await tls.connect(folder, address, expect, idle_timeout=idle_timeout)
+
+
+class Pusher:
+    """A plan carried out by sending it to the peer (push, and the second half of sync)."""
+
+    def __init__(self, driver: Driver, report: Report, manifest: Manifest) -> None:
+        self.driver = driver
+        self.report = report
+        self.manifest = manifest
+
+    async def run(self, plan: Plan) -> None:
+        self.report.expect_push(plan)
+        s = self.driver.sender
+        for step in steps(plan):
+            if step.kind == "copy":
+                await s.ops([Op("copy", e, origin, replaces) for e, origin, replaces in step.items])
+            elif step.kind == "small":
+                for batch in SendFile.batches(step.items):
+                    await s.small(batch)
+            elif step.kind == "large":
+                for t in step.items:
+                    await s.large(t, self._signature)
+            else:
+                await s.ops([Op(OP_OF[step.kind], e) for e in step.items])
+
+    async def _signature(self, t: Transfer) -> Buffer | None:
+        """The peer's signature of the version it holds: from our own cache when
+        we held that content too (no round trip, no signature on the wire)."""
+        assert t.basis is not None
+        cached = self.manifest.signature_of_content(t.basis, engine.SIG_FORMAT)
+        if cached is not None:
+            return cached[1]
+        d = self.driver
+        await d.say(RequestSignature(t.entry.path, t.basis))
+        sig = await d.wait(d.signatures.get())
+        if sig.path != t.entry.path:
+            raise ProtocolError("signature for the wrong file")
+        return await peer_signature(d.workers, sig.body, t) if sig.blake3 == t.basis else None
+
+
+class Puller:
+    """A plan carried out here (pull, and the first half of sync): tree changes
+    applied locally, files asked of the peer and received by the driver."""
+
+    def __init__(self, driver: Driver, receiver: Receiver, report: Report) -> None:
+        self.driver = driver
+        self.receiver = receiver
+        self.report = report
+        self.asked = 0  # request_file frames sent
+
+    async def run(self, sp: SyncPlan) -> None:
+        run = self.driver.workers.run
+        for c in sp.conflicts:
+            if c.loser == "local":
+                await run(self.receiver.move_aside, c.path, c.copy)
+        for step in steps(sp.pull):
+            if step.kind == "copy":
+                for e, origin, replaces in step.items:
+                    await self.driver.verdict(await self._local(
+                        lambda: self.receiver.copy_local(e, origin, replaces, self.driver.ticket), e.path))
+            elif step.kind == "small":
+                for i in range(0, len(step.items), REQUEST_BATCH):
+                    await self._ask([FileRequest(sp.fetch_as.get(e.path, e.path), e.path, str(e.blake3), r)
+                                     for e, r in step.items[i : i + REQUEST_BATCH]])
+            elif step.kind == "large":
+                for t in step.items:
+                    await self._ask_large(t, sp.fetch_as)
+            else:
+                if step.kind == "dir_meta":  # after every file has landed in its directory
+                    await self._answered()
+                for e in step.items:
+                    res = await self._local(lambda: self.receiver.apply_op(Op(OP_OF[step.kind], e),
+                                                                           self.driver.ticket), e.path)
+                    if not res.ok:
+                        self.report.fail(e.path, res.error or "failed")
+                    elif step.kind == "delete":
+                        self.report.files_deleted += 1
+        await self._answered()
+
+    async def _local(self, fn: Callable[[], FileResult], path: str) -> FileResult:
+        try:
+            return await self.driver.workers.run(fn)
+        except (OSError, DeltasyncError) as err:
+            return FileResult.failed(path, str(err))
+
+    async def _ask(self, files: list[FileRequest], sig: bytes = b"") -> None:
+        await self.driver.say(RequestFile(tuple(files), sig))
+        self.asked += 1
+
+    async def _ask_large(self, t: Transfer, fetch_as: dict[str, str]) -> None:
+        basis, sig = t.basis, b""
+        if basis is not None:
+            got = await self.driver.workers.run(self.receiver.signature_for, t.entry.path, basis)
+            if got is None:
+                basis = None  # our copy changed meanwhile: fetch it whole (replaces still guards it)
+            else:
+                sig = got[1]
+        await self._ask([FileRequest(fetch_as.get(t.entry.path, t.entry.path), t.entry.path, str(t.entry.blake3),
+                                     t.replaces, basis, t.segment_size, t.done, t.basis_size)], sig)
+
+    async def _answered(self) -> None:
+        """Wait until every request so far has been answered in full."""
+        d = self.driver
+
+        async def all_answered() -> None:
+            async with d.answered:
+                await d.answered.wait_for(lambda: d.requests_answered >= self.asked)
+
+        await d.wait(all_answered())
+
+
+def _record_merged(manifest: Manifest, merged: dict[str, Entry]) -> None:
+    rows = []
+    for path, e in merged.items():
+        seen = manifest.get(path)
+        if seen is not None:
+            rows.append(replace(seen, entry=replace(seen.entry, version=e.version)))
+    manifest.record(rows)
+
+
+def _work(plans: list[Plan]) -> tuple[int, int]:
+    """Files and bytes a set of plans will move (for progress)."""
+    files = size = 0
+    for p in plans:
+        files += len(p.small) + len(p.large) + len(p.copies)
+        size += sum(e.size for e, _ in p.small)
+        size += sum(t.entry.size - len(t.done) * t.segment_size for t in p.large)
+    return files, max(size, 0)
+
+
+class _Client:
+    """The client's part of a session (the driver's `Host`): verdicts go to the report."""
+
+    def __init__(self, report: Report) -> None:
+        self.report = report
+
+    async def greet(self, hello: Hello) -> str | None:
+        raise ProtocolError("a server does not say hello first")
+
+    async def index(self, dry_run: bool) -> tuple[dict[str, Entry], list[PartialInfo]]:
+        raise ProtocolError("a server does not ask for our index")
+
+    def closing(self) -> None:
+        raise ProtocolError("a server does not say bye first")
+
+    def result(self, r: FileResult, remote: bool) -> None:
+        self.report.result(r, remote)
+
+
+async def session(folder: Folder, target: str, mode: str = "push", delete: bool = False, dry_run: bool = False,
+                  excludes: list[str] | None = None, bwlimit: float | None = None,
+                  progress: Progress | None = None, compress: bool = False, keep_signatures: bool = False,
+                  update: bool = False, connect: Connect = _tls, workers: Workers | None = None) -> Report:
+    """One session with the peer at `target` (HOST:PORT or a peer name)."""
+    progress = progress or Progress()
+    workers = workers or Workers()
+    started = time.monotonic()
+    cfg = folder.config()
+    address, expect = cfg.resolve(target)
+    manifest = Manifest(folder.db)
+    receiver = Receiver(folder, manifest, background=workers.threads)
+    if not dry_run:
+        receiver.clean_stale(float(cfg.setting("partial_max_age_hours")) * 3600)  # orphans of a killed run
+    # our scan runs while we connect and the peer scans: the two overlap
+    scanning = asyncio.ensure_future(workers.run(scan_folder, folder, manifest, excludes, not dry_run))
+    try:
+        transport = await connect(folder, address, expect, float(cfg.setting("idle_timeout")))
+        report = Report()
+        driver = Driver(mc.Conversation(mc.CLIENT, compress, int(cfg.setting("max_index_entries"))),
+                        Channel(transport, bwlimit), receiver, receiver.registry.open(transport.peer.id, "client"),
+                        _Client(report), workers, progress)
+        driver.start()
+        try:
+            await _converse(driver, folder, manifest, receiver, report, mode, delete, dry_run, update, progress,
+                            scanning, excludes)
+        except (OSError, DeltasyncError) as e:
+            why = driver.failure()  # the peer's own account (its error) says more than our broken pipe
+            if why is not None and why is not e and isinstance(why, DeltasyncError):
+                raise why from None
+            raise
+        finally:
+            progress.close()
+            report.literal_bytes += driver.sender.literal_bytes
+            report.bytes_sent = transport.bytes_sent
+            report.bytes_received = transport.bytes_received
+            assert driver.pump_task is not None
+            driver.pump_task.cancel()
+            await asyncio.gather(driver.pump_task, return_exceptions=True)
+            await driver.close()
+            await transport.close()
+        # our new versions' signatures make the next delta cheaper (no signature on the wire): worth
+        # waiting for when the session moved nothing or the caller lives on (watch), else not at all
+        moved = report.literal_bytes or report.files_received
+        await workers.run(receiver.close, math.inf if keep_signatures or not moved else 0.0)
+        report.seconds = time.monotonic() - started
+        return report
+    finally:
+        if not scanning.done():  # never close the manifest under a running scan
+            await asyncio.wait([scanning])
+        if not scanning.cancelled():
+            scanning.exception()  # retrieved: a failed scan was already raised, or the session failed first
+        receiver.close()
+        manifest.close()
+        if workers.threads:
+            workers.close()
+
+
+async def _converse(d: Driver, folder: Folder, manifest: Manifest, receiver: Receiver, report: Report, mode: str,
+                    delete: bool, dry_run: bool, update: bool, progress: Progress,
+                    scanning: "asyncio.Future", excludes: list[str] | None) -> None:
+    peer = d.channel.peer.id
+    await d.say(Hello.ours(folder.peer_id, d.conv.want_compress))
+    await d.wait(d.greeted)
+    await d.say(RequestFileList(dry_run))
+    scanned = await scanning
+    scanned.refuse_nesting(peer, "the peer's")
+    for path, why in scanned.errors:
+        report.fail(path, why)
+    local = scanned.entries
+    if not dry_run:  # cache our versions' signatures while the network works (see Pusher._signature)
+        for e in manifest.missing_signatures(local.values(), DELTA_MIN):
+            receiver.precompute_signature(e)
+    remote, rpartials = await d.wait(d.listed)
+    remote = {p: e for p, e in remote.items() if not scanned.ignore(p, e.kind == "dir")}
+    sp: SyncPlan | None = None
+    if mode == "push":
+        push_plan: Plan | None = make_plan(local, remote, rpartials, delete=delete, me=folder.short_id, update=update)
+    else:
+        lpartials = {p.path: PartialInfo(p.path, p.target_blake3, p.replaces, p.segment_size, p.done)
+                     for p in manifest.partials()}
+        sp = plan_sync(local, remote, folder.short_id, peer[:12], lpartials, rpartials, pull=True,
+                       push=mode == "sync")
+        push_plan = sp.push if mode == "sync" else None
+        report.conflicts = [{"path": c.path, "copy": c.copy, "loser": c.loser} for c in sp.conflicts]
+    for p in ([push_plan] if push_plan else []) + ([sp.pull] if sp else []):
+        report.count(p)
+    if dry_run:
+        report.plan = ([dict(i, direction="pull") for i in sp.pull.items()] if sp else []) + \
+                      ([dict(i, direction="push") for i in push_plan.items()] if push_plan else [])
+    else:
+        progress.start(*_work(([sp.pull] if sp else []) + ([push_plan] if push_plan else [])))
+        if sp is not None:
+            for c in sp.conflicts:
+                log.warning("conflict on %s: the %s version is kept as %s", c.path, c.loser, c.copy)
+            await Puller(d, receiver, report).run(sp)
+            _record_merged(manifest, sp.merged)
+            if push_plan is not None:  # plan the push half on what we hold now (conflict copies too)
+                local = (await d.workers.run(scan_folder, folder, manifest, excludes)).entries
+                push_plan = plan_sync(local, remote, folder.short_id, peer[:12], None, rpartials, pull=False).push
+        if push_plan is not None:
+            await Pusher(d, report, manifest).run(push_plan)
+    await d.say(Bye())
+    await d.wait(d.closed)
+    if not dry_run:
+        manifest.mark_synced(peer, mode)

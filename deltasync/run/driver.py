@@ -1,0 +1,254 @@
+"""One session's loop, for either end: frames from the channel go through the
+conversation machine, and the machine's effects are performed here -- on the
+store (this end's `Intake`) and the sender. Client and server differ only in
+the few effects they answer through their `Host`.
+
+Frames are read ahead into a small bounded queue, so the network keeps
+flowing while a segment is patched and fsynced; when no frame is waiting, the
+small files staged so far are committed.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Awaitable, Protocol, TypeVar
+
+from ..core.entry import FILE, Entry
+from ..core.limits import DELTA_MIN, segments_of
+from ..core.plan import PartialInfo, Transfer
+from ..core.result import FileResult
+from ..errors import ProtocolError, redact
+from ..fs.safe import SafeRoot
+from ..progress import Progress
+from ..store.claims import Ticket
+from ..store.intake import Intake
+from ..store.receiver import Receiver
+from ..wire import machine as mc
+from ..wire.framing import Buffer, Frame
+from ..wire.messages import Ack, Bye, Error, FileList, Hello, Message, RequestDone, RequestFile, SendFile, Signature
+from .channel import Channel
+from .sending import FileSender, peer_signature
+from .workers import Workers
+
+log = logging.getLogger(__name__)
+READ_AHEAD = 1  # frames decoded ahead of the one being applied (each up to 16 MiB)
+T = TypeVar("T")
+
+
+class Host(Protocol):
+    """What only one end answers: the server greets and lists its folder, the client keeps the report."""
+
+    async def greet(self, hello: Hello) -> str | None:
+        """(server) Why this peer cannot have a session now, or None."""
+
+    async def index(self, dry_run: bool) -> tuple[dict[str, Entry], list[PartialInfo]]:
+        """(server) Our index, scanned now."""
+
+    def closing(self) -> None:
+        """(server) The client said bye: the sync is complete."""
+
+    def result(self, r: FileResult, remote: bool) -> None:
+        """(client) A file's verdict: ours, or the peer's (`remote`)."""
+
+
+class Driver:
+    def __init__(self, conv: mc.Conversation, channel: Channel, receiver: Receiver, ticket: Ticket | None,
+                 host: Host, workers: Workers, progress: Progress | None = None) -> None:
+        self.conv = conv
+        self.channel = channel
+        self.receiver = receiver
+        self.ticket = ticket
+        self.host = host
+        self.workers = workers
+        self.progress = progress or Progress()
+        self.intake = Intake(receiver, ticket)
+        self.root = receiver.folder.root
+        self.sender = FileSender(SafeRoot(self.root), self.say, self.verdict, self.progress, workers,
+                                 receiver.manifest.segments_of)
+        self.served: dict[str, Entry] | None = None  # (server) the index we sent, which pulls ask against
+        # (client) what the peer's answers resolve
+        loop = asyncio.get_running_loop()
+        self.greeted: asyncio.Future[Hello] = loop.create_future()
+        self.listed: asyncio.Future[tuple[dict[str, Entry], dict[str, PartialInfo]]] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self.signatures: asyncio.Queue[Signature] = asyncio.Queue()
+        self.answered = asyncio.Condition()
+        self.requests_answered = 0
+        self._entries: dict[str, Entry] = {}
+        self._partials: dict[str, PartialInfo] = {}
+        self.pump_task: asyncio.Task[None] | None = None
+
+    # -- sending ---------------------------------------------------------------
+    async def say(self, m: Message) -> None:
+        await self.channel.send(*self.conv.send(m))
+
+    async def verdict(self, r: FileResult) -> None:
+        """A file's verdict, decided here: to the client's report, or in an `ack` to it."""
+        self.progress.file_done(r.path, r.ok)
+        ack = self.conv.verdict(r.path, r.ok, r.whole, r.kept, redact(r.error, self.root) if r.error else None)
+        if ack is not None:
+            await self.say(ack)
+        else:
+            self.host.result(r, remote=False)
+
+    # -- receiving -------------------------------------------------------------
+    def start(self) -> asyncio.Task[None]:
+        self.pump_task = asyncio.create_task(self.pump())
+        return self.pump_task
+
+    async def pump(self) -> None:
+        """Read and handle frames until the session is over (or broken: raised)."""
+        queue: asyncio.Queue[Frame | None | BaseException] = asyncio.Queue(READ_AHEAD)
+
+        async def read_ahead() -> None:
+            try:
+                while True:
+                    frame = await self.channel.recv()
+                    await queue.put(frame)
+                    if frame is None or frame.action in ("bye", "error"):
+                        return
+            except BaseException as e:  # delivered to the handling loop in order
+                await queue.put(e)
+
+        reader = asyncio.create_task(read_ahead())
+        try:
+            while not self.conv.finished:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if item is None:
+                    raise ProtocolError(f"peer closed the session ({self.conv.phase.value})")
+                for effect in self.conv.receive_frame(item):
+                    await self.perform(effect)
+                if queue.empty():  # nothing waiting: commit what is staged now, not later
+                    for effect in self.conv.idle():
+                        await self.perform(effect)
+        finally:
+            reader.cancel()
+            for fut in (self.greeted, self.listed, self.closed):
+                if not fut.done():
+                    fut.cancel()
+
+    async def wait(self, what: Awaitable[T]) -> T:
+        """`what`, unless the pump ends first: then why it ended (a peer's error, a lost connection)."""
+        assert self.pump_task is not None
+        task = asyncio.ensure_future(what)
+        done, _ = await asyncio.wait({task, self.pump_task}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done and not task.cancelled():
+            return task.result()
+        task.cancel()
+        if self.pump_task.done() and not self.pump_task.cancelled():
+            self.pump_task.result()  # raises why it ended
+        raise ProtocolError(f"peer ended the session early ({self.conv.phase.value})")
+
+    def failure(self) -> BaseException | None:
+        """Why the pump ended, if it failed (the peer's own account beats our broken pipe)."""
+        t = self.pump_task
+        return t.exception() if t is not None and t.done() and not t.cancelled() else None
+
+    async def perform(self, e: mc.Effect) -> None:
+        run, intake = self.workers.run, self.intake
+        if isinstance(e, mc.Stage):
+            for r in await run(intake.stage, e.message):
+                await self.verdict(r)
+        elif isinstance(e, mc.Commit):
+            for r in await run(intake.commit):
+                await self.verdict(r)
+        elif isinstance(e, mc.Begin):
+            r = await run(intake.begin, e.message)
+            if r is not None:
+                self.conv.gave_up(e.message.path)
+                await self.verdict(r)
+        elif isinstance(e, mc.Write):
+            r = await run(intake.write, e.message)
+            if r is not None:
+                self.conv.gave_up(e.message.path)
+                await self.verdict(r)
+        elif isinstance(e, mc.Finish):
+            await self.verdict(await run(intake.finish, e.path))
+        elif isinstance(e, mc.Abandon):
+            await run(intake.abandon, e.path)
+        elif isinstance(e, mc.Apply):
+            for r in await run(intake.apply, e.message):
+                await self.verdict(r)
+        elif isinstance(e, mc.Sign):
+            await self.say(await run(intake.sign, e.message))
+        else:
+            await self._perform_role(e)
+
+    async def _perform_role(self, e: mc.Effect) -> None:
+        if isinstance(e, mc.Greet):
+            why = await self.host.greet(e.hello)
+            if why is not None:
+                log.info("peer %s: %s; asked to retry", self.channel.peer.address, why)
+                await self.say(Error(why))
+            else:
+                await self.say(Hello.ours(self.receiver.folder.peer_id))
+        elif isinstance(e, mc.SendIndex):
+            index, partials = await self.host.index(e.dry_run)
+            self.served = index
+            for part in FileList.chunked(index.values(), partials):
+                await self.say(part)
+        elif isinstance(e, mc.Serve):
+            await self.serve(e.message)
+        elif isinstance(e, mc.Close):
+            self.host.closing()
+            await self.say(Bye())
+        elif isinstance(e, mc.Greeted):
+            self.greeted.set_result(e.hello)
+        elif isinstance(e, mc.IndexPart):
+            self._entries.update((x.path, x) for x in e.part.entries)
+            self._partials.update((p.path, p) for p in e.part.partials)
+            if not e.part.more:
+                self.listed.set_result((self._entries, self._partials))
+        elif isinstance(e, mc.SignatureReady):
+            await self.signatures.put(e.message)
+        elif isinstance(e, mc.Answered):
+            async with self.answered:
+                self.requests_answered += 1
+                self.answered.notify_all()
+        elif isinstance(e, mc.Verdict):
+            a: Ack = e.ack
+            self.progress.file_done(a.path, a.ok)
+            self.host.result(FileResult(a.path, a.ok, a.error, a.whole, a.kept), remote=True)
+        elif isinstance(e, mc.Closed):
+            self.closed.set_result(None)
+        else:
+            raise AssertionError(f"unhandled effect {e!r}")
+
+    # -- a pull, answered (server) ----------------------------------------------
+    async def serve(self, m: RequestFile) -> None:
+        """Send the files asked for (as of the index we sent), then `request_done`.
+        A file that changed here since is refused with its verdict."""
+        index = self.served or {}
+        small: list[tuple[Entry, str | None]] = []
+        dests: dict[str, str] = {}
+
+        async def given_signature(t: Transfer) -> Buffer | None:
+            return await peer_signature(self.workers, m.body, t) if m.body else None
+
+        for req in m.files:
+            e = index.get(req.path)
+            if e is None or e.deleted or e.kind != FILE or e.blake3 != req.blake3:
+                await self.verdict(FileResult.failed(req.dest, f"{req.path}: changed on the peer; run again"))
+                continue
+            if any(i >= segments_of(e.size, req.segment_size) for i in req.done):
+                raise ProtocolError("request_file: done must list segment indexes of that file")
+            if req.basis is None and e.size < DELTA_MIN and not req.done:
+                small.append((e, req.replaces))
+                dests[e.path] = req.dest
+                continue
+            await self.sender.large(Transfer(e, req.basis, req.replaces, req.segment_size, req.done, req.basis_size),
+                                    given_signature, req.dest)
+        for batch in SendFile.batches(small):
+            await self.sender.small(batch, dest=lambda p: dests[p])
+        await self.say(RequestDone())
+
+    async def close(self) -> None:
+        """The session ended, however: open files stay resumable, claims are released."""
+        try:
+            await self.workers.run(self.intake.close)
+        finally:
+            if self.ticket is not None:
+                self.receiver.registry.close(self.ticket)
+

@@ -1,0 +1,200 @@
+"""The server: accept, handshake (`transports/tls.py`), then one driver per
+session (`driver.py`). What only the server does is here: greet (or say
+busy), scan and list the folder, record a finished sync.
+
+A peer that breaks the protocol gets one `error` message and its connection
+is closed; it is logged with its peer ID, and the server keeps serving others.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sqlite3
+import sys
+import threading
+from typing import Any, Callable
+
+from .. import engines, identity
+from ..config import Folder
+from ..core.entry import Entry
+from ..core.plan import PartialInfo
+from ..core.result import FileResult
+from ..errors import DeltasyncError, PeerUnreachable, redact
+from ..fs.scan import ScanResult, scan_folder
+from ..store.manifest import Manifest
+from ..store.receiver import Receiver
+from ..transports.base import Transport
+from ..transports.tls import Admission, serve, split_address
+from ..wire import machine as mc
+from ..wire.messages import Error, Hello
+from .channel import Channel
+from .driver import Driver
+from .workers import Workers
+
+log = logging.getLogger(__name__)
+READ_AHEAD = 1  # frames decoded ahead of the one being applied (each up to 16 MiB)
+STOP_GRACE = 5.0  # seconds a SIGTERM/SIGINT waits for sessions before the process ends anyway
+_watchdog: threading.Timer | None = None
+
+
+def _hard_exit() -> None:
+    """Whatever a session is stuck in (a peer's slow input, a thread in librsync),
+    the process ends: committed files are committed, journaled segments resume."""
+    log.warning("stopping now: a session did not end within %.0f s", STOP_GRACE)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(0)
+
+
+def arm_watchdog() -> None:
+    global _watchdog
+    if _watchdog is None and threading.current_thread() is threading.main_thread():
+        _watchdog = threading.Timer(STOP_GRACE * 2, _hard_exit)
+        _watchdog.daemon = True
+        _watchdog.start()
+
+
+def partials_of(manifest: Manifest) -> list[PartialInfo]:
+    """The transfers we hold in part, as a peer resumes them."""
+    return [PartialInfo(p.path, p.target_blake3, p.replaces, p.segment_size, p.done) for p in manifest.partials()]
+
+
+class Server:
+    def __init__(self, folder: Folder, workers: Workers | None = None) -> None:
+        self.folder = folder
+        self.config = folder.config()
+        self.workers = workers or Workers()
+        self.manifest = Manifest(folder.db)
+        self.receiver = Receiver(folder, self.manifest, background=self.workers.threads)
+        self._scan_lock = asyncio.Lock()
+        self.sessions: set[asyncio.Task[Any]] = set()
+
+    def close(self) -> None:
+        self.receiver.close()
+        self.manifest.close()
+
+    async def scan(self, record: bool = True) -> ScanResult:
+        async with self._scan_lock:
+            return await self.workers.run(scan_folder, self.folder, self.manifest, None, record)
+
+    async def shutdown(self) -> None:
+        """Stop sessions; each leaves its in-flight files as resumable partials."""
+        for t in list(self.sessions):
+            t.cancel()
+        await asyncio.gather(*self.sessions, return_exceptions=True)
+        self.close()
+
+    async def handle(self, transport: Transport) -> None:
+        """One session, from the client's hello to its bye (or to whatever ended it)."""
+        task = asyncio.current_task()
+        assert task is not None
+        self.sessions.add(task)
+        peer = transport.peer
+        who = identity.format_id(peer.id)[:15]
+        host = _Session(self, peer.id)
+        driver = Driver(mc.Conversation(mc.SERVER), Channel(transport), self.receiver,
+                        self.receiver.registry.open(peer.id, "server"), host, self.workers)
+        try:
+            await driver.pump()
+        except (PeerUnreachable, ConnectionError) as e:
+            log.info("peer %s: %s", who, e)
+        except DeltasyncError as e:  # the peer broke the protocol or asked for what we refuse
+            log.warning("peer %s (%s): protocol error: %s", who, peer.address, e)
+            await _tell(driver, redact(str(e), self.folder.root)[:1000])
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a bug, a full disk under SQLite, an unforeseen input: this session ends, the server does not
+            log.error("peer %s: session failed: %s: %s", who, type(e).__name__, e)
+            log.debug("traceback", exc_info=True)
+            await _tell(driver, f"internal error: {type(e).__name__}")  # no detail leaves
+        finally:
+            self.sessions.discard(task)
+            await driver.close()
+
+
+async def _tell(driver: Driver, message: str) -> None:
+    try:
+        await driver.say(Error(message))
+    except (OSError, DeltasyncError):
+        pass
+
+
+class _Session:
+    """The server's part of one session (the driver's `Host`)."""
+
+    def __init__(self, server: Server, peer_id: str) -> None:
+        self.server = server
+        self.peer_id = peer_id
+        self.looking = False  # a --dry-run session: it changes nothing here, not even our manifest
+
+    async def greet(self, hello: Hello) -> str | None:
+        log.debug("peer %s: engine %s", identity.format_id(self.peer_id)[:15], hello.engine)
+        if self.server.receiver.registry.busy_with(self.peer_id, "client"):
+            # we are syncing with it as its client right now (watch): the two would
+            # send the same files to each other at once
+            return "busy: a sync with you is already running; retry later"
+        return None
+
+    async def index(self, dry_run: bool) -> tuple[dict[str, Entry], list[PartialInfo]]:
+        self.looking = dry_run
+        scanned = await self.server.scan(record=not dry_run)
+        scanned.refuse_nesting(self.peer_id, "your")
+        return scanned.entries, partials_of(self.server.manifest)
+
+    def closing(self) -> None:
+        try:
+            if not self.looking:
+                self.server.manifest.mark_synced(self.peer_id, "served")
+        except sqlite3.Error as e:  # bookkeeping only; never fail a finished session
+            log.warning("cannot record the sync time: %s", e)
+
+    def result(self, r: FileResult, remote: bool) -> None:
+        raise AssertionError("a server's verdicts go to the client")
+
+
+async def run(folder: Folder, listen: str, on_listening: Callable[[str], None] | None = None,
+              stop: asyncio.Event | None = None, server: Server | None = None) -> None:
+    """Serve until SIGINT/SIGTERM (or `stop`); in-flight files are left as
+    resumable partials, and anything committed stays committed."""
+    engines.get()  # chosen before we listen: a missing librsync is one line now, not in a peer's session
+    server = server or Server(folder)
+    cfg = server.config
+    stale = server.receiver.clean_stale(float(cfg.setting("partial_max_age_hours")) * 3600)
+    if stale:
+        log.info("dropped %d stale partial transfers", stale)
+    host, port = split_address(listen)
+    admission = Admission(int(cfg.setting("max_pending_handshakes")), int(cfg.setting("max_handshakes_per_address")),
+                          int(cfg.setting("max_connections")), int(cfg.setting("max_sessions_per_peer")))
+    srv = await serve(folder, host, port, server.handle, float(cfg.setting("handshake_timeout")),
+                      float(cfg.setting("idle_timeout")), admission)
+    sock = srv.sockets[0].getsockname()
+    actual = f"{sock[0]}:{sock[1]}" if ":" not in sock[0] else f"[{sock[0]}]:{sock[1]}"
+    if on_listening:
+        on_listening(actual)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        # a Python-level handler runs between bytecodes even while the loop is busy;
+        # the watchdog ends the process if the orderly stop has not within STOP_GRACE
+        loop.call_soon_threadsafe(stop.set)
+        arm_watchdog()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            signal.signal(sig, on_signal)
+        except ValueError:  # not the main thread (an embedding caller stops us through `stop`)
+            pass
+    try:
+        await stop.wait()
+    finally:
+        srv.close()
+        try:
+            await asyncio.wait_for(server.shutdown(), STOP_GRACE)
+        except asyncio.TimeoutError:
+            log.warning("sessions did not stop within %.0f s; leaving them as resumable partials", STOP_GRACE)

@@ -1,0 +1,127 @@
+"""What a path holds here now, and the check every change makes first: that
+it still holds what our index told the sender (``replaces``). A file edited
+here meanwhile is never overwritten or deleted, so nothing is lost."""
+from __future__ import annotations
+
+import os
+import stat
+import uuid
+from dataclasses import replace
+
+from ..config import Folder
+from ..core import limits
+from ..core.entry import DIR, FILE, SYMLINK, Entry
+from ..errors import AlreadyPresent, TransferFailed
+from ..fs import safe
+from ..fs.scan import hash_fd
+from .claims import Registry, Ticket, registry
+from .manifest import Manifest, Seen
+from .versions import Versions
+
+
+def tmp_name(suffix: str = "") -> str:
+    """Temp and partial files carry their writer's PID: one whose writer is gone
+    (killed mid-write) is an orphan and is cleaned, whatever its age."""
+    return f"{os.getpid()}-{uuid.uuid4().hex}{suffix}"
+
+
+def writer_alive(name: str) -> bool:
+    pid = name.split("-", 1)[0]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def why(path: str, err: Exception) -> str:
+    if isinstance(err, OSError):  # a full disk fails this file; the old version stays
+        return f"{path}: {err.strerror or err}"
+    return str(err)
+
+
+class LocalState:
+    """The folder as the receiving side sees it: shared by every session."""
+
+    def __init__(self, folder: Folder, manifest: Manifest) -> None:
+        self.folder = folder
+        self.manifest = manifest
+        cfg = folder.config()
+        self.safe = safe.SafeRoot(folder.root, int(cfg.setting("max_path_length")))
+        self.versions = Versions(folder.root, manifest, cfg.folder)
+        self.registry: Registry = registry(str(folder.root))
+        self.max_file_size = min(int(cfg.setting("max_file_size")), limits.MAX_FILE_SIZE)
+
+    def current(self, path: str) -> Entry | None:
+        """The entry at `path` as it is on disk now (hashing only if its stat moved)."""
+        st = self.safe.lstat(path)
+        if st is None:
+            return None
+        if stat.S_ISDIR(st.st_mode):
+            return Entry(path, DIR, 0, st.st_mtime_ns, stat.S_IMODE(st.st_mode))
+        if stat.S_ISLNK(st.st_mode):
+            with self.safe.parent(path) as (fd, name):
+                return Entry(path, SYMLINK, target=os.readlink(name, dir_fd=fd))
+        if not stat.S_ISREG(st.st_mode):
+            return Entry(path, "other")
+        seen = self.manifest.get(path)
+        if (seen and seen.entry.kind == FILE and seen.entry.blake3 and
+                (seen.entry.size, seen.entry.mtime_ns, seen.ino, seen.ctime_ns)
+                == (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)):
+            digest: str | None = seen.entry.blake3
+        else:
+            with self.safe.open_read(path) as f:  # through the folder, never through a symlink
+                hashed = hash_fd(f.fileno(), st)
+            if hashed is None:
+                raise TransferFailed(f"{path}: changing here right now")
+            digest = hashed[0]
+        return Entry(path, FILE, st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode), digest)
+
+    def expect(self, path: str, replaces: str | None, incoming: Entry | None = None) -> Entry | None:
+        """Check that `path` still holds what the sender planned against. If it
+        already holds exactly the incoming content, record its version and
+        raise AlreadyPresent: two sessions crossed, and nothing is lost."""
+        cur = self.current(path)
+        if incoming is not None and cur is not None and cur.kind == FILE and cur.blake3 == incoming.blake3 \
+                and replaces != cur.blake3:
+            self.record(replace(incoming, mtime_ns=cur.mtime_ns, mode=cur.mode))
+            raise AlreadyPresent(path)
+        have = cur.blake3 if cur is not None and cur.kind == FILE else None
+        if cur is not None and cur.kind != FILE:
+            raise TransferFailed(f"{path}: is a {cur.kind} here, not a file")
+        if have != replaces:
+            raise TransferFailed(f"{path}: changed here since the index was sent; not overwritten")
+        return cur
+
+    def record(self, entry: Entry) -> None:
+        """Remember what we just wrote, with the version it came with, so the
+        next scan neither rehashes it nor takes it for a local change."""
+        row = self.seen_row(entry)
+        if row is not None:
+            self.manifest.record([row])
+
+    def seen_row(self, entry: Entry) -> Seen | None:
+        st = self.safe.lstat(entry.path)
+        if st is None:
+            return None
+        link = entry.kind == SYMLINK
+        return Seen(replace(entry, size=st.st_size if entry.kind == FILE else 0,
+                            mtime_ns=0 if link else st.st_mtime_ns, mode=0 if link else stat.S_IMODE(st.st_mode)),
+                    st.st_ino, st.st_ctime_ns)
+
+    def keeper(self, path: str, ticket: Ticket | None, reason: str, move: bool = False) -> safe.Keeper:
+        """Keep the version at `path` before a peer's session replaces or deletes it."""
+        peer = ticket.peer if ticket is not None else ""
+        return lambda fd, name: self.versions.keep(fd, name, path, peer, reason, move)
+
+    def sync_dirs(self, dirs: set[str]) -> None:
+        for d in dirs:
+            fd = os.open(self.folder.root / d if d else self.folder.root, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)

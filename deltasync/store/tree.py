@@ -1,0 +1,96 @@
+"""Changes that carry no file content: directories, symlinks, metadata,
+deletes, and copies from content we already hold (a rename or a copy on the
+peer) -- applied for a peer's `send_changes`, or by a pull for its own plan."""
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+from .. import hashing
+from ..core.entry import DIR, SYMLINK, Entry
+from ..core.result import FileResult
+from ..errors import TransferFailed
+from ..fs import safe
+from ..wire.messages import Op
+from .claims import Ticket
+from .local import LocalState, tmp_name
+from .manifest import Seen
+
+
+class TreeOps(LocalState):
+    def apply_op(self, op: Op, ticket: Ticket | None = None) -> FileResult:
+        e = op.entry
+        try:
+            if op.kind == "copy":
+                assert op.origin is not None
+                return self.copy_local(e, op.origin, op.replaces, ticket)
+            if op.kind == "delete":
+                return self._delete(e, ticket)
+            cur = self.current(e.path)
+            if op.kind == "mkdir":
+                if cur is not None and cur.kind != DIR:
+                    raise TransferFailed(f"{e.path}: is a {cur.kind} here, not a directory")
+                self.safe.mkdir(e.path, e.mode)
+            elif op.kind == "symlink":
+                if cur is not None and cur.kind != SYMLINK:
+                    raise TransferFailed(f"{e.path}: is a {cur.kind} here, not a symlink")
+                assert e.target is not None
+                self.safe.symlink(e.target, e.path, f"{safe.TMP_PREFIX}{tmp_name()}")
+            else:  # meta
+                if cur is None or not cur.same_content(e):
+                    raise TransferFailed(f"{e.path}: changed here since the index was sent")
+                self.safe.set_meta(e.path, e.mode, e.mtime_ns)
+            self.record(e)
+            return FileResult(e.path, True)
+        except TransferFailed as err:
+            return FileResult.failed(e.path, str(err))
+
+    def _delete(self, e: Entry, ticket: Ticket | None) -> FileResult:
+        cur = self.current(e.path)
+        kept = None
+        if cur is not None:
+            if not cur.same_content(e):
+                raise TransferFailed(f"{e.path}: changed here since the index was sent; not deleted")
+            try:
+                kept = self.safe.delete(e.path, keep=self.keeper(e.path, ticket, "deleted", move=True))
+            except OSError as err:
+                raise TransferFailed(f"{e.path}: not deleted: {err.strerror}") from None
+        self.manifest.record([Seen(Entry(e.path, e.kind, version=e.version, deleted=True), 0, 0)])
+        return FileResult(e.path, True, kept=kept)
+
+    def copy_local(self, e: Entry, origin: str, replaces: str | None, ticket: Ticket | None = None) -> FileResult:
+        """Make `e` from content we already hold at `origin`: read, verified and
+        written aside like any received file."""
+        safe.check_relpath(origin)
+        self.registry.claim(e.path, ticket)
+        try:
+            self.expect(e.path, replaces)
+            with self.safe.open_read(origin) as f:
+                chunks = iter(lambda: f.read(hashing.READ_SIZE), b"")
+                h = hashing.blake3(max_threads=hashing.blake3.AUTO)
+
+                def hashed() -> Iterator[bytes]:
+                    for c in chunks:
+                        h.update(c)
+                        yield c
+
+                tmp = safe.write_aside(self.folder.tmp, tmp_name(), hashed(), e.mode, e.mtime_ns)
+            try:
+                if h.hexdigest() != e.blake3:
+                    raise TransferFailed(f"{e.path}: {origin} no longer holds that content")
+                kept = self.safe.replace(tmp, e.path, keep=self.keeper(e.path, ticket, "replaced"))
+            finally:
+                tmp.unlink(missing_ok=True)
+            self.record(e)
+            return FileResult(e.path, True, kept=kept)
+        finally:
+            self.registry.release(e.path)
+
+    def move_aside(self, path: str, new_path: str) -> None:
+        """Keep our losing version of a conflict under its conflict name."""
+        safe.check_relpath(new_path)
+        with self.safe.parent(path) as (sfd, sname), self.safe.parent(new_path, create=True) as (dfd, dname):
+            if os.path.lexists(os.path.join(f"/proc/self/fd/{dfd}", dname)):
+                raise TransferFailed(f"{new_path}: exists already")
+            os.rename(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd)
+        self.manifest.record([], [path])

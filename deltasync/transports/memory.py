@@ -1,0 +1,76 @@
+"""Two ends of a session in one process: no socket, no thread. For testing
+whole conversations; bounded like a socket buffer, so a sender that runs ahead
+waits for its reader as it would on a network."""
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+from ..errors import PeerUnreachable
+from .base import Peer
+
+CHUNK = 256 * 1024
+
+
+class _Pipe:
+    """One direction: bytes in order, at most `limit` waiting, then an end."""
+
+    def __init__(self, limit: int) -> None:
+        self.chunks: deque[bytes] = deque()
+        self.size = 0
+        self.limit = limit
+        self.ended = False
+        self.changed = asyncio.Condition()
+
+    async def put(self, chunk: bytes) -> None:
+        async with self.changed:
+            await self.changed.wait_for(lambda: self.size < self.limit or self.ended)
+            if self.ended:
+                raise PeerUnreachable("in-memory peer closed the connection")
+            self.chunks.append(chunk)
+            self.size += len(chunk)
+            self.changed.notify_all()
+
+    async def get(self) -> bytes:
+        async with self.changed:
+            await self.changed.wait_for(lambda: bool(self.chunks) or self.ended)
+            if not self.chunks:
+                return b""
+            chunk = self.chunks.popleft()
+            self.size -= len(chunk)
+            self.changed.notify_all()
+            return chunk
+
+    async def end(self) -> None:
+        async with self.changed:
+            self.ended = True
+            self.changed.notify_all()
+
+
+class MemoryTransport:
+    def __init__(self, peer: Peer, inbox: _Pipe, outbox: _Pipe) -> None:
+        self.peer = peer
+        self._inbox, self._outbox = inbox, outbox
+        self.bytes_sent = self.bytes_received = 0
+
+    async def send(self, *parts: bytes) -> None:
+        for p in parts:
+            for i in range(0, len(p), CHUNK):
+                chunk = bytes(memoryview(p)[i : i + CHUNK])
+                await self._outbox.put(chunk)
+                self.bytes_sent += len(chunk)
+
+    async def receive(self) -> bytes:
+        chunk = await self._inbox.get()
+        self.bytes_received += len(chunk)
+        return chunk
+
+    async def close(self) -> None:
+        await self._outbox.end()  # what we sent is still read to its end
+        await self._inbox.end()  # and nothing more comes in
+
+
+def pair(client: Peer, server: Peer, limit: int = 4 * 1024 * 1024) -> tuple[MemoryTransport, MemoryTransport]:
+    """(the client's end, the server's end); each end's `peer` is the other side."""
+    up, down = _Pipe(limit), _Pipe(limit)
+    return MemoryTransport(server, down, up), MemoryTransport(client, up, down)
