@@ -240,3 +240,59 @@ def canary(tmp_path: Path) -> Path:
     c.mkdir()
     (c / "keep").write_text("canary")
     return c
+
+
+@pytest.fixture(autouse=True)
+def _inmemory_means_no_network(request, monkeypatch):
+    """An `inmemory` test runs with every network socket, every subprocess and
+    every thread pool refused: the whole conversation needs none of them."""
+    if request.node.get_closest_marker("inmemory") is None:
+        return
+    import concurrent.futures
+    import socket
+
+    def refuse(what):
+        def no(*_a, **_k):
+            raise AssertionError(f"{what} in an in-memory test")
+        return no
+
+    for name in ("connect", "connect_ex", "bind"):
+        real = getattr(socket.socket, name)
+
+        def guarded(self, *args, _real=real, _name=name):
+            if self.family in (socket.AF_INET, socket.AF_INET6):
+                raise AssertionError(f"socket {_name} in an in-memory test")
+            return _real(self, *args)
+
+        monkeypatch.setattr(socket.socket, name, guarded)
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse("a subprocess"))
+    monkeypatch.setattr(concurrent.futures.ThreadPoolExecutor, "submit", refuse("a thread pool"))
+
+
+def folder_pair(tmp: Path):
+    """Two folders that trust each other, made in this process (no CLI, no subprocess)."""
+    from deltasync.config import Folder
+
+    a, ida, _ = Folder.init(tmp / "A")
+    b, idb, _ = Folder.init(tmp / "B")
+    a.trust(idb, name="b")
+    b.trust(ida, name="a")
+    return Folder.open(tmp / "A"), Folder.open(tmp / "B")
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Every file's and symlink's content under `root` (outside the state folder), in this process."""
+    import hashlib
+
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if rel.split("/")[0] == ".deltasync":
+            continue
+        if p.is_symlink():
+            out[rel] = "-> " + os.readlink(p)
+        elif p.is_file():
+            out[rel] = hashlib.md5(p.read_bytes()).hexdigest()
+        elif p.is_dir():
+            out[rel] = "dir"
+    return out

@@ -19,14 +19,17 @@ class _Pipe:
         self.chunks: deque[bytes] = deque()
         self.size = 0
         self.limit = limit
-        self.ended = False
+        self.ended = False  # the writer is done: the reader gets what is left, then the end
+        self.deaf = False  # the reader is gone: what is written is lost, as in a closed socket's buffer
         self.changed = asyncio.Condition()
 
     async def put(self, chunk: bytes) -> None:
         async with self.changed:
-            await self.changed.wait_for(lambda: self.size < self.limit or self.ended)
+            await self.changed.wait_for(lambda: self.size < self.limit or self.ended or self.deaf)
+            if self.deaf:
+                return
             if self.ended:
-                raise PeerUnreachable("in-memory peer closed the connection")
+                raise PeerUnreachable("in-memory connection closed")
             self.chunks.append(chunk)
             self.size += len(chunk)
             self.changed.notify_all()
@@ -46,6 +49,13 @@ class _Pipe:
             self.ended = True
             self.changed.notify_all()
 
+    async def stop_reading(self) -> None:
+        async with self.changed:
+            self.deaf = True
+            self.chunks.clear()
+            self.size = 0
+            self.changed.notify_all()
+
 
 class MemoryTransport:
     def __init__(self, peer: Peer, inbox: _Pipe, outbox: _Pipe) -> None:
@@ -61,13 +71,15 @@ class MemoryTransport:
                 self.bytes_sent += len(chunk)
 
     async def receive(self) -> bytes:
+        if self._inbox.deaf:
+            return b""
         chunk = await self._inbox.get()
         self.bytes_received += len(chunk)
         return chunk
 
     async def close(self) -> None:
         await self._outbox.end()  # what we sent is still read to its end
-        await self._inbox.end()  # and nothing more comes in
+        await self._inbox.stop_reading()  # and what the peer still sends is lost
 
 
 def pair(client: Peer, server: Peer, limit: int = 4 * 1024 * 1024) -> tuple[MemoryTransport, MemoryTransport]:

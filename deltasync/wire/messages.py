@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Iterable, Iterator
 
 from ..core import limits
 from ..core import version as vv
-from ..core.entry import FILE, Entry
+from ..core.entry import DIR, FILE, SYMLINK, Entry
 from ..core.plan import PartialInfo
 from ..errors import ProtocolError
 from ..fs.safe import check_relpath
@@ -31,7 +31,7 @@ from .framing import (
 
 FEATURES = ("zstd",)  # we read zstd-compressed bodies
 COMPRESS = "compress"  # the client asks the server to compress what it sends
-OPS = ("mkdir", "symlink", "copy", "meta", "delete")
+OPS = {"mkdir": DIR, "symlink": SYMLINK, "copy": FILE, "meta": None, "delete": None}  # op -> the kind it makes
 
 
 def _digest(value: Any, what: str, optional: bool = False) -> str | None:
@@ -425,6 +425,10 @@ class Op:
             raise ProtocolError(f"send_changes: unknown op {kind[:32]!r}")
         e = Entry.from_wire({k: v for k, v in d.items() if k not in ("op", "from", "replaces")})
         _path(e.path, "send_changes")
+        if OPS[kind] not in (None, e.kind):
+            raise ProtocolError(f"send_changes: {kind} of a {e.kind}")
+        if kind == "meta" and e.deleted:
+            raise ProtocolError("send_changes: meta of a deleted entry")
         if kind != "copy":
             return cls(kind, e)
         origin, replaces = d.get("from"), d.get("replaces")

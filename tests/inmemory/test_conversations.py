@@ -1,0 +1,228 @@
+"""Whole push, pull and sync conversations between two folders in one
+process: the real client, server, machine and store, over the in-memory
+transport -- no socket, no subprocess, no thread pool (the `inmemory` marker
+refuses all three)."""
+import asyncio
+import os
+import random
+import sys
+
+import pytest
+
+from conftest import ROOT, folder_pair, tree_digest
+from deltasync.errors import PeerBusy, PeerUnreachable, ProtocolError, RemoteError
+from deltasync.run.client import session
+from deltasync.run.loopback import Loopback
+from deltasync.run.server import Server
+from deltasync.run.workers import INLINE
+
+sys.path.insert(0, str(ROOT / "bench"))
+import fixture  # noqa: E402  (the seeded workloads: mutate FILE regions|scattered|shift|append|truncate)
+
+pytestmark = pytest.mark.inmemory
+MiB = 1024 * 1024
+BIG = 12 * MiB  # three 4 MiB segments
+
+
+def converse(a, b, mode="push", loopback=None, **kw):
+    """One session from A to B's server, in memory; the report."""
+
+    async def go():
+        server = loopback.server if loopback else Server(b, workers=INLINE)
+        lb = loopback or Loopback(server)
+        try:
+            return await session(a, "127.0.0.1:9", mode, connect=lb.connect, workers=INLINE, **kw)
+        finally:
+            await lb.settle()
+            if loopback is None:
+                server.close()
+
+    return asyncio.run(go())
+
+
+def make_tree(root, seed=1):
+    rng = random.Random(seed)
+    (root / "docs" / "deep").mkdir(parents=True)
+    (root / "empty-dir").mkdir()
+    (root / "docs" / "a.txt").write_text("hello\n")
+    (root / "docs" / "deep" / "b.bin").write_bytes(rng.randbytes(50_000))
+    (root / "empty").write_bytes(b"")
+    (root / "big.bin").write_bytes(rng.randbytes(BIG))
+    os.symlink("docs/a.txt", root / "link")
+
+
+@pytest.fixture
+def folders(tmp_path):
+    a, b = folder_pair(tmp_path)
+    make_tree(a.root)
+    return a, b
+
+
+def same(a, b):
+    return tree_digest(a.root) == tree_digest(b.root)
+
+
+def test_push_a_new_tree_then_nothing_to_do(folders):
+    a, b = folders
+    r = converse(a, b)
+    assert same(a, b) and r.files_failed == 0
+    assert r.files_sent_whole == 4 and r.files_total == 4  # a.txt, b.bin, empty, big.bin
+    again = converse(a, b)
+    assert again.files_unchanged == 5 and again.literal_bytes == 0 and again.files_sent_whole == 0  # + the link
+
+
+@pytest.mark.parametrize("mode", ["push", "pull", "sync"])
+@pytest.mark.parametrize("kind", ["regions", "scattered", "shift", "append", "truncate"])
+def test_every_mutation_kind_travels_as_a_delta(folders, mode, kind):
+    a, b = folders
+    converse(a, b, "sync")
+    source = b if mode == "pull" else a
+    fixture.mutate(str(source.root / "big.bin"), kind, seed=7, fraction=0.1)
+    r = converse(a, b, mode)
+    assert same(a, b) and r.files_failed == 0, r.failures
+    if mode == "pull":
+        assert r.files_received == 1 and r.bytes_received < BIG / 2
+    else:
+        assert r.files_sent_delta == 1 and r.literal_bytes < BIG / 2 and r.bytes_sent < BIG / 2
+
+
+def test_deletes_push_and_sync(folders):
+    a, b = folders
+    converse(a, b, "sync")
+    (b.root / "only-on-b").write_text("extra")
+    r = converse(a, b, "push", delete=True)
+    assert not (b.root / "only-on-b").exists() and r.files_deleted == 1 and same(a, b)
+    (a.root / "docs" / "a.txt").unlink()
+    r = converse(a, b, "sync")
+    assert not (b.root / "docs" / "a.txt").exists() and r.files_deleted == 1
+    kept = os.listdir(b.root / ".deltasync" / "versions")
+    assert kept, "a peer's delete keeps the file as a version"
+
+
+@pytest.mark.parametrize("mode", ["push", "sync"])
+def test_a_rename_travels_as_a_copy(folders, mode):
+    a, b = folders
+    converse(a, b, "sync")
+    (a.root / "moved").mkdir()
+    os.rename(a.root / "big.bin", a.root / "moved" / "big2.bin")
+    r = converse(a, b, mode, delete=True)
+    assert same(a, b) and r.files_failed == 0
+    assert r.literal_bytes == 0 and r.bytes_sent < MiB
+
+
+def test_concurrent_edits_are_a_conflict_with_both_versions_kept(folders):
+    a, b = folders
+    converse(a, b, "sync")
+    (a.root / "docs" / "a.txt").write_text("edited on A\n")
+    (b.root / "docs" / "a.txt").write_text("edited on B, later and longer\n")
+    os.utime(b.root / "docs" / "a.txt", ns=(2 * 10**18, 2 * 10**18))
+    r = converse(a, b, "sync")
+    assert len(r.conflicts) == 1 and r.conflicts[0]["loser"] == "local"
+    assert same(a, b)
+    texts = sorted(p.read_text() for p in (a.root / "docs").glob("a*.txt"))
+    assert texts == ["edited on A\n", "edited on B, later and longer\n"]
+
+
+class Cut:
+    """A transport that breaks after `budget` bytes have been sent through it."""
+
+    def __init__(self, inner, budget):
+        self.inner, self.budget, self.sent = inner, budget, 0
+        self.peer = inner.peer
+
+    @property
+    def bytes_sent(self):
+        return self.inner.bytes_sent
+
+    @property
+    def bytes_received(self):
+        return self.inner.bytes_received
+
+    async def send(self, *parts):
+        n = sum(len(p) for p in parts)
+        if self.sent + n > self.budget:
+            await self.inner.close()
+            raise PeerUnreachable("cut")
+        self.sent += n
+        await self.inner.send(*parts)
+
+    async def receive(self):
+        return await self.inner.receive()
+
+    async def close(self):
+        await self.inner.close()
+
+
+def test_a_cut_push_resumes_where_it_stopped(folders):
+    a, b = folders
+    server = Server(b, workers=INLINE)
+    lb = Loopback(server)
+
+    async def cut_push():
+        async def connect(folder, _address, _expect, _idle):
+            return Cut(lb.open(folder), 6 * MiB)  # the connection breaks inside big.bin's second segment
+
+        try:
+            await session(a, "127.0.0.1:9", "push", connect=connect, workers=INLINE)
+        finally:
+            await lb.settle()
+
+    with pytest.raises((PeerUnreachable, ProtocolError)):
+        asyncio.run(cut_push())
+    server.close()
+    assert not (b.root / "big.bin").exists()
+    parts = os.listdir(b.root / ".deltasync" / "partial")
+    assert len(parts) == 1, "the cut file stays as a resumable partial"
+    r = converse(a, b, "push")
+    assert same(a, b) and r.files_failed == 0
+    assert r.literal_bytes <= BIG - 4 * MiB, "at least one verified segment was not sent again"
+    assert os.listdir(b.root / ".deltasync" / "partial") == []
+
+
+def test_a_cut_pull_resumes_where_it_stopped(tmp_path):
+    a, b = folder_pair(tmp_path)
+    make_tree(b.root)
+    server = Server(b, workers=INLINE)
+    lb = Loopback(server, server_side=lambda t: Cut(t, 6 * MiB))
+    with pytest.raises((PeerUnreachable, ProtocolError)):
+        converse(a, b, "pull", loopback=lb)
+    server.close()
+    assert len(os.listdir(a.root / ".deltasync" / "partial")) == 1
+    r = converse(a, b, "pull")
+    assert same(a, b) and r.files_failed == 0
+    assert r.bytes_received <= BIG - 4 * MiB + MiB
+
+
+def test_a_peer_error_mid_session_ends_it_cleanly(folders, monkeypatch):
+    a, b = folders
+    server = Server(b, workers=INLINE)
+
+    def refuse(*_a, **_k):
+        raise ProtocolError("the disk says no")
+
+    monkeypatch.setattr(server.receiver, "begin", refuse)
+    with pytest.raises(RemoteError, match="the disk says no"):
+        converse(a, b, loopback=Loopback(server))
+    assert not (b.root / "big.bin").exists()
+    assert not server.receiver.registry.busy_with(a.peer_id), "the session's ticket and claims are gone"
+    server.close()
+    r = converse(a, b)  # and the next session goes through
+    assert same(a, b) and r.files_failed == 0
+
+
+def test_a_busy_peer_says_so(folders):
+    a, b = folders
+    server = Server(b, workers=INLINE)
+    ticket = server.receiver.registry.open(a.peer_id, "client")  # B is syncing with A as its client
+    with pytest.raises(PeerBusy, match="busy"):
+        converse(a, b, loopback=Loopback(server))
+    server.receiver.registry.close(ticket)
+    server.close()
+
+
+def test_dry_run_changes_nothing_on_either_side(folders):
+    a, b = folders
+    before_a, before_b = tree_digest(a.root), tree_digest(b.root)
+    r = converse(a, b, "sync", dry_run=True)
+    assert {i["op"] for i in r.plan} >= {"send_whole", "mkdir", "symlink"}
+    assert tree_digest(a.root) == before_a and tree_digest(b.root) == before_b
