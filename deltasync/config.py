@@ -29,7 +29,7 @@ DEFAULTS: dict[str, Any] = {
     "max_file_size": 16 * 1024**4,
     "max_index_entries": 2_000_000,
     "max_path_length": 4096,
-    "versioning": "trashcan",  # or "off": see versions.py
+    "versioning": "trashcan",  # or "off": see store/versions.py
     "versions_keep_days": 30.0,
     "versions_max_mb": 0.0,  # 0: no size cap
     "versions_per_path": 10,

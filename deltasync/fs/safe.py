@@ -145,7 +145,7 @@ class SafeRoot:
     def replace(self, src: Path, path: str, durable: bool = True, keep: Keeper | None = None) -> str | None:
         """Atomically rename our own file `src` (under .deltasync/) to `path`.
         `keep(dir_fd, name)` runs first, in the same directory: it keeps the
-        version about to be replaced (see versions.py); what it returns is returned."""
+        version about to be replaced (see store/versions.py); what it returns is returned."""
         with self.parent(path, create=True) as (fd, name):
             kept = keep(fd, name) if keep is not None else None
             try:

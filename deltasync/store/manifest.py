@@ -220,7 +220,7 @@ class Manifest:
             self._db.execute("DELETE FROM partial_segments WHERE path=?", (path,))
             self._db.execute("DELETE FROM partials WHERE path=?", (path,))
 
-    # -- kept versions (see versions.py) ----------------------------------
+    # -- kept versions (see versions.py, beside this) ----------------------------------
     def add_version(self, path: str, name: str, size: int, blake3: str | None, mtime_ns: int, mode: int,
                     version: str, kept: float, peer: str, reason: str) -> None:
         with self._lock:

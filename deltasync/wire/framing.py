@@ -4,7 +4,7 @@ A frame is the seed design made robust:
 ``u32 header_len (big-endian) · header (UTF-8 JSON object) · body``.
 The header always holds ``action`` and ``body_len``. Every length is checked
 against its limit *before* anything is buffered, so a hostile length costs
-nothing. No sockets here: `transport.py` feeds bytes in and writes bytes out.
+nothing. No sockets here: `run/channel.py` feeds bytes in and writes bytes out.
 """
 from __future__ import annotations
 

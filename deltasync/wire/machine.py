@@ -393,3 +393,19 @@ class Conversation:
         elif isinstance(m, Bye):
             out.append(Close() if self.role == SERVER else Closed())
         return out
+
+
+def order_table() -> str:
+    """`ORDER` as the Markdown table docs/PROTOCOL.md shows (a test keeps the two equal)."""
+    by_action: dict[tuple[str, str], tuple[list[str], str]] = {}
+    for (phase, who, action), nxt in ORDER.items():
+        name = "send_file_list` (last part)" if action == LAST_LIST else action + "`"
+        phases, _ = by_action.setdefault((who, name), ([], "same" if nxt == phase else nxt.value))
+        phases.append(phase.value)
+    rows: dict[tuple[str, str, str], list[str]] = {}
+    for (who, name), (phases, nxt) in by_action.items():
+        rows.setdefault((", ".join(phases), who, nxt), []).append("`" + name)
+    out = ["| in phase | sent by | actions | then |", "| --- | --- | --- | --- |"]
+    out += [f"| {phases} | {who} | {', '.join(names)} | {nxt} |" for (phases, who, nxt), names in rows.items()]
+    out.append("| any | either | `error` | failed |")
+    return "\n".join(out)
