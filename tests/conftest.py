@@ -209,28 +209,10 @@ async def raw_channel(client, address: str):
 
 async def attack(client, address: str, frames: list[bytes], say_hello: bool = True, read_for: float = 10.0) -> list:
     """A trusted client that sends `frames` after a hello; what came back (frames, or the exception that ended it)."""
-    import asyncio
-    import time
+    from deltasync.run.channel import exchange
 
-    conn = await raw_channel(client, address)
-    got: list = []
-    try:
-        if say_hello:
-            await conn.send(hello_frame(client.peer_id))
-            got.append(await conn.recv())
-        for f in frames:
-            await conn.send(f)
-        deadline = time.monotonic() + read_for
-        while time.monotonic() < deadline:
-            f = await asyncio.wait_for(conn.recv(), max(0.1, deadline - time.monotonic()))
-            if f is None:
-                break
-            got.append(f)
-    except Exception as e:  # the server closing on us is the expected end
-        got.append(e)
-    finally:
-        await conn.close()
-    return got
+    hello = [hello_frame(client.peer_id)] if say_hello else []
+    return await exchange(await raw_channel(client, address), [*hello, *frames], read_for)
 
 
 @pytest.fixture

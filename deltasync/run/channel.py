@@ -59,3 +59,23 @@ class Channel:
 
     async def close(self) -> None:
         await self.transport.close()
+
+
+async def exchange(channel: Channel, data: list[bytes], read_for: float) -> list[Frame | Exception]:
+    """Raw bytes out (a hostile peer's frames, no machine on our side), then every
+    frame that comes back within `read_for` seconds -- or the error that ended it."""
+    got: list[Frame | Exception] = []
+    try:
+        for chunk in data:
+            await channel.send(chunk)
+        deadline = time.monotonic() + read_for
+        while (left := deadline - time.monotonic()) > 0:
+            frame = await asyncio.wait_for(channel.recv(), left)
+            if frame is None:
+                break
+            got.append(frame)
+    except Exception as e:  # the peer closing on us is the expected end
+        got.append(e)
+    finally:
+        await channel.close()
+    return got

@@ -11,7 +11,7 @@ from ..errors import PeerRefused
 from ..transports.base import Peer, Transport
 from ..transports.memory import pair
 from ..wire.framing import Frame
-from .channel import Channel
+from .channel import Channel, exchange
 from .server import Server
 
 
@@ -52,19 +52,7 @@ class Loopback:
 
     async def exchange(self, client: Folder, data: list[bytes], read_for: float = 1.0) -> list[Frame | Exception]:
         """Raw bytes in (a hostile client's frames), every frame that came back out."""
-        channel = Channel(self.open(client))
-        got: list[Frame | Exception] = []
         try:
-            for chunk in data:
-                await channel.send(chunk)
-            while True:
-                frame = await asyncio.wait_for(channel.recv(), read_for)
-                if frame is None:
-                    break
-                got.append(frame)
-        except Exception as e:  # the server closing on us is the expected end
-            got.append(e)
+            return await exchange(Channel(self.open(client)), data, read_for)
         finally:
-            await channel.close()
             await self.settle()
-        return got

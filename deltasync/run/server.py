@@ -34,7 +34,6 @@ from .driver import Driver
 from .workers import Workers
 
 log = logging.getLogger(__name__)
-READ_AHEAD = 1  # frames decoded ahead of the one being applied (each up to 16 MiB)
 STOP_GRACE = 5.0  # seconds a SIGTERM/SIGINT waits for sessions before the process ends anyway
 _watchdog: threading.Timer | None = None
 
