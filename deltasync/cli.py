@@ -172,14 +172,50 @@ def serve(directory: Path = DirArg,
 PeerArg = typer.Argument(..., help="HOST:PORT, or a peer name from config.toml.")
 DryRunOpt = typer.Option(False, "--dry-run", "-n", help="Print the plan; change nothing on either side.")
 ExcludeOpt = typer.Option([], "--exclude", help="Gitignore-style pattern (repeatable).")
-BwOpt = typer.Option(None, "--bwlimit", help="Send at most RATE: KiB/s, or 10M, 500K.")
+BwOpt = typer.Option(None, "--bwlimit", help="At most RATE each way: KiB/s, or 10M, 500K; 0: no limit.")
+HumanOpt = typer.Option(False, "--human-readable", "-h", help="Sizes in KiB, MiB, GiB.")
+MaxDeleteOpt = typer.Option(None, "--max-delete", min=0, help="Delete at most N entries here or on the peer; the "
+                                                                "rest are left (exit 3).")
 CompressOpt = typer.Option(False, "--compress/--no-compress", "-z",
                            help="zstd on file data and indexes, both ways, where it saves a tenth or more.")
 
 
+# how the summary names each outcome (run/report.OUTCOMES), in its order
+SAID = {"sent_whole": "sent whole", "sent_delta": "sent by delta", "received": "received", "copied": "copied here",
+        "meta": "metadata only", "unchanged": "unchanged", "deleted": "deleted", "skipped": "skipped (newer there)",
+        "failed": "failed"}
+
+
+def size_text(n: int, human: bool) -> str:
+    """Bytes as a number, or with -h in binary units (1.5 MiB)."""
+    if not human:
+        return f"{n:,} bytes"
+    value, unit = float(n), "bytes"
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            break
+        value /= 1024
+    return f"{n} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+
+
+def summary(report: Any, human: bool = False, dry_run: bool = False) -> str:
+    """One line: the files by outcome (those that add up to the total), conflicts, bytes, time."""
+    from .run.report import OUTCOMES
+
+    parts = [f"{getattr(report, 'files_' + o)} {SAID[o]}" for o in OUTCOMES if getattr(report, "files_" + o)]
+    files = f"{report.files_total} file{'s' if report.files_total != 1 else ''}"
+    line = f"{files}: {', '.join(parts)}" if parts else files
+    if report.conflicts:
+        line += f"; {len(report.conflicts)} conflict{'s' if len(report.conflicts) != 1 else ''} kept"
+    if dry_run:
+        return f"dry run, nothing changed: {line}"
+    return (f"{line}; {size_text(report.bytes_sent, human)} sent, {size_text(report.bytes_received, human)} "
+            f"received in {report.seconds:.2f} s")
+
+
 def _session(mode: str, directory: Path, peer: str, delete: bool, dry_run: bool, exclude: List[str],
              bwlimit: Optional[str], as_json: bool, verbose: int, quiet: bool, compress: bool,
-             force: bool = False, update: bool = False) -> None:
+             force: bool = False, update: bool = False, human: bool = False, max_delete: Optional[int] = None) -> None:
     """push, pull and sync are one flow with a different plan."""
     from . import progress
     from .config import Folder
@@ -187,19 +223,17 @@ def _session(mode: str, directory: Path, peer: str, delete: bool, dry_run: bool,
     from .run.channel import parse_rate
 
     _logging(verbose, quiet)
-    rate = _run(lambda: parse_rate(bwlimit)) if bwlimit else None
+    rate = _run(lambda: parse_rate(bwlimit)) if bwlimit is not None else None
     shown = progress.choose(quiet or dry_run)
     report = _run(lambda: asyncio.run(client.session(Folder.open(directory), peer, mode, delete, dry_run, exclude,
-                                                     rate, shown, compress, update=update)), as_json)
+                                                     rate, shown, compress, update=update,
+                                                     max_delete=max_delete)), as_json)
     if as_json:
         _print_json(report.to_json())
     elif not quiet:
         for item in report.plan or []:
             typer.echo(f"{item.get('direction', ''):<5} {item['op']:<11} {item['path']}")
-        typer.echo(f"{report.files_total} files: {report.files_sent_whole} sent whole, {report.files_sent_delta} by "
-                   f"delta, {report.files_received} received, {report.files_unchanged} unchanged, "
-                   f"{report.files_deleted} deleted, {report.files_failed} failed, {len(report.conflicts)} "
-                   f"conflicts; {report.bytes_sent} bytes sent in {report.seconds:.2f} s", err=True)
+        typer.echo(summary(report, human, dry_run), err=True)
     _run(lambda: reports.check(report, force))
 
 
@@ -211,6 +245,7 @@ def push(directory: Path = DirArg, peer: str = PeerArg,
          force: bool = typer.Option(False, "--force", help="Exit 0 even when files edited on the peer were "
                                                            "replaced (they are kept there as versions)."),
          update: bool = typer.Option(False, "--update", "-u", help="Skip files whose mtime is newer on the peer."),
+         max_delete: Optional[int] = MaxDeleteOpt, human: bool = HumanOpt,
          as_json: bool = JsonOpt, verbose: int = VerboseOpt, quiet: bool = QuietOpt) -> None:
     """Make the peer hold this folder's tree (like rsync); exit 0 only when all is verified there.
 
@@ -219,29 +254,33 @@ def push(directory: Path = DirArg, peer: str = PeerArg,
     Example: deltasync push ./A 127.0.0.1:8730 --delete --json
     """
     _session("push", directory, peer, delete, dry_run, exclude, bwlimit, as_json, verbose, quiet, compress,
-             force, update)
+             force, update, human, max_delete)
 
 
 @app.command()
 def pull(directory: Path = DirArg, peer: str = PeerArg, dry_run: bool = DryRunOpt,
-         exclude: List[str] = ExcludeOpt, compress: bool = CompressOpt, as_json: bool = JsonOpt,
+         exclude: List[str] = ExcludeOpt, bwlimit: Optional[str] = BwOpt, compress: bool = CompressOpt,
+         max_delete: Optional[int] = MaxDeleteOpt, human: bool = HumanOpt, as_json: bool = JsonOpt,
          verbose: int = VerboseOpt, quiet: bool = QuietOpt) -> None:
     """Fetch what the peer has newer (by version vectors): edits, new files, deletes; conflicts kept aside.
 
     Example: deltasync pull ./A 10.0.0.2:8730
     """
-    _session("pull", directory, peer, False, dry_run, exclude, None, as_json, verbose, quiet, compress)
+    _session("pull", directory, peer, False, dry_run, exclude, bwlimit, as_json, verbose, quiet, compress,
+             human=human, max_delete=max_delete)
 
 
 @app.command()
 def sync(directory: Path = DirArg, peer: str = PeerArg, dry_run: bool = DryRunOpt,
          exclude: List[str] = ExcludeOpt, bwlimit: Optional[str] = BwOpt, compress: bool = CompressOpt,
+         max_delete: Optional[int] = MaxDeleteOpt, human: bool = HumanOpt,
          as_json: bool = JsonOpt, verbose: int = VerboseOpt, quiet: bool = QuietOpt) -> None:
     """Pull and push in one session: both folders converge; concurrent edits keep both versions.
 
     Example: deltasync sync ./A laptop --json
     """
-    _session("sync", directory, peer, False, dry_run, exclude, bwlimit, as_json, verbose, quiet, compress)
+    _session("sync", directory, peer, False, dry_run, exclude, bwlimit, as_json, verbose, quiet, compress,
+             human=human, max_delete=max_delete)
 
 
 @app.command()

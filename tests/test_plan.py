@@ -22,7 +22,7 @@ def test_missing_small_and_large_files():
     assert [e.path for e in plan.mkdirs] == ["a"]
     assert [e.path for e, _ in plan.small] == ["a/x"]
     assert [t.entry.path for t in plan.large] == ["big"] and plan.large[0].basis is None
-    assert plan.files_total == 2 and plan.unchanged == 0
+    assert plan.unchanged == 0
 
 
 def test_unchanged_and_meta_only():
@@ -62,7 +62,7 @@ def test_kind_change_blocked_without_delete():
 def test_symlinks_compare_targets():
     s1 = Entry("l", SYMLINK, target="a")
     s2 = Entry("l", SYMLINK, target="b")
-    assert make_plan(idx(s1), idx(s1)).unchanged == 1
+    assert make_plan(idx(s1), idx(s1)).empty and make_plan(idx(s1), idx(s1)).unchanged == 0  # files only
     assert make_plan(idx(s2), idx(s1)).symlinks == [s2]
 
 

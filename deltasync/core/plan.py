@@ -80,8 +80,8 @@ class Plan:
     # replaces them (the receiver keeps them as versions) and says so
     overwrites: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # newer on the target, left alone (`--update`)
-    unchanged: int = 0
-    files_total: int = 0
+    held: list[Entry] = field(default_factory=list)  # deletes past `--max-delete`, not done
+    unchanged: int = 0  # regular files already the same on the target (content, metadata, version)
 
     @property
     def empty(self) -> bool:
@@ -102,7 +102,14 @@ class Plan:
         out += [{"op": "meta", "path": e.path} for e in self.meta + self.dir_meta]
         out += [{"op": "blocked", "path": p, "reason": r} for p, r in self.blocked]
         out += [{"op": "skip_newer", "path": p} for p in self.skipped]
+        out += [{"op": "skip_delete", "path": e.path, "kind": e.kind} for e in self.held]
         return out
+
+    def cap_deletes(self, most: int | None) -> None:
+        """rsync's `--max-delete`: at most `most` deletes (the deepest first); the rest are held."""
+        if most is not None and len(self.deletes) > most:
+            self.deletes, spare = self.deletes[:most], self.deletes[most:]
+            self.held.extend(spare)
 
 
 @dataclass(frozen=True)
@@ -173,13 +180,11 @@ def make_plan(source: dict[str, Entry], target: dict[str, Entry],
             plan.blocked.append((path, f"is a {have.kind} on the peer (use --delete to replace it)"))
             blocked_paths.add(path)
             continue
-        if src.kind == FILE:
-            plan.files_total += 1
         if have is not None and have.same_content(src):
             if src.kind == DIR:
                 continue  # directory metadata is settled after its contents, below
             if have.same_meta(src) and have.version == src.version:
-                plan.unchanged += 1
+                plan.unchanged += src.kind == FILE
             else:
                 plan.meta.append(src)
                 touched.add(path)
@@ -276,6 +281,7 @@ def plan_sync(local: dict[str, Entry], remote: dict[str, Entry], me: str, peer: 
     to_push: set[str] = set()
     conflicts: list[Conflict] = []
     merged: dict[str, Entry] = {}
+    unchanged = 0
     for path in sorted(local.keys() | remote.keys()):
         l, r = local.get(path), remote.get(path)
         if r is None:
@@ -288,6 +294,7 @@ def plan_sync(local: dict[str, Entry], remote: dict[str, Entry], me: str, peer: 
             continue
         order = vv.compare(l.version, r.version)
         if order == vv.EQUAL and l.same_content(r):
+            unchanged += l.kind == FILE and not l.deleted
             continue
         if order == vv.NEWER:
             to_push.add(path)
@@ -313,6 +320,7 @@ def plan_sync(local: dict[str, Entry], remote: dict[str, Entry], me: str, peer: 
     pull_target = {p: e for p, e in local_now.items() if p in to_pull and p not in moved}
     pull_plan = make_plan({p: remote[p] for p in to_pull}, pull_target, local_partials, delete=True, me=peer) \
         if pull else Plan()
+    pull_plan.unchanged += unchanged  # the same on both sides: counted once, with the pull
     fetch_as: dict[str, str] = {}
     for c in conflicts:
         if c.loser == "remote" and pull:  # fetch the peer's losing version under its conflict name

@@ -81,8 +81,11 @@ def _folder_id(dfd: int, name: str) -> str:
 
 
 def _version(e: Entry, old: Seen | None, me: str) -> vv.Version:
-    """The known version if nothing but mtime moved; else a local change: bumped."""
-    if old is not None and not old.entry.deleted and old.entry.same_content(e) and old.entry.mode == e.mode:
+    """The known version if nothing we sync changed; else a local change: bumped. A file's
+    mtime is synced (`touch -d` travels, as `push -n` shows it); a directory's moves with
+    its contents, so it is no change of its own."""
+    if old is not None and not old.entry.deleted and old.entry.same_content(e) and old.entry.mode == e.mode \
+            and (e.kind != FILE or old.entry.mtime_ns == e.mtime_ns):
         return old.entry.version
     return vv.bump(old.entry.version if old else (), me)
 
@@ -134,7 +137,7 @@ def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None, me: str =
             result.hashed_bytes += st.st_size
         fmode = stat.S_IMODE(mode)
         return Entry(path, FILE, st.st_size, st.st_mtime_ns, fmode, digest,
-                     version=_version(Entry(path, FILE, st.st_size, 0, fmode, digest), old, me))
+                     version=_version(Entry(path, FILE, st.st_size, st.st_mtime_ns, fmode, digest), old, me))
 
     def visit(dfd: int, rel: str) -> list[tuple[str, str]]:
         """Index one directory's entries; return its subdirectories (name, path) to walk."""

@@ -11,8 +11,8 @@ from ..transports.base import Peer, Transport
 from ..wire.framing import Frame, FrameDecoder, inflate
 
 
-def parse_rate(text: str) -> float:
-    """`--bwlimit` values like rsync's: a number of KiB/s, or with a K, M or G suffix."""
+def parse_rate(text: str) -> float | None:
+    """`--bwlimit` values like rsync's: a number of KiB/s, or with a K, M or G suffix; 0 is no limit."""
     units = {"K": 1024, "M": 1024**2, "G": 1024**3}
     t = text.strip().upper().removesuffix("B").removesuffix("/S")
     mult = units.get(t[-1:], None)
@@ -20,36 +20,50 @@ def parse_rate(text: str) -> float:
         value = float(t[:-1] if mult else t) * (mult or 1024)
     except ValueError:
         raise UsageError(f"not a rate: {text!r} (try 10M or 500K)") from None
-    if value <= 0:
-        raise UsageError(f"--bwlimit must be positive, not {text!r}")
-    return value
+    if value < 0:
+        raise UsageError(f"--bwlimit must not be negative, not {text!r}")
+    return value or None
+
+
+class Pace:
+    """At most `rate` bytes a second through one direction, on average since the start."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.moved = 0
+        self.started = time.monotonic()
+
+    async def __call__(self, nbytes: int) -> None:
+        self.moved += nbytes
+        ahead = self.moved / self.rate - (time.monotonic() - self.started)
+        if ahead > 0:
+            await asyncio.sleep(ahead)
 
 
 class Channel:
     def __init__(self, transport: Transport, bwlimit: float | None = None) -> None:
         self.transport = transport
-        self.bwlimit = bwlimit  # bytes per second, for what we send
+        # --bwlimit holds each direction to the rate: what we send, and what we read (a reader
+        # that waits slows the sender through the connection's flow control, as rsync's does)
+        self._out, self._in = (Pace(bwlimit), Pace(bwlimit)) if bwlimit else (None, None)
         self._decoder = FrameDecoder()
         self._ready: deque[Frame] = deque()
-        self._paced = 0
-        self._started = time.monotonic()
 
     @property
     def peer(self) -> Peer:
         return self.transport.peer
 
     async def send(self, *parts: bytes) -> None:
-        if self.bwlimit:
-            self._paced += sum(len(p) for p in parts)
-            ahead = self._paced / self.bwlimit - (time.monotonic() - self._started)
-            if ahead > 0:
-                await asyncio.sleep(ahead)
+        if self._out is not None:
+            await self._out(sum(len(p) for p in parts))
         await self.transport.send(*parts)
 
     async def recv(self) -> Frame | None:
         """The next frame (its body inflated), or None on a clean end between frames."""
         while not self._ready:
             chunk = await self.transport.receive()
+            if self._in is not None:
+                await self._in(len(chunk))
             if not chunk:
                 if self._decoder.buffered:
                     raise PeerUnreachable(f"connection to {self.peer.address} closed mid-frame")

@@ -51,13 +51,11 @@ async def _tls(folder: Folder, address: str, expect: str | None, idle_timeout: f
 class Pusher:
     """A plan carried out by sending it to the peer (push, and the second half of sync)."""
 
-    def __init__(self, driver: Driver, report: Report, manifest: Manifest) -> None:
+    def __init__(self, driver: Driver, manifest: Manifest) -> None:
         self.driver = driver
-        self.report = report
         self.manifest = manifest
 
     async def run(self, plan: Plan) -> None:
-        self.report.expect_push(plan)
         s = self.driver.sender
         for step in steps(plan):
             if step.kind == "copy":
@@ -121,8 +119,6 @@ class Puller:
                                                                            self.driver.ticket), e.path)
                     if not res.ok:
                         self.report.fail(e.path, res.error or "failed")
-                    elif step.kind == "delete":
-                        self.report.files_deleted += 1
         await self._answered()
 
     async def _local(self, fn: Callable[[], FileResult], path: str) -> FileResult:
@@ -198,7 +194,8 @@ class _Client:
 async def session(folder: Folder, target: str, mode: str = "push", delete: bool = False, dry_run: bool = False,
                   excludes: list[str] | None = None, bwlimit: float | None = None,
                   progress: Progress | None = None, compress: bool = False, keep_signatures: bool = False,
-                  update: bool = False, connect: Connect = _tls, workers: Workers | None = None) -> Report:
+                  update: bool = False, max_delete: int | None = None, connect: Connect = _tls,
+                  workers: Workers | None = None) -> Report:
     """One session with the peer at `target` (HOST:PORT or a peer name)."""
     progress = progress or Progress()
     workers = workers or Workers()
@@ -220,7 +217,7 @@ async def session(folder: Folder, target: str, mode: str = "push", delete: bool 
         driver.start()
         try:
             await _converse(driver, folder, manifest, receiver, report, mode, delete, dry_run, update, progress,
-                            scanning, excludes)
+                            scanning, excludes, max_delete)
         except (OSError, DeltasyncError) as e:
             why = driver.failure()  # the peer's own account (its error) says more than our broken pipe
             if why is not None and why is not e and isinstance(why, DeltasyncError):
@@ -255,7 +252,7 @@ async def session(folder: Folder, target: str, mode: str = "push", delete: bool 
 
 async def _converse(d: Driver, folder: Folder, manifest: Manifest, receiver: Receiver, report: Report, mode: str,
                     delete: bool, dry_run: bool, update: bool, progress: Progress,
-                    scanning: "asyncio.Future", excludes: list[str] | None) -> None:
+                    scanning: "asyncio.Future", excludes: list[str] | None, max_delete: int | None) -> None:
     peer = d.channel.peer.id
     await d.say(Hello.ours(folder.peer_id, d.conv.want_compress))
     await d.wait(d.greeted)
@@ -280,8 +277,24 @@ async def _converse(d: Driver, folder: Folder, manifest: Manifest, receiver: Rec
                        push=mode == "sync")
         push_plan = sp.push if mode == "sync" else None
         report.conflicts = [{"path": c.path, "copy": c.copy, "loser": c.loser} for c in sp.conflicts]
-    for p in ([push_plan] if push_plan else []) + ([sp.pull] if sp else []):
-        report.count(p)
+    deletes_left = max_delete
+
+    def cap(plan: Plan) -> Plan:
+        """--max-delete counts the deletes of both halves of a session together."""
+        nonlocal deletes_left
+        plan.cap_deletes(deletes_left)
+        if deletes_left is not None:
+            deletes_left -= len(plan.deletes)
+        return plan
+
+    if sp is not None:
+        cap(sp.pull)
+    if push_plan is not None and (dry_run or sp is None):
+        cap(push_plan)
+    if sp is not None:
+        report.count(sp.pull, pulled=True)
+    if push_plan is not None and (dry_run or sp is None):  # a sync's push half is counted once re-planned
+        report.count(push_plan)
     if dry_run:
         report.plan = ([dict(i, direction="pull") for i in sp.pull.items()] if sp else []) + \
                       ([dict(i, direction="push") for i in push_plan.items()] if push_plan else [])
@@ -294,9 +307,11 @@ async def _converse(d: Driver, folder: Folder, manifest: Manifest, receiver: Rec
             _record_merged(manifest, sp.merged)
             if push_plan is not None:  # plan the push half on what we hold now (conflict copies too)
                 local = (await d.workers.run(scan_folder, folder, manifest, excludes)).entries
-                push_plan = plan_sync(local, remote, folder.short_id, peer[:12], None, rpartials, pull=False).push
+                push_plan = cap(plan_sync(local, remote, folder.short_id, peer[:12], None, rpartials,
+                                          pull=False).push)
+                report.count(push_plan)
         if push_plan is not None:
-            await Pusher(d, report, manifest).run(push_plan)
+            await Pusher(d, manifest).run(push_plan)
     await d.say(Bye())
     await d.wait(d.closed)
     if not dry_run:

@@ -6,6 +6,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..core.entry import FILE
 from ..core.plan import Plan
 from ..core.result import FileResult
 from ..errors import PartialSuccess
@@ -15,28 +16,34 @@ log = logging.getLogger(__name__)
 MAX_LISTED = 10_000  # failures kept in a report (all are counted)
 
 
+# what became of a regular file in a session: each file the session compared has exactly one
+# (files_total is their sum); directories and symlinks are not counted
+OUTCOMES = ("sent_whole", "sent_delta", "received", "copied", "meta", "unchanged", "deleted", "skipped", "failed")
+
+
 @dataclass
 class Report:
     files_total: int = 0
     files_sent_whole: int = 0
     files_sent_delta: int = 0
     files_received: int = 0
+    files_copied: int = 0  # content the receiver held under another name (a rename, a copy): copied there
+    files_meta: int = 0  # only mode, mtime or version changed
     files_unchanged: int = 0
     files_deleted: int = 0
+    files_skipped: int = 0  # left alone on purpose: newer on the peer (--update), or past --max-delete
     files_failed: int = 0
-    files_skipped: int = 0  # newer on the peer, left alone (--update)
     bytes_sent: int = 0
     bytes_received: int = 0
     literal_bytes: int = 0
+    deletes_held: int = 0  # entries (files, directories, links) --max-delete left in place
     seconds: float = 0.0
     failures: list[dict[str, str]] = field(default_factory=list)
     conflicts: list[dict[str, str]] = field(default_factory=list)
     # a push replaced a version on the peer that ours does not descend from (edited there)
     overwritten: list[dict[str, str | None]] = field(default_factory=list)
     plan: list[dict[str, Any]] | None = None
-    # what the pushed paths are, to tell the peer's verdicts apart
-    _deletes: set[str] = field(default_factory=set, repr=False)
-    _deltas: set[str] = field(default_factory=set, repr=False)
+    _outcome: dict[str, str] = field(default_factory=dict, repr=False)  # planned paths: what became of each
     _overwrites: set[str] = field(default_factory=set, repr=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -46,46 +53,64 @@ class Report:
         d["seconds"] = round(self.seconds, 3)
         return d
 
+    def _set(self, path: str, outcome: str) -> None:
+        """`path` ends as `outcome`: moved there from what it was planned as, or counted anew."""
+        was = self._outcome.get(path)
+        if was is None:
+            self.files_total += 1
+        else:
+            setattr(self, f"files_{was}", getattr(self, f"files_{was}") - 1)
+        self._outcome[path] = outcome
+        setattr(self, f"files_{outcome}", getattr(self, f"files_{outcome}") + 1)
+
     def fail(self, path: str, why: str) -> None:
-        self.files_failed += 1
+        """A file failed (once per file, whatever it was planned as); listed up to a bound."""
+        if self._outcome.get(path) == "failed":
+            return
+        self._set(path, "failed")
         if len(self.failures) < MAX_LISTED:  # counted always, listed up to a bound (a peer can send many)
             self.failures.append({"path": path[:4096], "error": why[:1000]})
-        log.warning("%s", why if path in why else f"{path}: {why}")
+        log.warning("%s", why if why.startswith(path) else f"{path}: {why}")
 
-    def count(self, plan: Plan) -> None:
-        """A plan's totals, before it runs."""
-        self.files_total += plan.files_total
+    def count(self, plan: Plan, pulled: bool = False) -> None:
+        """A plan's files, each counted as what it will become (a dry run stops here);
+        verdicts move the ones that fail. `pulled`: the plan is carried out here."""
+        self.files_total += plan.unchanged
         self.files_unchanged += plan.unchanged
-        self.files_skipped += len(plan.skipped)
+        fetched = "received" if pulled else None
+        for e, _ in plan.small:
+            self._set(e.path, fetched or "sent_whole")
+        for t in plan.large:
+            self._set(t.entry.path, fetched or ("sent_delta" if t.basis is not None else "sent_whole"))
+        for e, _, _ in plan.copies:
+            self._set(e.path, "copied")
+        for outcome, entries in (("meta", plan.meta), ("deleted", plan.deletes)):
+            for e in entries:
+                if e.kind == FILE:
+                    self._set(e.path, outcome)
+        for path in plan.skipped:
+            self._set(path, "skipped")
+        for e in plan.held:
+            self.deletes_held += 1
+            if e.kind == FILE:
+                self._set(e.path, "skipped")
         for path, why in plan.blocked:
             self.fail(path, why)
-
-    def expect_push(self, plan: Plan) -> None:
-        self._deletes |= {e.path for e in plan.deletes}
-        self._deltas |= {t.entry.path for t in plan.large if t.basis is not None}
-        self._overwrites |= set(plan.overwrites)
+        if not pulled:
+            self._overwrites |= set(plan.overwrites)
 
     def result(self, r: FileResult, remote: bool) -> None:
         """A file's verdict: ours (received here, or could not be sent), or the peer's on what we pushed."""
         if not r.ok:
             self.fail(r.path, r.error or "failed")
-        elif not remote:
-            self.files_received += 1
-        else:
-            self._pushed(r)
-
-    def _pushed(self, r: FileResult) -> None:
-        if r.path in self._overwrites and len(self.overwritten) < MAX_LISTED:
+            return
+        if r.whole and self._outcome.get(r.path) == "sent_delta":  # the peer had no basis after all
+            self._set(r.path, "sent_whole")
+        if remote and r.path in self._overwrites and len(self.overwritten) < MAX_LISTED:
             kept = f"{META}/versions/{r.kept}" if r.kept else None
             self.overwritten.append({"path": r.path, "kept": kept})
             log.warning("%s: overwrote a newer version on the peer, %s", r.path,
                         f"kept there as {kept}" if kept else "not kept (versioning is off there)")
-        if r.path in self._deletes:
-            self.files_deleted += 1
-        elif r.whole:
-            self.files_sent_whole += 1
-        elif r.path in self._deltas:
-            self.files_sent_delta += 1
 
 
 def check(report: Report, force: bool = False) -> None:
@@ -98,6 +123,8 @@ def check(report: Report, force: bool = False) -> None:
         c = report.conflicts[0]
         raise PartialSuccess(f"{len(report.conflicts)} conflict(s); first: {c['path']} (other version kept as "
                              f"{c['copy']})")
+    if report.deletes_held:
+        raise PartialSuccess(f"--max-delete: {report.deletes_held} deletion(s) not done (the rest were)")
     if report.overwritten and not force:
         o = report.overwritten[0]
         raise PartialSuccess(f"overwrote {len(report.overwritten)} newer version(s) on the peer; first: {o['path']}, "

@@ -10,9 +10,10 @@ import sys
 import pytest
 
 from conftest import ROOT, folder_pair, tree_digest
-from deltasync.errors import PeerBusy, PeerUnreachable, ProtocolError, RemoteError
+from deltasync.errors import PartialSuccess, PeerBusy, PeerUnreachable, ProtocolError, RemoteError
 from deltasync.run.client import session
 from deltasync.run.loopback import Loopback
+from deltasync.run.report import OUTCOMES, check
 from deltasync.run.server import Server
 from deltasync.run.workers import INLINE
 
@@ -37,7 +38,15 @@ def converse(a, b, mode="push", loopback=None, **kw):
             if loopback is None:
                 server.close()
 
-    return asyncio.run(go())
+    report = asyncio.run(go())
+    adds_up(report)
+    return report
+
+
+def adds_up(r):
+    """Every file the session compared has exactly one outcome."""
+    assert r.files_total == sum(getattr(r, f"files_{o}") for o in OUTCOMES), r
+    assert r.files_failed == len(r.failures) and all(getattr(r, f"files_{o}") >= 0 for o in OUTCOMES), r
 
 
 def make_tree(root, seed=1):
@@ -68,7 +77,8 @@ def test_push_a_new_tree_then_nothing_to_do(folders):
     assert same(a, b) and r.files_failed == 0
     assert r.files_sent_whole == 4 and r.files_total == 4  # a.txt, b.bin, empty, big.bin
     again = converse(a, b)
-    assert again.files_unchanged == 5 and again.literal_bytes == 0 and again.files_sent_whole == 0  # + the link
+    assert again.files_unchanged == again.files_total == 4  # regular files only: not the link, not the dirs
+    assert again.literal_bytes == 0 and again.files_sent_whole == 0
 
 
 @pytest.mark.parametrize("mode", ["push", "pull", "sync"])
@@ -226,3 +236,81 @@ def test_dry_run_changes_nothing_on_either_side(folders):
     r = converse(a, b, "sync", dry_run=True)
     assert {i["op"] for i in r.plan} >= {"send_whole", "mkdir", "symlink"}
     assert tree_digest(a.root) == before_a and tree_digest(b.root) == before_b
+    assert r.files_sent_whole == 4 and r.files_total == 4, "a dry run counts what would happen"
+
+
+@pytest.mark.parametrize("mode", ["push", "pull", "sync"])
+def test_a_dry_run_counts_what_the_real_run_then_does(folders, mode):
+    a, b = folders
+    converse(a, b, "sync")
+    source, target = (b, a) if mode == "pull" else (a, b)
+    fixture.mutate(str(source.root / "big.bin"), "regions", seed=3, fraction=0.1)
+    (source.root / "new.txt").write_text("new\n")
+    os.utime(source.root / "docs" / "a.txt", ns=(10**18, 10**18))  # metadata only
+    (source.root / "docs" / "deep" / "b.bin").unlink()
+    counts = ("files_total", "files_sent_whole", "files_sent_delta", "files_received", "files_meta",
+              "files_unchanged", "files_deleted")
+    dry = converse(a, b, mode, dry_run=True, delete=True)
+    real = converse(a, b, mode, delete=True)
+    assert [getattr(dry, c) for c in counts] == [getattr(real, c) for c in counts], (dry, real)
+    moved = (real.files_received,) if mode == "pull" else (real.files_sent_delta, real.files_sent_whole)
+    assert moved == ((2,) if mode == "pull" else (1, 1)) and real.files_meta == 1 and real.files_deleted == 1
+    assert same(a, b)
+
+
+@pytest.mark.parametrize("mode", ["push", "sync"])
+def test_max_delete_holds_the_deletes_past_n(folders, mode):
+    a, b = folders
+    converse(a, b, "sync")
+    for name in ("x1", "x2", "x3"):
+        (b.root / name).write_text(name) if mode == "push" else None
+    if mode == "sync":  # deletes that travel as tombstones
+        for name in ("x1", "x2", "x3"):
+            (a.root / name).write_text(name)
+        converse(a, b, "sync")
+        for name in ("x1", "x2", "x3"):
+            (a.root / name).unlink()
+    r = converse(a, b, mode, delete=True, max_delete=1)
+    left = sorted(n for n in ("x1", "x2", "x3") if (b.root / n).exists())
+    assert len(left) == 2 and r.files_deleted == 1 and r.deletes_held == 2 and r.files_skipped == 2
+    with pytest.raises(PartialSuccess, match="max-delete"):
+        check(r)
+    r = converse(a, b, mode, delete=True)  # without the cap, the rest go
+    assert r.files_deleted == 2 and not any((b.root / n).exists() for n in left)
+
+
+def test_bwlimit_paces_both_directions():
+    """The limit holds what we send and what we read to the rate (on average since the start)."""
+    from deltasync.run.channel import Channel, parse_rate
+    from deltasync.transports.base import Peer
+    from deltasync.transports.memory import pair
+    from deltasync.wire.framing import encode
+
+    assert parse_rate("0") is None and parse_rate("500K") == 500 * 1024 and parse_rate("2") == 2048
+    frames = [encode("file_done", path=f"f{i}") for i in range(40)]
+
+    async def go(rate, slow_side):
+        mine, theirs = pair(Peer("a", "a"), Peer("b", "b"))
+        sender = Channel(mine, rate if slow_side == "send" else None)
+        reader = Channel(theirs, rate if slow_side == "recv" else None)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+
+        async def send_all():
+            for f in frames:
+                await sender.send(f)
+            await sender.close()
+
+        got = 0
+        task = asyncio.ensure_future(send_all())
+        while await reader.recv() is not None:
+            got += 1
+        await task
+        return got, loop.time() - started
+
+    size = sum(len(f) for f in frames)
+    for side in ("send", "recv"):
+        got, took = asyncio.run(go(size / 0.5, side))  # half a second's worth at that rate
+        assert got == 40 and took >= 0.4, (side, took)
+    got, took = asyncio.run(go(None, "send"))
+    assert got == 40 and took < 0.3

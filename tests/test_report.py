@@ -1,0 +1,95 @@
+"""A session's counts add up, whatever the plan and whatever fails: every
+regular file the session compared has exactly one outcome."""
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from deltasync.core.entry import DIR, FILE, SYMLINK, Entry
+from deltasync.core.plan import DELTA_MIN, make_plan, plan_sync
+from deltasync.core.result import FileResult
+from deltasync.run.report import OUTCOMES, Report
+
+NAMES = ["a", "b", "c", "d/e", "d/f", "g"]
+HASHES = ["1" * 64, "2" * 64, "3" * 64]
+
+
+@st.composite
+def entry(draw, path):
+    kind = draw(st.sampled_from([FILE, FILE, FILE, SYMLINK]))
+    if kind == SYMLINK:
+        return Entry(path, SYMLINK, target=draw(st.sampled_from(["x", "y"])))
+    size = draw(st.sampled_from([0, 10, DELTA_MIN * 3]))
+    return Entry(path, FILE, size, draw(st.integers(1, 3)), 0o644, draw(st.sampled_from(HASHES)),
+                 version=((draw(st.sampled_from(["me", "peer"])), draw(st.integers(1, 3))),),
+                 deleted=draw(st.booleans()) and draw(st.booleans()))
+
+
+@st.composite
+def index(draw):
+    out = {"d": Entry("d", DIR, 0, 1, 0o755)}
+    for p in draw(st.lists(st.sampled_from(NAMES), unique=True)):
+        out[p] = draw(entry(p))
+    return out
+
+
+def adds_up(r: Report) -> None:
+    assert r.files_total == sum(getattr(r, f"files_{o}") for o in OUTCOMES), r
+    assert all(getattr(r, f"files_{o}") >= 0 for o in OUTCOMES), r
+    assert r.files_failed == len(r.failures), r
+
+
+def live_files(idx):
+    return {p for p, e in idx.items() if e.kind == FILE and not e.deleted}
+
+
+@settings(max_examples=300, deadline=None)
+@given(index(), index(), st.booleans(), st.booleans(), st.data())
+def test_a_push_counts_every_file_once_and_verdicts_move_them(source, target, delete, update, data):
+    plan = make_plan(source, target, delete=delete, update=update)
+    r = Report()
+    r.count(plan)
+    adds_up(r)  # the dry run's counts: what would happen
+    planned = sorted(r._outcome)
+    # every live source file is counted once, and with --delete every target file that goes
+    assert r.files_total >= len(live_files(source)) - len(plan.blocked)
+    for path in data.draw(st.lists(st.sampled_from(planned), unique=True)) if planned else []:
+        r.result(FileResult(path, data.draw(st.booleans()), "nope", whole=data.draw(st.booleans())), remote=True)
+        adds_up(r)
+    before = r.files_total
+    r.fail("unreadable/file", "Permission denied")  # a scan error: a file we compared, failed
+    r.fail("unreadable/file", "Permission denied")  # said twice, counted once
+    adds_up(r)
+    assert r.files_total == before + 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(index(), index(), st.booleans(), st.data())
+def test_a_sync_counts_each_file_in_one_half_only(local, remote, dry, data):
+    sp = plan_sync(local, remote, "me", "peer")
+    r = Report()
+    r.count(sp.pull, pulled=True)
+    r.count(sp.push)
+    adds_up(r)
+    both = live_files(local) | live_files(remote)
+    # a file live on either side is in play (conflict copies add their own paths)
+    assert r.files_total >= len(both - {p for p, _ in sp.pull.blocked + sp.push.blocked})
+    for path in sorted(r._outcome):
+        if data.draw(st.booleans()):
+            r.result(FileResult(path, False, "disk full"), remote=data.draw(st.booleans()))
+    adds_up(r)
+
+
+def test_named_outcomes_for_a_known_plan():
+    big, h1, h2 = DELTA_MIN * 3, HASHES[0], HASHES[1]
+    source = {"new": Entry("new", FILE, 5, 1, 0o644, HASHES[2]), "edit": Entry("edit", FILE, big, 1, 0o644, h2),
+              "same": Entry("same", FILE, 5, 1, 0o644, h1), "touched": Entry("touched", FILE, 5, 9, 0o644, h1),
+              "link": Entry("link", SYMLINK, target="x")}
+    target = {"edit": Entry("edit", FILE, big, 1, 0o644, h1), "same": Entry("same", FILE, 5, 1, 0o644, h1),
+              "touched": Entry("touched", FILE, 5, 1, 0o644, h1), "gone": Entry("gone", FILE, 5, 1, 0o644, h1),
+              "gone-dir": Entry("gone-dir", DIR, 0, 1, 0o755)}
+    r = Report()
+    r.count(make_plan(source, target, delete=True))
+    assert (r.files_total, r.files_sent_whole, r.files_sent_delta, r.files_meta, r.files_unchanged,
+            r.files_deleted) == (5, 1, 1, 1, 1, 1)
+    r.result(FileResult("edit", True, whole=True), remote=True)  # no basis there after all
+    r.result(FileResult("new", False, "disk full"), remote=True)
+    assert (r.files_total, r.files_sent_whole, r.files_sent_delta, r.files_failed) == (5, 1, 0, 1)
