@@ -15,7 +15,7 @@ from typing import Any, Callable, List, Optional
 
 import typer
 
-from .errors import EXIT_ERROR, DeltasyncError
+from .errors import EXIT_ERROR, DeltasyncError, PartialSuccess
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Keep folders in sync between peers by rolling-signature deltas, verified end to end.")
@@ -35,7 +35,8 @@ def _run(fn: Callable[[], Any], as_json: bool = False) -> Any:
     try:
         return fn()
     except DeltasyncError as e:
-        typer.echo(f"deltasync: error: {e}", err=True)
+        # a partial success (some files failed, conflicts kept) is a result, not an error of the command
+        typer.echo(f"deltasync: {'' if isinstance(e, PartialSuccess) else 'error: '}{e}", err=True)
         if as_json:  # scripts still get one object on stdout
             _print_json({"error": str(e), "exit_code": e.exit_code})
         raise typer.Exit(e.exit_code) from None
@@ -288,6 +289,7 @@ def watch(directory: Path = DirArg,
           listen: Optional[str] = typer.Option(None, "--listen", help="HOST:PORT to serve on."),
           peer: List[str] = typer.Option([], "--peer", help="HOST:PORT or name to sync with (repeatable); "
                                                             "default: every peer in config.toml with an address."),
+          bwlimit: Optional[str] = BwOpt,
           as_json: bool = typer.Option(False, "--json", help="Events as JSON lines on stdout."),
           verbose: int = VerboseOpt, quiet: bool = QuietOpt) -> None:
     """Serve, watch the folder, and keep it in sync with peers in both directions until SIGINT/SIGTERM.
@@ -295,6 +297,7 @@ def watch(directory: Path = DirArg,
     Example: deltasync watch ./A --listen 10.0.0.1:8730 --peer 10.0.0.2:8730
     """
     from .config import Folder
+    from .run.channel import parse_rate
     from .run.watch import Watcher
 
     _logging(max(verbose, 0 if quiet or as_json else 1), quiet)
@@ -303,7 +306,8 @@ def watch(directory: Path = DirArg,
         folder = Folder.open(directory)
         cfg = folder.config()
         peers = list(peer) or [p.name for p in cfg.peers.values() if p.address]
-        asyncio.run(Watcher(folder, peers, as_json).run(listen or str(cfg.setting("listen"))))
+        rate = parse_rate(bwlimit) if bwlimit is not None else None
+        asyncio.run(Watcher(folder, peers, as_json, rate).run(listen or str(cfg.setting("listen"))))
 
     _run(go)
 
@@ -431,46 +435,9 @@ def demo(scale: float = typer.Option(0.2, "--scale", help="Size factor: 1.0 is t
         raise typer.Exit(1)
 
 
-rdiff_app = typer.Typer(help="librsync's rdiff: signature, delta, patch (same arguments and file formats).",
-                        no_args_is_help=True)
+from .cli_rdiff import rdiff_app  # noqa: E402  (its own module: rdiff's options and exit codes)
+
 app.add_typer(rdiff_app, name="rdiff")
-ForceOpt = typer.Option(False, "--force", "-f", help="Overwrite an existing output file.")
-
-
-@rdiff_app.command("signature")
-def rdiff_signature(basis: Optional[str] = typer.Argument(None, help="Old file ('-' or absent: stdin)."),
-                    sig: Optional[str] = typer.Argument(None, help="Signature out ('-' or absent: stdout)."),
-                    block_size: int = typer.Option(0, "--block-size", "-b", help="0: recommended."),
-                    sum_size: int = typer.Option(0, "--sum-size", "-S", help="0: the maximum."),
-                    hash_alg: str = typer.Option("blake2", "--hash", "-H", help="blake2 or md4."),
-                    rollsum: str = typer.Option("rabinkarp", "--rollsum", "-R", help="rabinkarp or rollsum."),
-                    force: bool = ForceOpt) -> None:
-    """Write the signature of BASIS.  Example: deltasync rdiff signature old.bin old.sig"""
-    from . import rdiff
-
-    _run(lambda: rdiff.signature(basis, sig, block_size, sum_size, hash_alg, rollsum, force))
-
-
-@rdiff_app.command("delta")
-def rdiff_delta(sig: str = typer.Argument(..., help="Signature of the old file."),
-                new: Optional[str] = typer.Argument(None, help="New file ('-' or absent: stdin)."),
-                delta: Optional[str] = typer.Argument(None, help="Delta out ('-' or absent: stdout)."),
-                force: bool = ForceOpt) -> None:
-    """Write the delta turning the old file into NEW.  Example: deltasync rdiff delta old.sig new.bin d.delta"""
-    from . import rdiff
-
-    _run(lambda: rdiff.delta(sig, new, delta, force))
-
-
-@rdiff_app.command("patch")
-def rdiff_patch(basis: str = typer.Argument(..., help="The old file."),
-                delta: Optional[str] = typer.Argument(None, help="Delta ('-' or absent: stdin)."),
-                new: Optional[str] = typer.Argument(None, help="New file out ('-' or absent: stdout)."),
-                force: bool = ForceOpt) -> None:
-    """Apply DELTA to BASIS.  Example: deltasync rdiff patch old.bin d.delta new.bin"""
-    from . import rdiff
-
-    _run(lambda: rdiff.patch(basis, delta, new, force))
 
 
 def _fixed_mmap_threshold() -> None:
@@ -487,6 +454,10 @@ def _fixed_mmap_threshold() -> None:
 
 def main() -> None:
     _fixed_mmap_threshold()
+    if sys.argv[1:2] == ["rdiff"]:
+        from .cli_rdiff import main as rdiff_main
+
+        rdiff_main(app)
     app()
 
 

@@ -66,6 +66,12 @@ class Config:
             if not peer.address:
                 raise ConfigError(f"peer {target!r} has no address in config.toml")
             return peer.address, peer.id
+        if ":" not in target:
+            import difflib
+
+            close = difflib.get_close_matches(target, list(self.peers), 1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UsageError(f"no peer named {target!r}{hint}: give HOST:PORT or a peer name from config.toml")
         by_address = next((p for p in self.peers.values() if p.address == target), None)
         return target, by_address.id if by_address else None
 

@@ -14,7 +14,7 @@ from typing import Any, BinaryIO
 
 from . import engines
 from .core import limits
-from .engines import RS_RK_BLAKE2_SIG_MAGIC, SIG_MAGICS, DeltaError
+from .engines import RS_RESULTS, RS_RK_BLAKE2_SIG_MAGIC, SIG_MAGICS, DeltaError
 from .errors import ProtocolError
 
 STRONG_LEN = 16
@@ -75,10 +75,8 @@ def signature_to(f: Any, out: BinaryIO, block_len: int, strong_len: int = STRONG
                  magic: int = MAGIC) -> None:
     try:
         engines.get().signature(f, out, block_len, strong_len, magic)
-    except DeltaError:
-        raise
-    except Exception as e:  # a binding's own error type
-        raise DeltaError(f"signature failed: {e}") from None
+    except Exception as e:  # a binding's own error type, as ours
+        raise DeltaError.of("signature", e) from None
 
 
 def sig_args(size: int, magic: int, block_len: int, strong_len: int) -> tuple[int, int, int]:
@@ -96,10 +94,8 @@ def delta(new: bytes, sig: bytes | bytearray) -> bytes:
 def delta_to(new: BinaryIO, sig: BinaryIO, out: BinaryIO) -> None:
     try:
         engines.get().delta(new, sig, out)
-    except DeltaError:
-        raise
     except Exception as e:
-        raise DeltaError(f"delta failed: {e}") from None
+        raise DeltaError.of("delta", e) from None
 
 
 class _Basis:
@@ -117,7 +113,8 @@ class _Basis:
 
     def read(self, n: int = -1) -> bytes:
         if n < 0 or self._pos + n > self._size:
-            raise DeltaError(f"delta copies bytes {self._pos}..{self._pos + n} from a basis of {self._size} bytes")
+            raise DeltaError(f"delta copies bytes {self._pos}..{self._pos + n} from a basis of {self._size} bytes",
+                             RS_RESULTS["RS_CORRUPT"])
         data = self._f.read(n)
         self._pos += len(data)
         return data
@@ -131,7 +128,5 @@ def patch(basis: BinaryIO, delta_bytes: bytes | BinaryIO, out: Any) -> None:
     d = io.BytesIO(delta_bytes) if isinstance(delta_bytes, (bytes, bytearray)) else delta_bytes
     try:
         engines.get().patch(_Basis(basis), d, out)
-    except DeltaError:
-        raise
     except Exception as e:
-        raise DeltaError(f"patch failed: {e}") from None
+        raise DeltaError.of("patch", e) from None

@@ -4,6 +4,7 @@ Files may be `-` (or absent) for stdin/stdout; the delta given to `patch` is
 spooled to a temporary file when it is not seekable, as librsync requires."""
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import sys
@@ -30,8 +31,19 @@ def _out(stack: ExitStack, path: str | None, force: bool) -> BinaryIO:
     if path in (None, "-"):
         return sys.stdout.buffer
     if os.path.exists(path) and not force:
-        raise UsageError(f"{path} exists; use --force to overwrite it")
+        raise FileExistsError(errno.EEXIST, "exists; use --force to overwrite it", path)
     return stack.enter_context(open(path, "wb"))
+
+
+def _moved(f: BinaryIO) -> int | None:
+    """How far a stream was read or written (unknown for a pipe)."""
+    try:
+        return f.tell()
+    except OSError:
+        return None
+
+
+Moved = tuple["int | None", "int | None"]  # bytes in, bytes out (for -s)
 
 
 def _seekable(stack: ExitStack, f: BinaryIO) -> BinaryIO:
@@ -44,7 +56,7 @@ def _seekable(stack: ExitStack, f: BinaryIO) -> BinaryIO:
 
 
 def signature(basis: str | None, sig: str | None, block_size: int = 0, sum_size: int = 0, hash_alg: str = "blake2",
-              rollsum: str = "rabinkarp", force: bool = False) -> None:
+              rollsum: str = "rabinkarp", force: bool = False) -> Moved:
     magic = MAGICS.get((hash_alg, rollsum))
     if magic is None:
         raise UsageError(f"unknown --hash {hash_alg!r} or --rollsum {rollsum!r}")
@@ -54,16 +66,22 @@ def signature(basis: str | None, sig: str | None, block_size: int = 0, sum_size:
         f = _in(stack, basis)
         size = os.fstat(f.fileno()).st_size if f.seekable() else -1
         magic, block, strong = engine.sig_args(size, magic, block_size, sum_size)
-        engine.signature_to(f, _out(stack, sig, force), block, strong, magic)
+        out = _out(stack, sig, force)
+        engine.signature_to(f, out, block, strong, magic)
+        return _moved(f), _moved(out)
 
 
-def delta(sig: str, new: str | None, out: str | None, force: bool = False) -> None:
+def delta(sig: str, new: str | None, out_path: str | None, force: bool = False) -> Moved:
     with ExitStack() as stack:
-        engine.delta_to(_in(stack, new), _in(stack, sig), _out(stack, out, force))
+        f, out = _in(stack, new), _out(stack, out_path, force)
+        engine.delta_to(f, _in(stack, sig), out)
+        return _moved(f), _moved(out)
 
 
-def patch(basis: str, delta_path: str | None, new: str | None, force: bool = False) -> None:
+def patch(basis: str, delta_path: str | None, new: str | None, force: bool = False) -> Moved:
     with ExitStack() as stack:
         b = stack.enter_context(open(basis, "rb"))
         d = _seekable(stack, _in(stack, delta_path))
-        engine.patch(b, d, _out(stack, new, force))
+        out = _out(stack, new, force)
+        engine.patch(b, d, out)
+        return _moved(d), _moved(out)

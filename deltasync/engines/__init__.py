@@ -24,8 +24,23 @@ RS_DELTA_MAGIC = 0x72730236
 SIG_MAGICS = frozenset({RS_MD4_SIG_MAGIC, RS_BLAKE2_SIG_MAGIC, RS_RK_MD4_SIG_MAGIC, RS_RK_BLAKE2_SIG_MAGIC})
 
 
+# librsync's rs_result codes (rdiff exits with them)
+RS_RESULTS = {"RS_IO_ERROR": 100, "RS_SYNTAX_ERROR": 101, "RS_MEM_ERROR": 102, "RS_INPUT_ENDED": 103,
+              "RS_BAD_MAGIC": 104, "RS_UNIMPLEMENTED": 105, "RS_CORRUPT": 106, "RS_INTERNAL_ERROR": 107,
+              "RS_PARAM_ERROR": 108}
+
+
 class DeltaError(TransferFailed):
     """librsync refused a delta or signature (corrupt, or from a hostile peer)."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code  # librsync's rs_result, when it said one
+
+    @classmethod
+    def of(cls, what: str, e: BaseException) -> "DeltaError":
+        """A binding's own error (python-rsync names the rs_result) as ours."""
+        return e if isinstance(e, DeltaError) else cls(f"{what} failed: {e}", RS_RESULTS.get(str(e)))
 
 
 class EngineMissing(DeltasyncError):

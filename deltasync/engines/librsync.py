@@ -14,7 +14,7 @@ import ctypes.util
 import os
 from typing import Any, Callable
 
-from . import DeltaError
+from . import RS_RESULTS, DeltaError
 
 RS_DONE, RS_BLOCKED, RS_IO_ERROR = 0, 1, 100
 BUF = 1024 * 1024
@@ -76,7 +76,7 @@ class LibrsyncEngine:
             self.version = "unknown"
 
     def _error(self, what: str, r: int) -> DeltaError:
-        return DeltaError(f"{what} failed: {self._lib.rs_strerror(r).decode(errors='replace')}")
+        return DeltaError(f"{what} failed: {self._lib.rs_strerror(r).decode(errors='replace')}", r)
 
     def _drive(self, job: int, what: str, read: Callable[[int], bytes], write: Callable[[bytes], Any] | None,
                failed: list[BaseException] | None = None) -> None:
@@ -110,7 +110,7 @@ class LibrsyncEngine:
                 # blocked with all input given and nothing moving: the input ended early
                 stalled = stalled + 1 if (bufs.eof_in and not made and bufs.avail_in == before_in) else 0
                 if stalled > 2:
-                    raise DeltaError(f"{what} failed: input ended early")
+                    raise DeltaError(f"{what} failed: input ended early", RS_RESULTS["RS_INPUT_ENDED"])
         finally:
             lib.rs_job_free(job)
 

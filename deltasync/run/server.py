@@ -8,6 +8,7 @@ is closed; it is logged with its peer ID, and the server keeps serving others.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
@@ -26,7 +27,7 @@ from ..fs.scan import ScanResult, scan_folder
 from ..store.manifest import Manifest
 from ..store.receiver import Receiver
 from ..transports.base import Transport
-from ..transports.tls import Admission, serve, split_address
+from ..transports.tls import DEFAULT_PORT, Admission, serve, split_address
 from ..wire import machine as mc
 from ..wire.messages import Error, Hello
 from .channel import Channel
@@ -166,11 +167,17 @@ async def run(folder: Folder, listen: str, on_listening: Callable[[str], None] |
     stale = server.receiver.clean_stale(float(cfg.setting("partial_max_age_hours")) * 3600)
     if stale:
         log.info("dropped %d stale partial transfers", stale)
-    host, port = split_address(listen)
+    host, port = split_address(listen, DEFAULT_PORT)
     admission = Admission(int(cfg.setting("max_pending_handshakes")), int(cfg.setting("max_handshakes_per_address")),
                           int(cfg.setting("max_connections")), int(cfg.setting("max_sessions_per_peer")))
-    srv = await serve(folder, host, port, server.handle, float(cfg.setting("handshake_timeout")),
-                      float(cfg.setting("idle_timeout")), admission)
+    try:
+        srv = await serve(folder, host, port, server.handle, float(cfg.setting("handshake_timeout")),
+                          float(cfg.setting("idle_timeout")), admission)
+    except OSError as e:
+        taken = e.errno == errno.EADDRINUSE
+        raise DeltasyncError(f"cannot listen on {host}:{port}: " + (
+            "the address is in use (by another deltasync serve or watch, or another program); pass --listen "
+            "HOST:PORT" if taken else f"{e.strerror or e}")) from None
     sock = srv.sockets[0].getsockname()
     actual = f"{sock[0]}:{sock[1]}" if ":" not in sock[0] else f"[{sock[0]}]:{sock[1]}"
     if on_listening:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Folder
-from ..errors import DeltasyncError
+from ..errors import DeltasyncError, PeerBusy
 from ..fs.safe import has_reserved
 from .client import session
 from .server import Server
@@ -40,11 +40,20 @@ def _stat(root: Path, paths: set[str]) -> dict[str, tuple[int, int] | None]:
     return out
 
 
+def _text(value: Any) -> str:
+    """An event's field as a person reads it (JSON lines keep the structure)."""
+    if isinstance(value, list):
+        return "; ".join(f"{c['path']} (the {c['loser']} version is kept as {c['copy']})" if "copy" in c
+                         else f"{c.get('path')}: {c.get('error')}" for c in value) or "none"
+    return str(value)
+
+
 class Watcher:
-    def __init__(self, folder: Folder, peers: list[str], as_json: bool = False) -> None:
+    def __init__(self, folder: Folder, peers: list[str], as_json: bool = False, bwlimit: float | None = None) -> None:
         self.folder = folder
         self.peers = peers
         self.as_json = as_json
+        self.bwlimit = bwlimit
         cfg = folder.config()
         self.settle = float(cfg.setting("settle_seconds"))
         self.rescan = float(cfg.setting("rescan_seconds"))
@@ -58,7 +67,7 @@ class Watcher:
             sys.stdout.write(json.dumps(dict(fields, event=kind, time=round(time.time(), 3))) + "\n")
             sys.stdout.flush()
         else:
-            log.info("%s %s", kind, " ".join(f"{k}={v}" for k, v in fields.items()))
+            log.info("%s %s", kind, " ".join(f"{k}={_text(v)}" for k, v in fields.items()))
 
     async def watch_files(self) -> None:
         from watchfiles import awatch
@@ -92,13 +101,18 @@ class Watcher:
             # held from before we connect: a crossing session from that peer is told to retry
             ticket = registry.open(pinned or "", "client")
             try:
-                r = await session(self.folder, peer, "sync", keep_signatures=True)
-                moved = r.files_sent_whole + r.files_sent_delta + r.files_received + r.files_deleted
-                if moved or r.conflicts or r.failures or reason == "start":
+                r = await session(self.folder, peer, "sync", bwlimit=self.bwlimit, keep_signatures=True)
+                moved = r.files_total - r.files_unchanged
+                if moved or r.conflicts or reason == "start":
                     self.event("synced", peer=peer, reason=reason, sent=r.files_sent_whole + r.files_sent_delta,
-                               received=r.files_received, deleted=r.files_deleted, failed=r.files_failed,
-                               conflicts=r.conflicts, bytes_sent=r.bytes_sent, seconds=round(r.seconds, 3))
+                               received=r.files_received, copied=r.files_copied, meta=r.files_meta,
+                               deleted=r.files_deleted, failed=r.files_failed, conflicts=r.conflicts,
+                               failures=r.failures[:20], bytes_sent=r.bytes_sent, bytes_received=r.bytes_received,
+                               seconds=round(r.seconds, 3))
                 ok = ok and not r.failures
+            except PeerBusy:  # two watchers crossed: the other end is syncing with us right now
+                log.debug("%s is syncing with us; looking again shortly", peer)
+                ok = False
             except DeltasyncError as e:
                 self.event("peer_unavailable", peer=peer, error=str(e))
                 ok = False
@@ -129,6 +143,8 @@ class Watcher:
         def announce(actual: str) -> None:
             self.event("listening", address=actual) if self.as_json else print(f"listening on {actual}", flush=True)
 
+        if not self.peers:
+            log.warning("no peers to sync with: serving only (trust a peer with --address, or pass --peer)")
         server = asyncio.create_task(serve(self.folder, listen, announce, self.stop, self.server))
         await asyncio.sleep(0.05)
         tasks = [asyncio.create_task(self.watch_files()), asyncio.create_task(self.loop())]

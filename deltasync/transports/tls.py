@@ -114,10 +114,17 @@ async def _read_cert(reader: asyncio.StreamReader) -> bytes:
     return await reader.readexactly(n)
 
 
-def split_address(address: str) -> tuple[str, int]:
-    """HOST:PORT (or [v6]:PORT) -> (host, port); a port outside 0-65535 is a usage error, not a wrap-around."""
+DEFAULT_PORT = 8730
+
+
+def split_address(address: str, default_port: int | None = None) -> tuple[str, int]:
+    """HOST:PORT (or [v6]:PORT) -> (host, port); a port outside 0-65535 is a usage error, not a
+    wrap-around. With `default_port` (where we listen), HOST alone is enough."""
     host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
+    if default_port is not None and "/" not in address and (not sep or "]" in port or address.count(":") > 1
+                                                            and not address.startswith("[")):
+        host, sep, port = address, ":", str(default_port)  # a host, a [v6] or a bare v6 address alone
+    if not sep or not port.isdigit() or "/" in host:
         raise UsageError(f"not a HOST:PORT address: {address!r}")
     if not 0 <= int(port) <= 65535:
         raise UsageError(f"port {int(port)} in {address!r} is outside 0-65535")
@@ -155,7 +162,11 @@ async def connect(folder: Folder, address: str, expect_id: str | None = None,
         got = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
         if got != peer_der:
             raise PeerRefused(f"{address} changed certificate during the handshake")
-    except (asyncio.IncompleteReadError, ConnectionError, asyncio.TimeoutError) as e:
+    except asyncio.TimeoutError:
+        writer.close()
+        raise PeerUnreachable(f"no deltasync handshake from {address} within {timeout:.0f} s (is deltasync serve "
+                              f"or watch listening there?)") from None
+    except (asyncio.IncompleteReadError, ConnectionError) as e:
         writer.close()
         raise PeerRefused(f"{address} closed the connection during the handshake ({type(e).__name__})") from None
     except ssl.SSLError as e:

@@ -113,3 +113,68 @@ def test_trust_checks_what_it_is_given_and_untrust_refuses_at_once(served, tmp_p
     assert gone["name"] == "a" and gone["peer_id"] == own
     p = ds("push", a, s.address, check=False)
     assert p.returncode == 4 and "does not trust this folder" in p.stderr
+
+
+def test_the_summary_line_adds_up_and_names_what_moved(served):
+    a, b, s = served
+    (a / "one.txt").write_text("1")
+    (a / "two.txt").write_text("22")
+    p = ds("push", a, s.address)
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("2 files: 2 sent whole; ") and " sent, " in last and " received in " in last, last
+    os.utime(a / "one.txt", ns=(10**18, 10**18))  # metadata only
+    (b / "extra").write_text("only on B")
+    p = ds("push", a, s.address, "--delete", "-n")
+    assert p.stderr.strip().splitlines()[-1] == "dry run, nothing changed: 3 files: 1 metadata only, 1 unchanged, " \
+                                                 "1 deleted", p.stderr
+    p = ds("push", a, s.address, "--delete", "--max-delete", "0", "-h", check=False)
+    last = p.stderr.strip().splitlines()
+    assert p.returncode == 3 and "max-delete" in last[-1] and not last[-1].startswith("deltasync: error")
+    assert "1 skipped" in last[-2] and "1 metadata only" in last[-2], last
+    assert (b / "extra").exists()
+
+
+def test_listen_addresses_take_the_default_port_and_say_when_taken(pair):
+    import socket
+
+    a, b = pair
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        p = ds("serve", b, "--listen", f"127.0.0.1:{port}", check=False, timeout=20)
+        assert p.returncode == 1 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert "in use" in p.stderr and "--listen HOST:PORT" in p.stderr
+    from deltasync.transports.tls import DEFAULT_PORT, split_address
+
+    assert split_address("127.0.0.1", DEFAULT_PORT) == ("127.0.0.1", 8730)
+    assert split_address("[::1]", DEFAULT_PORT) == ("::1", 8730) and split_address("::1", DEFAULT_PORT)[1] == 8730
+    try:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", DEFAULT_PORT))
+    except OSError:
+        return  # the default port is someone else's here: the split above is what decides it
+    s = Serve(b, listen="127.0.0.1")
+    try:
+        assert s.address == f"127.0.0.1:{DEFAULT_PORT}"
+    finally:
+        s.stop()
+
+
+def test_a_listener_that_never_answers_is_named_as_such(pair):
+    import socket
+
+    a, _ = pair
+    with socket.socket() as mute:
+        mute.bind(("127.0.0.1", 0))
+        mute.listen()
+        started = time.monotonic()
+        p = ds("push", a, f"127.0.0.1:{mute.getsockname()[1]}", check=False, timeout=30)
+    assert p.returncode == 4 and "no deltasync handshake" in p.stderr and time.monotonic() - started < 20, p.stderr
+
+
+def test_an_unknown_peer_name_is_a_usage_error_with_a_suggestion(pair):
+    a, b = pair
+    ds("trust", a, ds("id", b).stdout.strip(), "--name", "laptop", "--address", "127.0.0.1:9")
+    p = ds("push", a, "laptp", check=False)
+    assert p.returncode == 2 and "did you mean 'laptop'" in p.stderr and len(p.stderr.strip().splitlines()) == 1

@@ -123,7 +123,7 @@ def test_a_directory_swapped_for_a_symlink_is_never_followed(served, tmp_path):
 
 
 @pytest.mark.parametrize("args", [["serve", "--listen", "127.0.0.1:99999"], ["push", "127.0.0.1:70000"],
-                                  ["push", "./B"], ["serve", "--listen", "127.0.0.1"]])
+                                  ["push", "./B"], ["serve", "--listen", "127.0.0.1:"]])
 def test_usage_mistakes_exit_2_with_one_line(pair, args):
     a, b = pair
     cmd, *rest = args
