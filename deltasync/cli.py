@@ -26,9 +26,14 @@ VerboseOpt = typer.Option(0, "--verbose", "-v", count=True, help="More log lines
 QuietOpt = typer.Option(False, "--quiet", "-q", help="Only errors on stderr.")
 
 
-def _logging(verbose: int, quiet: bool) -> None:
-    level = logging.ERROR if quiet else logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, stream=sys.stderr, format="deltasync: %(message)s")
+def _logging(verbose: int, quiet: bool, daemon: bool = False) -> None:
+    """One-shot commands say warnings (-v: a line per file); `serve` and `watch` also log a
+    timestamped line per session (-v: and per file)."""
+    level = logging.ERROR if quiet else logging.DEBUG if verbose > 1 else \
+        logging.INFO if verbose or daemon else logging.WARNING
+    fmt = "%(asctime)s deltasync: %(message)s" if daemon else "deltasync: %(message)s"
+    logging.basicConfig(level=level, stream=sys.stderr, format=fmt, datefmt="%Y-%m-%d %H:%M:%S")
+    logging.getLogger("deltasync.files").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 def _run(fn: Callable[[], Any], as_json: bool = False) -> Any:
@@ -156,7 +161,7 @@ def serve(directory: Path = DirArg,
     from .config import Folder
     from .run.server import run
 
-    _logging(verbose, quiet)
+    _logging(verbose, quiet, daemon=True)
 
     def go() -> None:
         folder = Folder.open(directory)
@@ -214,26 +219,44 @@ def summary(report: Any, human: bool = False, dry_run: bool = False) -> str:
             f"received in {report.seconds:.2f} s")
 
 
-def _session(mode: str, directory: Path, peer: str, delete: bool, dry_run: bool, exclude: List[str],
-             bwlimit: Optional[str], as_json: bool, verbose: int, quiet: bool, compress: bool,
-             force: bool = False, update: bool = False, human: bool = False, max_delete: Optional[int] = None) -> None:
+ItemizeOpt = typer.Option(False, "--itemize-changes", "-i", help="One line per change as it is done, in rsync's "
+                                                                 "letters (<f+++++++++ new, >f.st...... received).")
+StatsOpt = typer.Option(False, "--stats", help="rsync-like totals: literal and matched data, speedup.")
+
+
+def _session(mode: str, directory: Path, peer: str, *, delete: bool = False, dry_run: bool, exclude: List[str],
+             bwlimit: Optional[str], compress: bool, max_delete: Optional[int], human: bool, itemize: bool,
+             stats: bool, as_json: bool, verbose: int, quiet: bool, force: bool = False, update: bool = False) -> None:
     """push, pull and sync are one flow with a different plan."""
     from . import progress
     from .config import Folder
+    from .core import itemize as items
+    from .errors import UsageError
     from .run import client, report as reports
     from .run.channel import parse_rate
 
     _logging(verbose, quiet)
+    if itemize and as_json:
+        def refuse() -> None:
+            raise UsageError("-i prints lines, --json one object: choose one (--json --dry-run lists the plan)")
+
+        _run(refuse)
     rate = _run(lambda: parse_rate(bwlimit)) if bwlimit is not None else None
     shown = progress.choose(quiet or dry_run)
+    said = (lambda text: print(text, flush=True)) if itemize and not dry_run else None
     report = _run(lambda: asyncio.run(client.session(Folder.open(directory), peer, mode, delete, dry_run, exclude,
-                                                     rate, shown, compress, update=update,
-                                                     max_delete=max_delete)), as_json)
+                                                     rate, shown, compress, update=update, max_delete=max_delete,
+                                                     itemized=said)), as_json)
     if as_json:
         _print_json(report.to_json())
     elif not quiet:
         for item in report.plan or []:
-            typer.echo(f"{item.get('direction', ''):<5} {item['op']:<11} {item['path']}")
+            pulled = item.get("direction") == "pull"
+            typer.echo(items.line(item, pulled) if itemize else
+                       f"{item.get('direction', ''):<5} {item['op']:<11} {item['path']}")
+        if stats:
+            for text in reports.stats(report, lambda n: size_text(n, human)):
+                typer.echo(text, err=True)
         typer.echo(summary(report, human, dry_run), err=True)
     _run(lambda: reports.check(report, force))
 
@@ -246,42 +269,45 @@ def push(directory: Path = DirArg, peer: str = PeerArg,
          force: bool = typer.Option(False, "--force", help="Exit 0 even when files edited on the peer were "
                                                            "replaced (they are kept there as versions)."),
          update: bool = typer.Option(False, "--update", "-u", help="Skip files whose mtime is newer on the peer."),
-         max_delete: Optional[int] = MaxDeleteOpt, human: bool = HumanOpt,
-         as_json: bool = JsonOpt, verbose: int = VerboseOpt, quiet: bool = QuietOpt) -> None:
+         max_delete: Optional[int] = MaxDeleteOpt, human: bool = HumanOpt, itemize: bool = ItemizeOpt,
+         stats: bool = StatsOpt, as_json: bool = JsonOpt, verbose: int = VerboseOpt, quiet: bool = QuietOpt) -> None:
     """Make the peer hold this folder's tree (like rsync); exit 0 only when all is verified there.
 
     A file edited on the peer (a version this folder never saw) is replaced, kept there
     under .deltasync/versions/, reported, and makes the exit code 3 unless --force.
     Example: deltasync push ./A 127.0.0.1:8730 --delete --json
     """
-    _session("push", directory, peer, delete, dry_run, exclude, bwlimit, as_json, verbose, quiet, compress,
-             force, update, human, max_delete)
+    _session("push", directory, peer, delete=delete, dry_run=dry_run, exclude=exclude, bwlimit=bwlimit,
+             compress=compress, max_delete=max_delete, human=human, itemize=itemize, stats=stats, as_json=as_json,
+             verbose=verbose, quiet=quiet, force=force, update=update)
 
 
 @app.command()
 def pull(directory: Path = DirArg, peer: str = PeerArg, dry_run: bool = DryRunOpt,
          exclude: List[str] = ExcludeOpt, bwlimit: Optional[str] = BwOpt, compress: bool = CompressOpt,
-         max_delete: Optional[int] = MaxDeleteOpt, human: bool = HumanOpt, as_json: bool = JsonOpt,
-         verbose: int = VerboseOpt, quiet: bool = QuietOpt) -> None:
+         max_delete: Optional[int] = MaxDeleteOpt, human: bool = HumanOpt, itemize: bool = ItemizeOpt,
+         stats: bool = StatsOpt, as_json: bool = JsonOpt, verbose: int = VerboseOpt, quiet: bool = QuietOpt) -> None:
     """Fetch what the peer has newer (by version vectors): edits, new files, deletes; conflicts kept aside.
 
     Example: deltasync pull ./A 10.0.0.2:8730
     """
-    _session("pull", directory, peer, False, dry_run, exclude, bwlimit, as_json, verbose, quiet, compress,
-             human=human, max_delete=max_delete)
+    _session("pull", directory, peer, dry_run=dry_run, exclude=exclude, bwlimit=bwlimit, compress=compress,
+             max_delete=max_delete, human=human, itemize=itemize, stats=stats, as_json=as_json, verbose=verbose,
+             quiet=quiet)
 
 
 @app.command()
 def sync(directory: Path = DirArg, peer: str = PeerArg, dry_run: bool = DryRunOpt,
          exclude: List[str] = ExcludeOpt, bwlimit: Optional[str] = BwOpt, compress: bool = CompressOpt,
-         max_delete: Optional[int] = MaxDeleteOpt, human: bool = HumanOpt,
-         as_json: bool = JsonOpt, verbose: int = VerboseOpt, quiet: bool = QuietOpt) -> None:
+         max_delete: Optional[int] = MaxDeleteOpt, human: bool = HumanOpt, itemize: bool = ItemizeOpt,
+         stats: bool = StatsOpt, as_json: bool = JsonOpt, verbose: int = VerboseOpt, quiet: bool = QuietOpt) -> None:
     """Pull and push in one session: both folders converge; concurrent edits keep both versions.
 
     Example: deltasync sync ./A laptop --json
     """
-    _session("sync", directory, peer, False, dry_run, exclude, bwlimit, as_json, verbose, quiet, compress,
-             human=human, max_delete=max_delete)
+    _session("sync", directory, peer, dry_run=dry_run, exclude=exclude, bwlimit=bwlimit, compress=compress,
+             max_delete=max_delete, human=human, itemize=itemize, stats=stats, as_json=as_json, verbose=verbose,
+             quiet=quiet)
 
 
 @app.command()
@@ -300,7 +326,7 @@ def watch(directory: Path = DirArg,
     from .run.channel import parse_rate
     from .run.watch import Watcher
 
-    _logging(max(verbose, 0 if quiet or as_json else 1), quiet)
+    _logging(verbose, quiet, daemon=not as_json)
 
     def go() -> None:
         folder = Folder.open(directory)

@@ -82,6 +82,7 @@ class Plan:
     skipped: list[str] = field(default_factory=list)  # newer on the target, left alone (`--update`)
     held: list[Entry] = field(default_factory=list)  # deletes past `--max-delete`, not done
     unchanged: int = 0  # regular files already the same on the target (content, metadata, version)
+    unchanged_bytes: int = 0  # and their size
 
     @property
     def empty(self) -> bool:
@@ -94,12 +95,13 @@ class Plan:
         out += [{"op": "delete", "path": e.path, "kind": e.kind} for e in self.deletes]
         out += [{"op": "mkdir", "path": e.path} for e in self.mkdirs]
         out += [{"op": "copy", "path": e.path, "from": src} for e, src, _ in self.copies]
-        out += [{"op": "send_whole", "path": e.path, "size": e.size} for e, _ in self.small]
+        out += [{"op": "send_whole", "path": e.path, "size": e.size, "new": r is None} for e, r in self.small]
         for t in self.large:
             out.append({"op": "send_delta" if t.basis else "send_whole", "path": t.entry.path,
-                        "size": t.entry.size, "segments": t.segments, "segments_done": len(t.done)})
+                        "size": t.entry.size, "segments": t.segments, "segments_done": len(t.done),
+                        "new": t.replaces is None})
         out += [{"op": "symlink", "path": e.path, "target": e.target} for e in self.symlinks]
-        out += [{"op": "meta", "path": e.path} for e in self.meta + self.dir_meta]
+        out += [{"op": "meta", "path": e.path, "kind": e.kind} for e in self.meta + self.dir_meta]
         out += [{"op": "blocked", "path": p, "reason": r} for p, r in self.blocked]
         out += [{"op": "skip_newer", "path": p} for p in self.skipped]
         out += [{"op": "skip_delete", "path": e.path, "kind": e.kind} for e in self.held]
@@ -185,6 +187,7 @@ def make_plan(source: dict[str, Entry], target: dict[str, Entry],
                 continue  # directory metadata is settled after its contents, below
             if have.same_meta(src) and have.version == src.version:
                 plan.unchanged += src.kind == FILE
+                plan.unchanged_bytes += src.size if src.kind == FILE else 0
             else:
                 plan.meta.append(src)
                 touched.add(path)
@@ -281,7 +284,7 @@ def plan_sync(local: dict[str, Entry], remote: dict[str, Entry], me: str, peer: 
     to_push: set[str] = set()
     conflicts: list[Conflict] = []
     merged: dict[str, Entry] = {}
-    unchanged = 0
+    unchanged = unchanged_bytes = 0
     for path in sorted(local.keys() | remote.keys()):
         l, r = local.get(path), remote.get(path)
         if r is None:
@@ -295,6 +298,7 @@ def plan_sync(local: dict[str, Entry], remote: dict[str, Entry], me: str, peer: 
         order = vv.compare(l.version, r.version)
         if order == vv.EQUAL and l.same_content(r):
             unchanged += l.kind == FILE and not l.deleted
+            unchanged_bytes += l.size if l.kind == FILE and not l.deleted else 0
             continue
         if order == vv.NEWER:
             to_push.add(path)
@@ -321,6 +325,7 @@ def plan_sync(local: dict[str, Entry], remote: dict[str, Entry], me: str, peer: 
     pull_plan = make_plan({p: remote[p] for p in to_pull}, pull_target, local_partials, delete=True, me=peer) \
         if pull else Plan()
     pull_plan.unchanged += unchanged  # the same on both sides: counted once, with the pull
+    pull_plan.unchanged_bytes += unchanged_bytes
     fetch_as: dict[str, str] = {}
     for c in conflicts:
         if c.loser == "remote" and pull:  # fetch the peer's losing version under its conflict name

@@ -117,8 +117,7 @@ class Puller:
                 for e in step.items:
                     res = await self._local(lambda: self.receiver.apply_op(Op(OP_OF[step.kind], e),
                                                                            self.driver.ticket), e.path)
-                    if not res.ok:
-                        self.report.fail(e.path, res.error or "failed")
+                    self.report.result(res, remote=False)
         await self._answered()
 
     async def _local(self, fn: Callable[[], FileResult], path: str) -> FileResult:
@@ -194,8 +193,8 @@ class _Client:
 async def session(folder: Folder, target: str, mode: str = "push", delete: bool = False, dry_run: bool = False,
                   excludes: list[str] | None = None, bwlimit: float | None = None,
                   progress: Progress | None = None, compress: bool = False, keep_signatures: bool = False,
-                  update: bool = False, max_delete: int | None = None, connect: Connect = _tls,
-                  workers: Workers | None = None) -> Report:
+                  update: bool = False, max_delete: int | None = None, itemized: Callable[[str], None] | None = None,
+                  connect: Connect = _tls, workers: Workers | None = None) -> Report:
     """One session with the peer at `target` (HOST:PORT or a peer name)."""
     progress = progress or Progress()
     workers = workers or Workers()
@@ -210,7 +209,7 @@ async def session(folder: Folder, target: str, mode: str = "push", delete: bool 
     scanning = asyncio.ensure_future(workers.run(scan_folder, folder, manifest, excludes, not dry_run))
     try:
         transport = await connect(folder, address, expect, float(cfg.setting("idle_timeout")))
-        report = Report()
+        report = Report(_say=itemized)
         driver = Driver(mc.Conversation(mc.CLIENT, compress, int(cfg.setting("max_index_entries"))),
                         Channel(transport, bwlimit), receiver, receiver.registry.open(transport.peer.id, "client"),
                         _Client(report), workers, progress)
@@ -226,6 +225,7 @@ async def session(folder: Folder, target: str, mode: str = "push", delete: bool 
         finally:
             progress.close()
             report.literal_bytes += driver.sender.literal_bytes
+            report.literal_bytes_received += driver.data_received
             report.bytes_sent = transport.bytes_sent
             report.bytes_received = transport.bytes_received
             assert driver.pump_task is not None
@@ -299,7 +299,9 @@ async def _converse(d: Driver, folder: Folder, manifest: Manifest, receiver: Rec
         report.plan = ([dict(i, direction="pull") for i in sp.pull.items()] if sp else []) + \
                       ([dict(i, direction="push") for i in push_plan.items()] if push_plan else [])
     else:
-        progress.start(*_work(([sp.pull] if sp else []) + ([push_plan] if push_plan else [])))
+        transport = d.channel.transport
+        progress.start(*_work(([sp.pull] if sp else []) + ([push_plan] if push_plan else [])),
+                       wire=lambda: transport.bytes_sent + transport.bytes_received)
         if sp is not None:
             for c in sp.conflicts:
                 log.warning("conflict on %s: the %s version is kept as %s", c.path, c.loser, c.copy)

@@ -77,6 +77,8 @@ class Driver:
         self._entries: dict[str, Entry] = {}
         self._partials: dict[str, PartialInfo] = {}
         self.pump_task: asyncio.Task[None] | None = None
+        self.data_received = 0  # file data and delta bodies that came in (--stats' literal data, received)
+        self.verdicts = {True: 0, False: 0}  # files this end took in (or could not send), by outcome
 
     # -- sending ---------------------------------------------------------------
     async def say(self, m: Message) -> None:
@@ -85,6 +87,7 @@ class Driver:
     async def verdict(self, r: FileResult) -> None:
         """A file's verdict, decided here: to the client's report, or in an `ack` to it."""
         self.progress.file_done(r.path, r.ok)
+        self.verdicts[r.ok] += 1
         ack = self.conv.verdict(r.path, r.ok, r.whole, r.kept, redact(r.error, self.root) if r.error else None)
         if ack is not None:
             await self.say(ack)
@@ -149,6 +152,9 @@ class Driver:
     async def perform(self, e: mc.Effect) -> None:
         run, intake = self.workers.run, self.intake
         if isinstance(e, mc.Stage):
+            self.data_received += len(e.message.body)
+            for f in e.message.files:
+                self.progress.advance(f.entry.path, f.entry.size)
             for r in await run(intake.stage, e.message):
                 await self.verdict(r)
         elif isinstance(e, mc.Commit):
@@ -160,6 +166,8 @@ class Driver:
                 self.conv.gave_up(e.message.path)
                 await self.verdict(r)
         elif isinstance(e, mc.Write):
+            self.data_received += len(e.message.body)
+            self.progress.advance(e.message.path, e.message.length)
             r = await run(intake.write, e.message)
             if r is not None:
                 self.conv.gave_up(e.message.path)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
+from ..core import itemize
 from ..core.entry import FILE
 from ..core.plan import Plan
 from ..core.result import FileResult
@@ -36,6 +37,9 @@ class Report:
     bytes_sent: int = 0
     bytes_received: int = 0
     literal_bytes: int = 0
+    literal_bytes_received: int = 0  # file data and delta bodies that came in
+    file_bytes: int = 0  # the size of the files that moved (sent or received, whole or by delta)
+    tree_bytes: int = 0  # the size of every file compared (moved or not): --stats' speedup is this over the wire
     deletes_held: int = 0  # entries (files, directories, links) --max-delete left in place
     seconds: float = 0.0
     failures: list[dict[str, str]] = field(default_factory=list)
@@ -44,6 +48,8 @@ class Report:
     overwritten: list[dict[str, str | None]] = field(default_factory=list)
     plan: list[dict[str, Any]] | None = None
     _outcome: dict[str, str] = field(default_factory=dict, repr=False)  # planned paths: what became of each
+    _say: Callable[[str], None] | None = field(default=None, repr=False)  # -i: one line per item as it is done
+    _items: dict[str, list[tuple[dict[str, Any], bool]]] = field(default_factory=dict, repr=False)  # by path, in order
     _overwrites: set[str] = field(default_factory=set, repr=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -77,6 +83,10 @@ class Report:
         verdicts move the ones that fail. `pulled`: the plan is carried out here."""
         self.files_total += plan.unchanged
         self.files_unchanged += plan.unchanged
+        moved = sum(e.size for e, _ in plan.small) + sum(t.entry.size for t in plan.large)
+        self.file_bytes += moved
+        self.tree_bytes += moved + plan.unchanged_bytes + sum(e.size for e in plan.meta if e.kind == FILE) + \
+            sum(e.size for e, _, _ in plan.copies)
         fetched = "received" if pulled else None
         for e, _ in plan.small:
             self._set(e.path, fetched or "sent_whole")
@@ -98,9 +108,16 @@ class Report:
             self.fail(path, why)
         if not pulled:
             self._overwrites |= set(plan.overwrites)
+        if self._say is not None:
+            for i in plan.items():
+                self._items.setdefault(i["path"], []).append((i, pulled))
 
     def result(self, r: FileResult, remote: bool) -> None:
         """A file's verdict: ours (received here, or could not be sent), or the peer's on what we pushed."""
+        waiting = self._items.get(r.path)
+        if waiting and self._say is not None:  # a path's items are done in the order planned (mkdir, then meta)
+            item, pulled = waiting.pop(0)
+            self._say(itemize.line(item, pulled, error=None if r.ok else r.error or "failed"))
         if not r.ok:
             self.fail(r.path, r.error or "failed")
             return
@@ -111,6 +128,21 @@ class Report:
             self.overwritten.append({"path": r.path, "kept": kept})
             log.warning("%s: overwrote a newer version on the peer, %s", r.path,
                         f"kept there as {kept}" if kept else "not kept (versioning is off there)")
+
+
+def stats(r: Report, size: Callable[[int], str]) -> list[str]:
+    """rsync's `--stats` block, in its words where it has them."""
+    matched = max(0, r.file_bytes - r.literal_bytes - r.literal_bytes_received)
+    wire = r.bytes_sent + r.bytes_received
+    return [f"Number of files: {r.files_total:,}",
+            f"Number of files transferred: {r.files_sent_whole + r.files_sent_delta + r.files_received:,}",
+            f"Total file size: {size(r.tree_bytes)}",
+            f"Total transferred file size: {size(r.file_bytes)}",
+            f"Literal data: {size(r.literal_bytes + r.literal_bytes_received)}",
+            f"Matched data: {size(matched)}",
+            f"Total bytes sent: {size(r.bytes_sent)}",
+            f"Total bytes received: {size(r.bytes_received)}",
+            f"speedup is {r.tree_bytes / wire if wire else 0:.2f}"]
 
 
 def check(report: Report, force: bool = False) -> None:

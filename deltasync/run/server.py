@@ -15,15 +15,17 @@ import signal
 import sqlite3
 import sys
 import threading
+import time
 from typing import Any, Callable
 
 from .. import engines, identity
-from ..config import Folder
+from ..config import Folder, Peer
 from ..core.entry import Entry
 from ..core.plan import PartialInfo
 from ..core.result import FileResult
 from ..errors import DeltasyncError, PeerUnreachable, redact
 from ..fs.scan import ScanResult, scan_folder
+from ..progress import Lines
 from ..store.manifest import Manifest
 from ..store.receiver import Receiver
 from ..transports.base import Transport
@@ -98,23 +100,43 @@ class Server:
         who = identity.format_id(peer.id)[:15]
         host = _Session(self, peer.id)
         driver = Driver(mc.Conversation(mc.SERVER), Channel(transport), self.receiver,
-                        self.receiver.registry.open(peer.id, "server"), host, self.workers)
+                        self.receiver.registry.open(peer.id, "server"), host, self.workers, Lines())
+        started, outcome = time.monotonic(), "ok"
         try:
             await driver.pump()
         except (PeerUnreachable, ConnectionError) as e:
-            log.info("peer %s: %s", who, e)
+            outcome = f"ended: {e}"
         except DeltasyncError as e:  # the peer broke the protocol or asked for what we refuse
+            outcome = f"protocol error: {e}"
             log.warning("peer %s (%s): protocol error: %s", who, peer.address, e)
             await _tell(driver, redact(str(e), self.folder.root)[:1000])
         except asyncio.CancelledError:
+            outcome = "stopped (its files stay resumable)"
             raise
         except Exception as e:  # a bug, a full disk under SQLite, an unforeseen input: this session ends, the server does not
+            outcome = f"failed: {type(e).__name__}"
             log.error("peer %s: session failed: %s: %s", who, type(e).__name__, e)
             log.debug("traceback", exc_info=True)
             await _tell(driver, f"internal error: {type(e).__name__}")  # no detail leaves
         finally:
             self.sessions.discard(task)
             await driver.close()
+            log.info("%s", session_line(self.folder.config().peer_by_id(peer.id), peer.id, driver, transport,
+                                        time.monotonic() - started, outcome))
+
+
+def session_line(known: Peer | None, peer_id: str, driver: Driver, transport: Transport, seconds: float,
+                 outcome: str) -> str:
+    """The one line a served session leaves in the log: who, which way, files, bytes, time, result."""
+    conv = driver.conv
+    name = f"{known.name} " if known is not None else ""
+    ways = [w for w, did in (("push", conv.files_pushed), ("pull", conv.files_requested)) if did]
+    took = f"received {driver.verdicts[True]} files" + (f" ({driver.verdicts[False]} failed)"
+                                                        if driver.verdicts[False] else "")
+    sent = conv.files_requested - conv.refused
+    return (f"session with {name}({identity.format_id(peer_id)[:15]}): {'+'.join(ways) or 'nothing to do'}; "
+            f"{took}, sent {sent} files; {transport.bytes_received:,} bytes in, {transport.bytes_sent:,} bytes out; "
+            f"{seconds:.2f} s; {outcome}")
 
 
 async def _tell(driver: Driver, message: str) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 from ..config import Folder
 from ..errors import DeltasyncError, PeerBusy
 from ..fs.safe import has_reserved
+from ..progress import Ticker
 from .client import session
 from .server import Server
 from .server import run as serve
@@ -101,7 +102,10 @@ class Watcher:
             # held from before we connect: a crossing session from that peer is told to retry
             ticket = registry.open(pinned or "", "client")
             try:
-                r = await session(self.folder, peer, "sync", bwlimit=self.bwlimit, keep_signatures=True)
+                ticker = Ticker(lambda done, size, rate: self.event(
+                    "progress", peer=peer, bytes_done=done, bytes_total=size, rate=round(rate)))
+                r = await session(self.folder, peer, "sync", bwlimit=self.bwlimit, progress=ticker,
+                                  keep_signatures=True)
                 moved = r.files_total - r.files_unchanged
                 if moved or r.conflicts or reason == "start":
                     self.event("synced", peer=peer, reason=reason, sent=r.files_sent_whole + r.files_sent_delta,

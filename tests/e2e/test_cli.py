@@ -93,8 +93,18 @@ def test_progress_bar_on_a_terminal_only(tmp_path, pair):
         (a / "big2").write_bytes(os.urandom(3_000_000))
         piped = ds("push", a, s.address).stderr
         assert "━" not in piped
+        (b / "from-b").write_bytes(os.urandom(30_000_000))
+        pulled = _run_in_pty([*DELTASYNC, "pull", str(a), s.address, "--bwlimit", "15M", "-i"])
+        assert "━" in pulled and "wire " in pulled, "a pull shows its progress and the rate on the wire"
+        assert ">f+++++++++ from-b" in pulled and "1 received" in pulled and "30,0" in pulled
     finally:
         s.stop()
+    log = (b.parent / "serve-B.log").read_text()
+    sessions = [line for line in log.splitlines() if "session with " in line]
+    assert len(sessions) == 3 and sessions[0].startswith("20"), log  # timestamped, one per session
+    assert "push; received 1 files, sent 0 files" in sessions[0] and sessions[0].endswith("; ok")
+    assert "pull; received 0 files, sent 1 files" in sessions[2], sessions
+    assert "done big" in log, "-v: a line per file"
 
 
 def test_trust_checks_what_it_is_given_and_untrust_refuses_at_once(served, tmp_path):

@@ -314,3 +314,53 @@ def test_bwlimit_paces_both_directions():
         assert got == 40 and took >= 0.4, (side, took)
     got, took = asyncio.run(go(None, "send"))
     assert got == 40 and took < 0.3
+
+
+def test_itemized_lines_and_stats_say_what_was_done(folders):
+    from deltasync.run.report import stats
+
+    a, b = folders
+    lines = []
+    converse(a, b, itemized=lines.append)
+    assert sorted(lines) == sorted(["cd+++++++++ docs/", "cd+++++++++ docs/deep/", "cd+++++++++ empty-dir/",
+                                    "<f+++++++++ docs/a.txt", "<f+++++++++ docs/deep/b.bin", "<f+++++++++ empty",
+                                    "<f+++++++++ big.bin", "cL+++++++++ link -> docs/a.txt",
+                                    ".d..t...... docs/deep/", ".d..t...... docs/", ".d..t...... empty-dir/"])
+    fixture.mutate(str(a.root / "big.bin"), "regions", seed=5, fraction=0.1)
+    (b.root / "only-on-b").write_text("x")
+    lines.clear()
+    r = converse(a, b, delete=True, itemized=lines.append)
+    assert "<f.st...... big.bin" in lines and "*deleting   only-on-b" in lines
+    block = dict(line.split(": ", 1) for line in stats(r, str)[:-1])
+    assert int(block["Total transferred file size"]) == BIG and int(block["Number of files transferred"]) == 1
+    assert int(block["Matched data"]) > BIG * 0.8, "most of the changed file was rebuilt from the old one"
+    lines.clear()
+    (b.root / "docs" / "from-b.txt").write_text("b\n")
+    r = converse(a, b, "pull", itemized=lines.append)
+    assert lines == [">f+++++++++ docs/from-b.txt"] and r.literal_bytes_received == 2
+
+
+def test_pull_shows_progress_of_what_it_receives(tmp_path):
+    from deltasync.progress import Progress
+
+    class Seen(Progress):
+        def __init__(self):
+            self.started, self.advanced, self.done = None, 0, []
+
+        def start(self, files, size, wire=None):
+            self.started = (files, size, wire)
+
+        def advance(self, path, nbytes):
+            self.advanced += nbytes
+
+        def file_done(self, path, ok=True):
+            self.done.append((path, ok))
+
+    a, b = folder_pair(tmp_path)
+    make_tree(b.root)
+    seen = Seen()
+    r = converse(a, b, "pull", progress=seen)
+    files, size, wire = seen.started
+    assert files == 4 and size == BIG + 50_000 + 6 and seen.advanced == size
+    assert wire() == r.bytes_sent + r.bytes_received > 0
+    assert {p for p, ok in seen.done if ok} >= {"big.bin", "docs/a.txt", "empty", "docs/deep/b.bin"}
