@@ -10,6 +10,7 @@ The stand-ins are tested on Linux by forcing them (`DELTASYNC_PORTABLE=1`, or `u
 """
 from __future__ import annotations
 
+import errno
 import os
 from typing import Callable
 
@@ -37,6 +38,39 @@ def _copy_portable(src: int, dst: int, offset: int, length: int) -> int:
             n = os.pwrite(dst, view, offset + done)
             view, done = view[n:], done + n
     return done
+
+
+def no_data(fd: int, offset: int, length: int) -> bool:
+    """True when `[offset, offset+length)` of the file is one hole (SEEK_DATA finds no data
+    there), without reading it; False where the platform cannot tell."""
+    if not hasattr(os, "SEEK_DATA") or length <= 0:
+        return False
+    try:
+        return os.lseek(fd, offset, os.SEEK_DATA) >= offset + length
+    except OSError as e:
+        return e.errno == errno.ENXIO  # no data at all past offset
+
+
+def data_extents(fd: int, offset: int, length: int) -> list[tuple[int, int]]:
+    """Where `[offset, offset+length)` holds data (SEEK_DATA/SEEK_HOLE), as (start, length);
+    the whole range where the platform cannot tell."""
+    end = offset + length
+    if not hasattr(os, "SEEK_HOLE"):
+        return [(offset, length)]
+    out, at = [], offset
+    while at < end:
+        try:
+            start = os.lseek(fd, at, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:
+                break
+            return [(offset, length)]
+        if start >= end:
+            break
+        stop = min(os.lseek(fd, start, os.SEEK_HOLE), end)
+        out.append((start, stop - start))
+        at = stop
+    return out
 
 
 def _syncfs_linux(dir_fd: int) -> bool:

@@ -64,7 +64,7 @@ class Driver:
         self.intake = Intake(receiver, ticket)
         self.root = receiver.folder.root
         self.sender = FileSender(SafeRoot(self.root), self.say, self.verdict, self.progress, workers,
-                                 receiver.manifest.segments_of)
+                                 receiver.manifest.segments_of, holes=lambda: conv.holes)
         self.served: dict[str, Entry] | None = None  # (server) the index we sent, which pulls ask against
         # (client) what the peer's answers resolve
         loop = asyncio.get_running_loop()

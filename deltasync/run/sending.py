@@ -16,10 +16,12 @@ from dataclasses import replace
 from typing import Awaitable, Callable
 
 from .. import engine, hashing
+from ..core import sparse
 from ..core.entry import Entry
 from ..core.plan import Transfer
 from ..core.result import FileResult
 from ..errors import SourceChanged
+from ..fs import native
 from ..fs.safe import SafeRoot
 from ..progress import Progress
 from ..wire.framing import Buffer
@@ -52,8 +54,10 @@ async def peer_signature(workers: Workers, sig: Buffer, t: Transfer) -> Buffer:
 class FileSender:
     def __init__(self, safe: SafeRoot, say: Say, failed: Callable[[FileResult], Awaitable[None]],
                  progress: Progress, workers: Workers,
-                 segments_of: Callable[[str, int], list[bytes] | None] = lambda _b, _s: None) -> None:
+                 segments_of: Callable[[str, int], list[bytes] | None] = lambda _b, _s: None,
+                 holes: Callable[[], bool] = lambda: False) -> None:
         self.safe = safe
+        self.holes = holes  # the peer takes segments with holes: zero runs cost nothing on the wire
         self.say = say
         self.failed = failed  # what we could not send: the file's verdict
         self.progress = progress
@@ -91,13 +95,19 @@ class FileSender:
 
     def _segment(self, fd: int, t: Transfer, idx: int, sig: Buffer | None, path: str,
                  old: list[bytes] | None) -> SendDelta:
-        """One segment, cheapest first: unchanged at its offset (nothing but its
-        hash travels), past the end of the basis (literal), else a librsync delta."""
+        """One segment, cheapest first: a hole (nothing but its place travels; a
+        sparse file's holes are not even read), unchanged at its offset (its hash),
+        a librsync delta, else literal -- with its zero runs left out."""
         offset = idx * t.segment_size
         length = min(t.segment_size, t.entry.size - offset)
+        holes = self.holes()
+        if holes and native.no_data(fd, offset, length):
+            return SendDelta(path, idx, offset, length, sparse.zero_digest(length), True, holes=((0, length),))
         data = os.pread(fd, length, offset)
         if len(data) != length:
             raise SourceChanged(f"{t.entry.path}: shrank while being sent")
+        if holes and sparse.is_zero(data):
+            return SendDelta(path, idx, offset, length, sparse.zero_digest(length), True, holes=((0, length),))
         digest = hashing.of_bytes(data)
         if old is not None and idx < len(old) and old[idx] == bytes.fromhex(digest):
             return SendDelta(path, idx, offset, length, digest, False, True)
@@ -105,7 +115,9 @@ class FileSender:
             d = engine.delta(data, sig)
             if len(d) < length:
                 return SendDelta(path, idx, offset, length, digest, False, False, d)
-        return SendDelta(path, idx, offset, length, digest, True, False, data)
+        runs = sparse.holes_of(data) if holes else ()
+        return SendDelta(path, idx, offset, length, digest, True, False, sparse.squeeze(data, runs) if runs else data,
+                         runs)
 
     async def large(self, t: Transfer, signature: SignatureSource, dest: str | None = None) -> bool:
         """Send one file in segments; False if it could not be sent (its verdict given)."""

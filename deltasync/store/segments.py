@@ -7,13 +7,14 @@ unverified bytes.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
 from typing import BinaryIO
 
 from .. import engine, hashing
-from ..core import limits
+from ..core import limits, sparse
 from ..core import version as vv
 from ..core.entry import FILE, Entry
 from ..core.result import FileResult
@@ -35,8 +36,14 @@ SYNC_SECONDS = 0.25
 
 
 def _copy_range(src: int, dst: int, offset: int, length: int) -> None:
-    if native.copy_range(src, dst, offset, length) != length:
+    """The basis's bytes at this offset into the partial: only its data where the partial
+    has nothing yet (a sparse basis stays sparse), else every byte."""
+    if os.fstat(src).st_size < offset + length:
         raise ProtocolError("the basis is shorter than the segment it should hold")
+    extents = native.data_extents(src, offset, length) if os.fstat(dst).st_size <= offset else [(offset, length)]
+    for start, size in extents:
+        if native.copy_range(src, dst, start, size) != size:
+            raise ProtocolError("the basis is shorter than the segment it should hold")
 
 
 def _pwrite_all(fd: int, data: Buffer, offset: int) -> None:
@@ -44,6 +51,17 @@ def _pwrite_all(fd: int, data: Buffer, offset: int) -> None:
     while view:
         n = os.pwrite(fd, view, offset)
         view, offset = view[n:], offset + n
+
+
+def _write(fd: int, data: Buffer, offset: int, holes: sparse.Runs) -> None:
+    """A segment into the partial file, its holes left unwritten where the file has
+    nothing yet (past its end: they read as zeros, and take no space)."""
+    if not holes or os.fstat(fd).st_size > offset:  # over earlier bytes (a resume): write the zeros too
+        _pwrite_all(fd, data, offset)
+        return
+    view = memoryview(data)
+    for start, length in sparse.data_runs(holes, len(view)):
+        _pwrite_all(fd, view[start : start + length], offset + start)
 
 
 class OpenFile:
@@ -123,10 +141,13 @@ class SegmentedFiles(LocalState):
                     raise ProtocolError(f"{p.path}: segment {idx} is not what the basis holds there")
                 _pwrite_all(f.fd, data, offset)
         elif m.literal:
-            if len(m.body) != length or hashing.of_bytes(m.body) != m.blake3:
+            data = sparse.expand(m.body, m.holes, length) if m.holes else m.body
+            whole_hole = m.holes == ((0, length),)
+            if len(data) != length or (sparse.zero_digest(length) if whole_hole else hashing.of_bytes(data)) \
+                    != m.blake3:
                 # the sender hashed exactly these bytes: a mismatch is never innocent
                 raise ProtocolError(f"{p.path}: segment {idx} failed verification")
-            _pwrite_all(f.fd, m.body, offset)
+            _write(f.fd, data, offset, m.holes)
         else:
             self._patch(f, m)
         self._written(f, idx, length)
@@ -135,19 +156,16 @@ class SegmentedFiles(LocalState):
         p = f.partial
         if f.basis is None:
             raise ProtocolError(f"send_delta: delta for {p.path} without a basis")
-        out = os.fdopen(os.dup(f.fd), "wb", buffering=1024 * 1024)
+        out = io.BytesIO()  # one segment (its declared length at most), verified before it is written
+        w = hashing.HashingWriter(out, m.length)
         try:
-            out.seek(m.offset)
-            w = hashing.HashingWriter(out, m.length)
-            try:
-                engine.patch(f.basis, m.body, w)
-            except engine.DeltaError as e:
-                raise ProtocolError(f"{p.path}: segment {m.index}: {e}") from None
-            out.flush()
-        finally:
-            out.close()
+            engine.patch(f.basis, m.body, w)
+        except engine.DeltaError as e:
+            raise ProtocolError(f"{p.path}: segment {m.index}: {e}") from None
         if w.written != m.length or w.hexdigest() != m.blake3:
             raise ProtocolError(f"{p.path}: segment {m.index} failed verification")
+        data = out.getbuffer()
+        _write(f.fd, data, m.offset, sparse.holes_of(data))
 
     def _written(self, f: OpenFile, idx: int, length: int) -> None:
         f.unsynced.append(idx)

@@ -209,6 +209,7 @@ class Conversation:
         self.want_compress = compress  # (client) we asked the server to compress what it sends
         self.compress = False  # zstd on big bodies we send (negotiated in hello)
         self.compress_index = False  # (server) the index compresses well: whenever the client reads zstd
+        self.holes = False  # the peer reads segments with holes (sparse files)
         self.max_index_entries = max_index_entries
         # files in flight, by the end that sends them; the receiver's own failures among them
         self.open_files: dict[str, set[str]] = {CLIENT: set(), SERVER: set()}
@@ -276,6 +277,7 @@ class Conversation:
             if who != self.role:  # the peer's hello says what it reads and what it asks of us
                 self.compress = m.wants(COMPRESS) if self.role == SERVER else self.want_compress and m.wants("zstd")
                 self.compress_index = self.role == SERVER and m.wants("zstd")
+                self.holes = m.wants("sparse")
         elif isinstance(m, FileList):
             self.index_bytes += m.size
             self.index_entries += len(m.entries)

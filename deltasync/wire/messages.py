@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Iterable, Iterator
 
-from ..core import limits
+from ..core import limits, sparse
 from ..core import version as vv
 from ..core.entry import DIR, FILE, SYMLINK, Entry
 from ..core.plan import PartialInfo
@@ -29,7 +29,7 @@ from .framing import (
     json_chunks,
 )
 
-FEATURES = ("zstd",)  # we read zstd-compressed bodies
+FEATURES = ("zstd", "sparse")  # we read zstd-compressed bodies, and segments with holes
 COMPRESS = "compress"  # the client asks the server to compress what it sends
 OPS = {"mkdir": DIR, "symlink": SYMLINK, "copy": FILE, "meta": None, "delete": None}  # op -> the kind it makes
 
@@ -365,17 +365,22 @@ class SendDelta(Message):
     literal: bool
     same: bool = False
     body: Buffer = b""
+    holes: sparse.Runs = ()  # (literal only) zero runs left out of the body: the receiver leaves them unwritten
 
     def parts(self, compress: bool = False) -> tuple[bytes, bytes]:
-        extra = {"same": True} if self.same else {}
+        extra: dict[str, Any] = {"same": True} if self.same else {}
+        if self.holes:
+            extra["holes"] = [list(r) for r in self.holes]
         return encode_parts(self.ACTION, self.body, compress, path=self.path, index=self.index, offset=self.offset,
                             length=self.length, blake3=self.blake3, literal=self.literal, **extra)
 
     @classmethod
     def from_frame(cls, f: Frame) -> "SendDelta":
-        return cls(f["path"], f["index"], f["offset"], limits.check_int(f["length"], 0, limits.MAX_SEGMENT,
-                                                                          "send_delta: length"),
-                   str(_digest(f["blake3"], "send_delta: blake3")), f["literal"], f.get("same") is True, f.body)
+        length = limits.check_int(f["length"], 0, limits.MAX_SEGMENT, "send_delta: length")
+        literal = f["literal"]
+        holes = sparse.from_wire(f.get("holes"), length, len(f.body), "send_delta") if literal else ()
+        return cls(f["path"], f["index"], f["offset"], length, str(_digest(f["blake3"], "send_delta: blake3")),
+                   literal, f.get("same") is True, f.body, holes)
 
 
 @dataclass(frozen=True)

@@ -364,3 +364,32 @@ def test_pull_shows_progress_of_what_it_receives(tmp_path):
     assert files == 4 and size == BIG + 50_000 + 6 and seen.advanced == size
     assert wire() == r.bytes_sent + r.bytes_received > 0
     assert {p for p, ok in seen.done if ok} >= {"big.bin", "docs/a.txt", "empty", "docs/deep/b.bin"}
+
+
+def _sparse_file(path, size, data_at):
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for offset, data in data_at:
+            f.seek(offset)
+            f.write(data)
+
+
+def test_holes_cost_nothing_on_the_wire_and_stay_holes(tmp_path):
+    a, b = folder_pair(tmp_path)
+    rng = random.Random(4)
+    size = 64 * MiB
+    blobs = [(0, rng.randbytes(5000)), (9 * MiB + 4096 * 3, rng.randbytes(4096)), (size - 100, rng.randbytes(100))]
+    _sparse_file(a.root / "sparse.img", size, blobs)
+    (a.root / "zeros.bin").write_bytes(bytes(8 * MiB))  # written zeros travel as holes too (like rsync -S)
+    r = converse(a, b)
+    assert same(a, b) and r.files_failed == 0
+    assert r.bytes_sent < 200_000, "holes travel as their place, not their bytes"
+    for name in ("sparse.img", "zeros.bin"):
+        assert (b.root / name).stat().st_blocks * 512 <= 64 * 1024, f"{name} is written sparse"
+    # a change inside a sparse file: only the change travels, and the holes stay holes
+    with open(a.root / "sparse.img", "r+b") as f:
+        f.seek(30 * MiB)
+        f.write(rng.randbytes(4096))
+    r = converse(a, b)
+    assert same(a, b) and r.files_sent_delta == 1 and r.bytes_sent < 200_000
+    assert (b.root / "sparse.img").stat().st_blocks * 512 <= 128 * 1024
