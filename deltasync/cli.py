@@ -188,7 +188,7 @@ CompressOpt = typer.Option(False, "--compress/--no-compress", "-z",
 
 # how the summary names each outcome (run/report.OUTCOMES), in its order
 SAID = {"sent_whole": "sent whole", "sent_delta": "sent by delta", "received": "received", "copied": "copied here",
-        "meta": "metadata only", "unchanged": "unchanged", "deleted": "deleted", "skipped": "skipped (newer there)",
+        "linked": "hard-linked", "meta": "metadata only", "unchanged": "unchanged", "deleted": "deleted", "skipped": "skipped (newer there)",
         "failed": "failed"}
 
 

@@ -24,6 +24,7 @@ class Entry:
     target: str | None = None  # symlinks only
     version: vv.Version = ()
     deleted: bool = False  # a tombstone: deletes travel, so a deleted file does not come back
+    link: str | None = None  # files only: a hard link of this earlier path in the folder (rsync -H)
 
     def same_content(self, other: "Entry") -> bool:
         if self.deleted or other.deleted:
@@ -51,6 +52,8 @@ class Entry:
             d["target"] = self.target
         if self.deleted:
             d["deleted"] = True
+        if self.link is not None:
+            d["link"] = self.link
         return d
 
     @classmethod
@@ -75,5 +78,9 @@ class Entry:
             raise ProtocolError(f"index entry {path[:200]!r}: a file needs a blake3")
         if kind == SYMLINK and not (isinstance(target, str) and 0 < len(target) <= limits.MAX_PATH_CHARS):
             raise ProtocolError(f"index entry {path[:200]!r}: a symlink needs a target")
+        link = d.get("link")
+        if link is not None and not (kind == FILE and isinstance(link, str) and 0 < len(link) <= limits.MAX_PATH_CHARS
+                                     and link != path):
+            raise ProtocolError(f"index entry {path[:200]!r}: a hard link names another file's path")
         return cls(path, kind, ints["size"], ints["mtime_ns"], ints["mode"] & 0o7777,
-                   b3 if kind == FILE else None, target if kind == SYMLINK else None, version)
+                   b3 if kind == FILE else None, target if kind == SYMLINK else None, version, link=link)

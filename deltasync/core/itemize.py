@@ -5,6 +5,7 @@ user reads deltasync's record of a session at a glance:
     <f.st...... big.bin        sent, changed        >f.st......  received, changed
     cf+++++++++ moved/b.bin    copied from content the receiver held (a rename)
     cd+++++++++ docs/          directory created    cL+++++++++ link -> target
+    hf+++++++++ b => a         a hard link of a (rsync -H)
     .f..t...... a.txt          mode or mtime only   *deleting   old.txt
 
 A failed file gets ` (failed: why)` after its name.
@@ -24,6 +25,8 @@ def letters(item: dict[str, Any], pulled: bool) -> str:
         return ("<" if not pulled else ">") + ("f+++++++++" if item.get("new") else "f.st......")
     if op == "copy":
         return "cf+++++++++"
+    if op == "hardlink":
+        return "hf+++++++++"
     if op == "mkdir":
         return "cd+++++++++"
     if op == "symlink":
@@ -39,4 +42,6 @@ def line(item: dict[str, Any], pulled: bool, error: str | None = None) -> str:
                            else "")
     if item["op"] == "symlink":
         path += f" -> {item.get('target')}"
+    elif item["op"] == "hardlink":
+        path += f" => {item.get('from')}"
     return f"{letters(item, pulled)} {path}" + (f" (failed: {error})" if error else "")

@@ -75,6 +75,7 @@ class Plan:
     dir_meta: list[Entry] = field(default_factory=list)
     deletes: list[Entry] = field(default_factory=list)
     copies: list[tuple[Entry, str, str | None]] = field(default_factory=list)  # (entry, from path, replaces)
+    hardlinks: list[tuple[Entry, str | None]] = field(default_factory=list)  # (entry with .link, replaces)
     blocked: list[tuple[str, str]] = field(default_factory=list)
     # files whose version on the target ours does not descend from (edited there): a push
     # replaces them (the receiver keeps them as versions) and says so
@@ -87,7 +88,7 @@ class Plan:
     @property
     def empty(self) -> bool:
         return not (self.mkdirs or self.small or self.large or self.symlinks or self.meta
-                    or self.dir_meta or self.deletes or self.copies)
+                    or self.dir_meta or self.deletes or self.copies or self.hardlinks)
 
     def items(self) -> list[dict[str, Any]]:
         """An itemized list (like `rsync -i`) for --dry-run and --json."""
@@ -101,6 +102,7 @@ class Plan:
                         "size": t.entry.size, "segments": t.segments, "segments_done": len(t.done),
                         "new": t.replaces is None})
         out += [{"op": "symlink", "path": e.path, "target": e.target} for e in self.symlinks]
+        out += [{"op": "hardlink", "path": e.path, "from": e.link} for e, _ in self.hardlinks]
         out += [{"op": "meta", "path": e.path, "kind": e.kind} for e in self.meta + self.dir_meta]
         out += [{"op": "blocked", "path": p, "reason": r} for p, r in self.blocked]
         out += [{"op": "skip_newer", "path": p} for p in self.skipped]
@@ -118,7 +120,7 @@ class Plan:
 class Step:
     """One kind of work in a plan, in the order `steps` gives."""
 
-    kind: str  # copy, delete, mkdir, small, symlink, meta, large, dir_meta
+    kind: str  # copy, delete, mkdir, small, symlink, meta, large, hardlink, dir_meta
     items: list[Any]
 
 
@@ -126,10 +128,11 @@ def steps(plan: Plan) -> list[Step]:
     """The order a plan is carried out in, whichever way it goes (pushed to the
     peer or pulled from it): copies first (a rename's origin must still be
     there), deletes (deepest first), new directories, small files, symlinks,
-    metadata, big files, and directory metadata last (writing into a directory
-    moves its mtime)."""
+    metadata, big files, hard links (once the files they name have landed), and
+    directory metadata last (writing into a directory moves its mtime)."""
     order = [("copy", plan.copies), ("delete", plan.deletes), ("mkdir", plan.mkdirs), ("small", plan.small),
-             ("symlink", plan.symlinks), ("meta", plan.meta), ("large", plan.large), ("dir_meta", plan.dir_meta)]
+             ("symlink", plan.symlinks), ("meta", plan.meta), ("large", plan.large), ("hardlink", plan.hardlinks),
+             ("dir_meta", plan.dir_meta)]
     return [Step(kind, items) for kind, items in order if items]
 
 
@@ -181,6 +184,16 @@ def make_plan(source: dict[str, Entry], target: dict[str, Entry],
         if have is not None and have.kind != src.kind:
             plan.blocked.append((path, f"is a {have.kind} on the peer (use --delete to replace it)"))
             blocked_paths.add(path)
+            continue
+        leader = (source.get(src.link) or target.get(src.link)) if src.link is not None else None
+        if leader is not None and leader.kind == FILE and leader.blake3 == src.blake3:
+            # a second name of a file: linked on the target once the first has landed (rsync -H)
+            if have is not None and have.same_content(src) and have.link == src.link and have.version == src.version:
+                plan.unchanged += 1
+                plan.unchanged_bytes += src.size
+            else:
+                plan.hardlinks.append((src, have.blake3 if have is not None and have.kind == FILE else None))
+                touched.add(path)
             continue
         if have is not None and have.same_content(src):
             if src.kind == DIR:

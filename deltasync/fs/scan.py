@@ -85,7 +85,7 @@ def _version(e: Entry, old: Seen | None, me: str) -> vv.Version:
     mtime is synced (`touch -d` travels, as `push -n` shows it); a directory's moves with
     its contents, so it is no change of its own."""
     if old is not None and not old.entry.deleted and old.entry.same_content(e) and old.entry.mode == e.mode \
-            and (e.kind != FILE or old.entry.mtime_ns == e.mtime_ns):
+            and (e.kind != FILE or (old.entry.mtime_ns, old.entry.link) == (e.mtime_ns, e.link)):
         return old.entry.version
     return vv.bump(old.entry.version if old else (), me)
 
@@ -106,6 +106,7 @@ def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None, me: str =
     result = ScanResult({}, ignore=ignore)
     rows: list[Seen] = []
     segments: list[tuple[str, int, bytes]] = []
+    inodes: dict[tuple[int, int], str] = {}  # hard-linked files: (device, inode) -> its first path
 
     def entry_for(dfd: int, name: str, path: str, st: os.stat_result, old: Seen | None) -> Entry | None:
         mode = st.st_mode
@@ -136,8 +137,12 @@ def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None, me: str =
             result.hashed_files += 1
             result.hashed_bytes += st.st_size
         fmode = stat.S_IMODE(mode)
-        return Entry(path, FILE, st.st_size, st.st_mtime_ns, fmode, digest,
-                     version=_version(Entry(path, FILE, st.st_size, st.st_mtime_ns, fmode, digest), old, me))
+        link = None
+        if st.st_nlink > 1:  # the first name of an inode in walk order leads; later names link to it
+            link = inodes.setdefault((st.st_dev, st.st_ino), path)
+            link = None if link == path else link
+        e = Entry(path, FILE, st.st_size, st.st_mtime_ns, fmode, digest, link=link)
+        return replace(e, version=_version(e, old, me))
 
     def visit(dfd: int, rel: str) -> list[tuple[str, str]]:
         """Index one directory's entries; return its subdirectories (name, path) to walk."""

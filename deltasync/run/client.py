@@ -66,6 +66,8 @@ class Pusher:
             elif step.kind == "large":
                 for t in step.items:
                     await s.large(t, self._signature)
+            elif step.kind == "hardlink":
+                await s.ops([Op("hardlink", e, e.link, replaces) for e, replaces in step.items])
             else:
                 await s.ops([Op(OP_OF[step.kind], e) for e in step.items])
 
@@ -111,6 +113,11 @@ class Puller:
             elif step.kind == "large":
                 for t in step.items:
                     await self._ask_large(t, sp.fetch_as)
+            elif step.kind == "hardlink":
+                await self._answered()  # the files they name have landed
+                for e, replaces in step.items:
+                    self.report.result(await self._local(lambda: self.receiver.apply_op(
+                        Op("hardlink", e, e.link, replaces), self.driver.ticket), e.path), remote=False)
             else:
                 if step.kind == "dir_meta":  # after every file has landed in its directory
                     await self._answered()

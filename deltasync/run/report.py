@@ -19,7 +19,8 @@ MAX_LISTED = 10_000  # failures kept in a report (all are counted)
 
 # what became of a regular file in a session: each file the session compared has exactly one
 # (files_total is their sum); directories and symlinks are not counted
-OUTCOMES = ("sent_whole", "sent_delta", "received", "copied", "meta", "unchanged", "deleted", "skipped", "failed")
+OUTCOMES = ("sent_whole", "sent_delta", "received", "copied", "linked", "meta", "unchanged", "deleted", "skipped",
+            "failed")
 
 
 @dataclass
@@ -29,6 +30,7 @@ class Report:
     files_sent_delta: int = 0
     files_received: int = 0
     files_copied: int = 0  # content the receiver held under another name (a rename, a copy): copied there
+    files_linked: int = 0  # a second name of a file, made a hard link (rsync -H)
     files_meta: int = 0  # only mode, mtime or version changed
     files_unchanged: int = 0
     files_deleted: int = 0
@@ -86,7 +88,7 @@ class Report:
         moved = sum(e.size for e, _ in plan.small) + sum(t.entry.size for t in plan.large)
         self.file_bytes += moved
         self.tree_bytes += moved + plan.unchanged_bytes + sum(e.size for e in plan.meta if e.kind == FILE) + \
-            sum(e.size for e, _, _ in plan.copies)
+            sum(e.size for e, _, _ in plan.copies) + sum(e.size for e, _ in plan.hardlinks)
         fetched = "received" if pulled else None
         for e, _ in plan.small:
             self._set(e.path, fetched or "sent_whole")
@@ -94,6 +96,8 @@ class Report:
             self._set(t.entry.path, fetched or ("sent_delta" if t.basis is not None else "sent_whole"))
         for e, _, _ in plan.copies:
             self._set(e.path, "copied")
+        for e, _ in plan.hardlinks:
+            self._set(e.path, "linked")
         for outcome, entries in (("meta", plan.meta), ("deleted", plan.deletes)):
             for e in entries:
                 if e.kind == FILE:

@@ -106,7 +106,8 @@ class Manifest:
                                     ("partials", "version", "TEXT NOT NULL DEFAULT '{}'"),
                                     # what made a cached signature: its format (magic/strong length) and engine
                                     ("signatures", "format", "TEXT NOT NULL DEFAULT ''"),
-                                    ("signatures", "engine", "TEXT NOT NULL DEFAULT ''")):
+                                    ("signatures", "engine", "TEXT NOT NULL DEFAULT ''"),
+                                    ("files", "link", "TEXT")):  # hard links (rsync -H)
             have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
             if column not in have:
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
@@ -116,12 +117,12 @@ class Manifest:
             self._db.close()
 
     # -- files -------------------------------------------------------------
-    _COLS = "path, kind, size, mtime_ns, mode, ino, ctime_ns, blake3, target, version, deleted"
+    _COLS = "path, kind, size, mtime_ns, mode, ino, ctime_ns, blake3, target, version, deleted, link"
 
     @staticmethod
     def _seen(r: tuple) -> Seen:
         version = _version(r[9])
-        return Seen(Entry(r[0], r[1], r[2], r[3], r[4], r[7], r[8], version, bool(r[10])), r[5], r[6])
+        return Seen(Entry(r[0], r[1], r[2], r[3], r[4], r[7], r[8], version, bool(r[10]), r[11]), r[5], r[6])
 
     def seen(self) -> dict[str, Seen]:
         """Every path we know, tombstones included."""
@@ -138,10 +139,10 @@ class Manifest:
         """Store what a scan (or a commit) saw, in one transaction."""
         with self._lock, self._tx():
             self._db.executemany(
-                f"INSERT OR REPLACE INTO files ({self._COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT OR REPLACE INTO files ({self._COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 [(s.entry.path, s.entry.kind, s.entry.size, s.entry.mtime_ns, s.entry.mode, s.ino, s.ctime_ns,
-                  s.entry.blake3, s.entry.target, json.dumps(vv.to_wire(s.entry.version)), int(s.entry.deleted))
-                 for s in rows])
+                  s.entry.blake3, s.entry.target, json.dumps(vv.to_wire(s.entry.version)), int(s.entry.deleted),
+                  s.entry.link) for s in rows])
             gone = [(p,) for p in removed]
             self._db.executemany("DELETE FROM files WHERE path=?", gone)
             self._db.executemany("DELETE FROM signatures WHERE path=?", gone)

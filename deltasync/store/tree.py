@@ -7,7 +7,7 @@ import os
 from typing import Iterator
 
 from .. import hashing
-from ..core.entry import DIR, SYMLINK, Entry
+from ..core.entry import DIR, FILE, SYMLINK, Entry
 from ..core.result import FileResult
 from ..errors import TransferFailed
 from ..fs import safe
@@ -24,6 +24,9 @@ class TreeOps(LocalState):
             if op.kind == "copy":
                 assert op.origin is not None
                 return self.copy_local(e, op.origin, op.replaces, ticket)
+            if op.kind == "hardlink":
+                assert op.origin is not None
+                return self._hardlink(e, op.origin, op.replaces, ticket)
             if op.kind == "delete":
                 return self._delete(e, ticket)
             cur = self.current(e.path)
@@ -83,6 +86,29 @@ class TreeOps(LocalState):
                 tmp.unlink(missing_ok=True)
             self.record(e)
             return FileResult(e.path, True, kept=kept)
+        finally:
+            self.registry.release(e.path)
+
+    def _hardlink(self, e: Entry, origin: str, replaces: str | None, ticket: Ticket | None) -> FileResult:
+        """Make `e` a second name of the file at `origin`, which must hold `e`'s content:
+        linked aside under our state folder, then renamed into place (the old file kept)."""
+        self.registry.claim(e.path, ticket)
+        try:
+            self.expect(e.path, replaces)
+            lead = self.current(origin)
+            if lead is None or lead.kind != FILE or lead.blake3 != e.blake3:
+                raise TransferFailed(f"{e.path}: {origin} does not hold that content; not linked")
+            tmp = self.folder.tmp / tmp_name()
+            with self.safe.parent(origin) as (fd, name):
+                os.link(name, tmp, src_dir_fd=fd, follow_symlinks=False)
+            try:
+                kept = self.safe.replace(tmp, e.path, keep=self.keeper(e.path, ticket, "replaced"))
+            finally:
+                tmp.unlink(missing_ok=True)
+            self.record(e)
+            return FileResult(e.path, True, kept=kept)
+        except OSError as err:
+            raise TransferFailed(f"{e.path}: not linked: {err.strerror or err}") from None
         finally:
             self.registry.release(e.path)
 

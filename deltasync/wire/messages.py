@@ -31,7 +31,9 @@ from .framing import (
 
 FEATURES = ("zstd", "sparse")  # we read zstd-compressed bodies, and segments with holes
 COMPRESS = "compress"  # the client asks the server to compress what it sends
-OPS = {"mkdir": DIR, "symlink": SYMLINK, "copy": FILE, "meta": None, "delete": None}  # op -> the kind it makes
+OPS = {"mkdir": DIR, "symlink": SYMLINK, "copy": FILE, "hardlink": FILE, "meta": None,
+       "delete": None}  # op -> the kind it makes
+FROM_OPS = ("copy", "hardlink")  # ops made from a file the receiver holds at `from`
 
 
 def _digest(value: Any, what: str, optional: bool = False) -> str | None:
@@ -408,16 +410,17 @@ class AbortFile(Message):
 @dataclass(frozen=True)
 class Op:
     """A change that carries no file content: mkdir, symlink, copy (from content
-    the receiver holds at `origin`), meta (mode, mtime, version) or delete."""
+    the receiver holds at `origin`), hardlink (to `origin`), meta (mode, mtime,
+    version) or delete."""
 
     kind: str
     entry: Entry
-    origin: str | None = None  # copy only
-    replaces: str | None = None  # copy only
+    origin: str | None = None  # copy and hardlink only
+    replaces: str | None = None  # copy and hardlink only
 
     def to_wire(self) -> dict[str, Any]:
         d = dict(self.entry.to_wire(), op=self.kind)
-        if self.kind == "copy":
+        if self.kind in FROM_OPS:
             d.update({"from": self.origin, "replaces": self.replaces})
         return d
 
@@ -434,11 +437,13 @@ class Op:
             raise ProtocolError(f"send_changes: {kind} of a {e.kind}")
         if kind == "meta" and e.deleted:
             raise ProtocolError("send_changes: meta of a deleted entry")
-        if kind != "copy":
+        if kind not in FROM_OPS:
             return cls(kind, e)
         origin, replaces = d.get("from"), d.get("replaces")
         if not isinstance(origin, str) or not (replaces is None or isinstance(replaces, str)):
-            raise ProtocolError("send_changes: copy needs from and replaces")
+            raise ProtocolError(f"send_changes: {kind} needs from and replaces")
+        if kind == "hardlink" and origin != e.link:
+            raise ProtocolError("send_changes: a hard link's from is the file it links to")
         return cls(kind, e, _path(origin, "send_changes: from"), replaces)
 
 

@@ -38,3 +38,30 @@ def test_sparse_files_arrive_sparse_like_rsync_S(served, tmp_path):
     rsync_copy(a, theirs, "-S")
     for name in ("disk.img", "zeros"):
         assert abs(blocks(b / name) - blocks(theirs / name)) <= 8, (name, blocks(b / name), blocks(theirs / name))
+
+
+def _links(root):
+    """Each set of names sharing an inode (more than one), as sorted relative paths."""
+    groups = {}
+    for p in root.rglob("*"):
+        if ".deltasync" in p.parts or not p.is_file() or p.is_symlink():
+            continue
+        st = p.stat()
+        if st.st_nlink > 1:
+            groups.setdefault(st.st_ino, []).append(str(p.relative_to(root)))
+    return sorted(sorted(g) for g in groups.values() if len(g) > 1)
+
+
+def test_hard_links_arrive_as_links_like_rsync_H(served, tmp_path):
+    a, b, s = served
+    (a / "x").mkdir()
+    (a / "x" / "data").write_bytes(os.urandom(200_000))
+    os.link(a / "x" / "data", a / "alias")
+    os.link(a / "x" / "data", a / "x" / "alias2")
+    (a / "lone").write_text("not linked")
+    r = push_json(a, s.address)
+    assert r["files_failed"] == 0 and r["files_linked"] == 2 and digest(a) == digest(b)
+    theirs = tmp_path / "rsync"
+    rsync_copy(a, theirs, "-H")
+    assert _links(b) == _links(theirs) == [["alias", "x/alias2", "x/data"]]
+    assert r["literal_bytes"] < 250_000, "one transfer, then link()"

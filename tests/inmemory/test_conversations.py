@@ -393,3 +393,30 @@ def test_holes_cost_nothing_on_the_wire_and_stay_holes(tmp_path):
     r = converse(a, b)
     assert same(a, b) and r.files_sent_delta == 1 and r.bytes_sent < 200_000
     assert (b.root / "sparse.img").stat().st_blocks * 512 <= 128 * 1024
+
+
+@pytest.mark.parametrize("mode", ["push", "sync", "pull"])
+def test_hard_links_arrive_as_links(tmp_path, mode):
+    a, b = folder_pair(tmp_path)
+    source = b if mode == "pull" else a
+    target = a if mode == "pull" else b
+    (source.root / "d").mkdir()
+    (source.root / "d" / "one").write_bytes(random.Random(1).randbytes(300_000))
+    os.link(source.root / "d" / "one", source.root / "two")
+    os.link(source.root / "d" / "one", source.root / "zz-three")
+    (source.root / "small").write_text("x")
+    os.link(source.root / "small", source.root / "small-too")
+    r = converse(a, b, mode)
+    assert same(a, b) and r.files_failed == 0 and r.files_linked == 3, r
+    inode = os.stat(target.root / "d" / "one").st_ino
+    assert os.stat(target.root / "two").st_ino == inode == os.stat(target.root / "zz-three").st_ino
+    assert os.stat(target.root / "small").st_ino == os.stat(target.root / "small-too").st_ino
+    assert r.literal_bytes + r.literal_bytes_received < 320_000, "one transfer for the three names"
+    again = converse(a, b, mode)
+    assert again.files_total == again.files_unchanged == 5, again
+    # an edit through one name changes all three; the links survive it on the target
+    with open(source.root / "two", "r+b") as f:
+        f.write(b"edited")
+    r = converse(a, b, mode)
+    assert same(a, b) and r.files_failed == 0
+    assert os.stat(target.root / "two").st_ino == os.stat(target.root / "d" / "one").st_ino
