@@ -3,7 +3,9 @@
 Real processes on loopback: each peer runs `deltasync serve`, and pushes go
 through `deltasync push --json`. The plan: A has File_1, B gets it; B adds
 File_2 and a folder of 50 small files, pushes them to A, A's server is killed
-0.5 s into that and restarted, and the push resumes; 10% of File_2 changes on
+0.5 s after File_2 starts arriving (the push is paced to last a few seconds,
+so the kill lands mid-transfer at any scale) and restarted, and the push
+resumes; 10% of File_2 changes on
 A and reaches B. Every step's files, bytes and time are recorded, and the md5
 of every file is compared on both sides.
 """
@@ -26,6 +28,7 @@ from blake3 import blake3
 
 MiB = 1 << 20
 _CLI = [sys.executable, "-m", "deltasync"]
+PUSH_SECONDS = 2.0  # how long the interrupted push of File_2 would take uninterrupted
 
 
 def _write_random(path: Path, size: int, seed: int) -> None:
@@ -122,6 +125,16 @@ def _moved(r: dict[str, Any]) -> int:
     return int(r.get("files_sent_whole", 0)) + int(r.get("files_sent_delta", 0))
 
 
+def _wait_for_partial(root: Path, pusher: "subprocess.Popen[str]", limit: float = 30.0) -> None:
+    """Until a big file starts arriving at `root` (its partial appears), or the push ends."""
+    partials = root / ".deltasync" / "partial"
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and pusher.poll() is None:
+        if partials.is_dir() and any(partials.iterdir()):
+            return
+        time.sleep(0.02)
+
+
 def _match(a: Path, b: Path, paths: list[str] | None = None) -> bool:
     da, db = md5_tree(a), md5_tree(b)
     if paths is None:
@@ -149,10 +162,14 @@ def run(scale: float = 0.2, keep: Path | None = None) -> list[Step]:
         for i in range(50):
             _write_random(b.root / "folder" / f"small_{i:02d}.bin", 1024, seed=100 + i)
         t = time.monotonic()
-        pusher = subprocess.Popen([*_CLI, "push", str(b.root), a.address, "--json", "-q"],
+        # paced so File_2 takes a few seconds at any scale: the kill 0.5 s into it lands while it
+        # is moving (at full size, this machine's loopback takes about that long unpaced)
+        pace = int(max(500 * MiB * scale / PUSH_SECONDS, 12 * MiB) / 1024)  # KiB/s: a 4 MiB segment in 1/3 s
+        pusher = subprocess.Popen([*_CLI, "push", str(b.root), a.address, "--json", "-q", "--bwlimit", str(pace)],
                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        _wait_for_partial(a.root, pusher)
         time.sleep(0.5)
-        a.kill()  # A dies 0.5 s into the transfer
+        a.kill()  # A dies 0.5 s into File_2's transfer
         out, _ = pusher.communicate()
         first = json.loads(out) if out.strip() else {}
         if "files_total" in first:  # it finished before the kill
