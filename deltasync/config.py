@@ -30,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "max_index_entries": 2_000_000,
     "max_path_length": 4096,
     "versioning": "trashcan",  # or "off": see store/versions.py
+    "xattrs": True,  # keep extended attributes (user namespace, POSIX ACLs) like rsync -X; false: leave them
     "versions_keep_days": 30.0,
     "versions_max_mb": 0.0,  # 0: no size cap
     "versions_per_path": 10,

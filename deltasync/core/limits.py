@@ -56,6 +56,12 @@ MAX_SIG_BLOCKS = 65536 + 1  # our engine keeps a file at 65536 blocks or fewer
 MAX_WEAK_COLLISIONS = 16  # distinct strong sums under one weak sum: more is an attack on the search
 
 # ignore patterns (a `.deltasyncignore` arrives from peers like any file)
+# extended attributes a peer may give one file or directory (user namespace and POSIX ACLs)
+MAX_XATTRS = 64
+MAX_XATTR_NAME = 255
+MAX_XATTR_VALUE = 64 * 1024
+MAX_XATTR_BYTES = 256 * 1024  # one entry's names and values together
+
 MAX_IGNORE_BYTES = 1024 * 1024
 MAX_IGNORE_PATTERNS = 10_000
 

@@ -19,8 +19,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
 
+from ..core.entry import Xattrs
 from ..errors import TransferFailed, UnsafePath
-from . import native
+from . import native, xattrs
 
 META = ".deltasync"
 TMP_PREFIX = ".deltasync-tmp-"  # a symlink made aside in its own directory before its rename
@@ -180,11 +181,14 @@ class SafeRoot:
                     raise TransferFailed(f"{path[:200]}: exists here and is not a directory") from None
         self.set_meta(path, mode, None)
 
-    def set_meta(self, path: str, mode: int, mtime_ns: int | None) -> None:
-        """Mode bits and mtime of a file or directory (never through a symlink)."""
+    def set_meta(self, path: str, mode: int, mtime_ns: int | None, attrs: Xattrs | None = None) -> None:
+        """Extended attributes (None: leave them), mode bits and mtime of a file or directory
+        (never through a symlink)."""
         with self.parent(path) as (dfd, name):
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
             try:
+                if attrs is not None:
+                    xattrs.apply(fd, attrs, path)
                 os.fchmod(fd, mode & 0o7777)
                 if mtime_ns is not None:
                     os.utime(fd, ns=(mtime_ns, mtime_ns))
@@ -230,7 +234,7 @@ def unlink_state(root: Path, sub: str, name: str) -> None:
 
 
 def write_aside(directory: Path, name: str, chunks: Iterable[bytes | memoryview], mode: int,
-                mtime_ns: int, fsync: bool = True) -> Path:
+                mtime_ns: int, fsync: bool = True, attrs: Xattrs | None = None, path: str = "") -> Path:
     """Write a new file under our own state folder with its final mode and mtime."""
     tmp = directory / name
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -239,7 +243,7 @@ def write_aside(directory: Path, name: str, chunks: Iterable[bytes | memoryview]
             view = memoryview(chunk)
             while view:
                 view = view[os.write(fd, view):]
-        finish(fd, mode, mtime_ns, fsync)
+        finish(fd, mode, mtime_ns, fsync, attrs, path)
     except BaseException:
         os.close(fd)
         tmp.unlink(missing_ok=True)
@@ -248,8 +252,12 @@ def write_aside(directory: Path, name: str, chunks: Iterable[bytes | memoryview]
     return tmp
 
 
-def finish(fd: int, mode: int, mtime_ns: int, fsync: bool = True) -> None:
-    """Final mode and mtime on an open file, then make it durable."""
+def finish(fd: int, mode: int, mtime_ns: int, fsync: bool = True, attrs: Xattrs | None = None,
+           path: str = "") -> None:
+    """Final extended attributes (None: leave them), mode and mtime on an open file, then make it
+    durable. Attributes go first: setting them needs write permission the final mode may take away."""
+    if attrs is not None:
+        xattrs.apply(fd, attrs, path)
     os.fchmod(fd, mode & 0o7777)
     os.utime(fd, ns=(mtime_ns, mtime_ns))
     if fsync:

@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING
 
 from .. import hashing, identity
 from ..core import version as vv
-from ..core.entry import DIR, FILE, SYMLINK, Entry
+from ..core.entry import DIR, FILE, SYMLINK, Entry, Xattrs
 from ..core.limits import DELTA_MIN, SEGMENT_SIZE
 from ..errors import UsageError
 from ..store.manifest import Manifest, Seen
+from . import xattrs
 from .ignore import Ignore
 from .safe import DIR_FLAGS, is_reserved
 
@@ -85,13 +86,14 @@ def _version(e: Entry, old: Seen | None, me: str) -> vv.Version:
     mtime is synced (`touch -d` travels, as `push -n` shows it); a directory's moves with
     its contents, so it is no change of its own."""
     if old is not None and not old.entry.deleted and old.entry.same_content(e) and old.entry.mode == e.mode \
+            and old.entry.xattrs == e.xattrs \
             and (e.kind != FILE or (old.entry.mtime_ns, old.entry.link) == (e.mtime_ns, e.link)):
         return old.entry.version
     return vv.bump(old.entry.version if old else (), me)
 
 
 def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None, me: str = "local",
-         record: bool = True) -> ScanResult:
+         record: bool = True, keep_xattrs: bool = True) -> ScanResult:
     """Index the folder. `entries` holds live paths and tombstones (deleted
     paths we knew, with a bumped version); `me` is our key in version vectors.
     `changed` lists the paths that are new, changed or deleted since the last
@@ -108,10 +110,26 @@ def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None, me: str =
     segments: list[tuple[str, int, bytes]] = []
     inodes: dict[tuple[int, int], str] = {}  # hard-linked files: (device, inode) -> its first path
 
+    def attrs(fd: int, old: Seen | None) -> Xattrs:
+        """The extended attributes we sync, read now; as recorded (a peer's) where we keep none.
+        Callers read them only when the inode changed (an xattr edit moves its ctime) or they
+        were never read."""
+        if not keep_xattrs:
+            return old.entry.xattrs if old is not None else ()
+        return xattrs.read(fd)
+
     def entry_for(dfd: int, name: str, path: str, st: os.stat_result, old: Seen | None) -> Entry | None:
         mode = st.st_mode
         if stat.S_ISDIR(mode):
-            e = Entry(path, DIR, 0, st.st_mtime_ns, stat.S_IMODE(mode))
+            moved = old is None or (old.ino, old.ctime_ns) != (st.st_ino, st.st_ctime_ns) or not old.xattrs_known
+            found: Xattrs = old.entry.xattrs if old is not None else ()
+            if keep_xattrs and moved:
+                dfd2 = os.open(name, DIR_FLAGS, dir_fd=dfd)
+                try:
+                    found = attrs(dfd2, old)
+                finally:
+                    os.close(dfd2)
+            e = Entry(path, DIR, 0, st.st_mtime_ns, stat.S_IMODE(mode), xattrs=found)
             return replace(e, version=_version(e, old, me))
         if stat.S_ISLNK(mode):
             target = os.readlink(name, dir_fd=dfd)
@@ -119,29 +137,34 @@ def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None, me: str =
                          version=_version(Entry(path, SYMLINK, target=target), old, me))
         if not stat.S_ISREG(mode):
             return None  # fifos, sockets, devices are not synced
-        if (old and old.entry.kind == FILE and old.entry.blake3
-                and (old.entry.size, old.entry.mtime_ns, old.ino, old.ctime_ns) == _stat_fields(st)):
-            digest: str = old.entry.blake3
+        same = bool(old and old.entry.kind == FILE and old.entry.blake3
+                    and (old.entry.size, old.entry.mtime_ns, old.ino, old.ctime_ns) == _stat_fields(st))
+        if same and old is not None and (old.xattrs_known or not keep_xattrs):
+            digest: str = str(old.entry.blake3)
+            found = old.entry.xattrs
         else:
             big = st.st_size >= DELTA_MIN
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd)
             try:
-                hashed = hash_fd(fd, st, SEGMENT_SIZE if big else 0)
+                found = attrs(fd, old)
+                hashed = (str(old.entry.blake3), b"") if same and old is not None else \
+                    hash_fd(fd, st, SEGMENT_SIZE if big else 0)
             finally:
                 os.close(fd)
             if hashed is None:
                 raise _Unstable()
             digest = hashed[0]
-            if big:
-                segments.append((digest, SEGMENT_SIZE, hashed[1]))
-            result.hashed_files += 1
-            result.hashed_bytes += st.st_size
+            if not same:
+                if big:
+                    segments.append((digest, SEGMENT_SIZE, hashed[1]))
+                result.hashed_files += 1
+                result.hashed_bytes += st.st_size
         fmode = stat.S_IMODE(mode)
         link = None
         if st.st_nlink > 1:  # the first name of an inode in walk order leads; later names link to it
             link = inodes.setdefault((st.st_dev, st.st_ino), path)
             link = None if link == path else link
-        e = Entry(path, FILE, st.st_size, st.st_mtime_ns, fmode, digest, link=link)
+        e = Entry(path, FILE, st.st_size, st.st_mtime_ns, fmode, digest, link=link, xattrs=found)
         return replace(e, version=_version(e, old, me))
 
     def visit(dfd: int, rel: str) -> list[tuple[str, str]]:
@@ -185,7 +208,8 @@ def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None, me: str =
             if e is None:
                 continue
             result.entries[path] = e
-            if old is None or old.entry != e or (old.ino, old.ctime_ns) != (st.st_ino, st.st_ctime_ns):
+            if old is None or old.entry != e or (old.ino, old.ctime_ns) != (st.st_ino, st.st_ctime_ns) \
+                    or not old.xattrs_known:
                 rows.append(Seen(e, st.st_ino, st.st_ctime_ns))
             if is_dir:
                 subdirs.append((name, path))
@@ -238,4 +262,5 @@ def scan_folder(folder: "Folder", manifest: Manifest, excludes: list[str] | None
                 record: bool = True) -> ScanResult:
     """Our folder's index as every command takes it: its `.deltasyncignore` plus
     `excludes`, and our own key in version vectors."""
-    return scan(folder.root, manifest, Ignore.for_folder(folder.root, excludes), folder.short_id, record)
+    return scan(folder.root, manifest, Ignore.for_folder(folder.root, excludes), folder.short_id, record,
+                bool(folder.config().setting("xattrs")))

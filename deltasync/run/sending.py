@@ -142,7 +142,7 @@ class FileSender:
                 await self.failed(FileResult.failed(path, "changed since it was scanned; run again"))
                 return False
             await self.say(BeginFile(path, e.size, e.mtime_ns, e.mode, str(e.blake3), t.segment_size, t.basis,
-                                     t.replaces, dict(e.version)))
+                                     t.replaces, dict(e.version), e.xattrs))
             todo = [i for i in range(t.segments) if i not in t.done]
             old = self.segments_of(t.basis, t.segment_size) if t.basis is not None else None
             loop = asyncio.get_running_loop()

@@ -10,9 +10,9 @@ from dataclasses import replace
 
 from ..config import Folder
 from ..core import limits
-from ..core.entry import DIR, FILE, SYMLINK, Entry
+from ..core.entry import DIR, FILE, SYMLINK, Entry, Xattrs
 from ..errors import AlreadyPresent, TransferFailed
-from ..fs import safe
+from ..fs import safe, xattrs
 from ..fs.scan import hash_fd
 from .claims import Registry, Ticket, registry
 from .manifest import Manifest, Seen
@@ -55,6 +55,11 @@ class LocalState:
         self.versions = Versions(folder.root, manifest, cfg.folder)
         self.registry: Registry = registry(str(folder.root))
         self.max_file_size = min(int(cfg.setting("max_file_size")), limits.MAX_FILE_SIZE)
+        self.keep_xattrs = bool(cfg.setting("xattrs")) and xattrs.AVAILABLE
+
+    def attrs_of(self, e: Entry) -> Xattrs | None:
+        """The extended attributes to give what we write for `e` (None: we keep none)."""
+        return e.xattrs if self.keep_xattrs else None
 
     def current(self, path: str) -> Entry | None:
         """The entry at `path` as it is on disk now (hashing only if its stat moved)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..core import version as vv
-from ..core.entry import Entry
+from ..core.entry import Entry, xattrs_from_wire, xattrs_to_wire
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -58,6 +58,7 @@ class Seen:
     entry: Entry
     ino: int
     ctime_ns: int
+    xattrs_known: bool = True  # False for a row from before xattrs were kept: read them at the next scan
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,8 @@ class Manifest:
                                     # what made a cached signature: its format (magic/strong length) and engine
                                     ("signatures", "format", "TEXT NOT NULL DEFAULT ''"),
                                     ("signatures", "engine", "TEXT NOT NULL DEFAULT ''"),
-                                    ("files", "link", "TEXT")):  # hard links (rsync -H)
+                                    ("files", "link", "TEXT"),  # hard links (rsync -H)
+                                    ("files", "xattrs", "TEXT")):  # JSON {name: base64}; NULL: not read yet
             have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
             if column not in have:
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
@@ -117,12 +119,14 @@ class Manifest:
             self._db.close()
 
     # -- files -------------------------------------------------------------
-    _COLS = "path, kind, size, mtime_ns, mode, ino, ctime_ns, blake3, target, version, deleted, link"
+    _COLS = "path, kind, size, mtime_ns, mode, ino, ctime_ns, blake3, target, version, deleted, link, xattrs"
 
     @staticmethod
     def _seen(r: tuple) -> Seen:
         version = _version(r[9])
-        return Seen(Entry(r[0], r[1], r[2], r[3], r[4], r[7], r[8], version, bool(r[10]), r[11]), r[5], r[6])
+        xattrs = xattrs_from_wire(json.loads(r[12]), "manifest") if r[12] else ()
+        return Seen(Entry(r[0], r[1], r[2], r[3], r[4], r[7], r[8], version, bool(r[10]), r[11], xattrs), r[5], r[6],
+                    r[12] is not None)
 
     def seen(self) -> dict[str, Seen]:
         """Every path we know, tombstones included."""
@@ -139,10 +143,10 @@ class Manifest:
         """Store what a scan (or a commit) saw, in one transaction."""
         with self._lock, self._tx():
             self._db.executemany(
-                f"INSERT OR REPLACE INTO files ({self._COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT OR REPLACE INTO files ({self._COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [(s.entry.path, s.entry.kind, s.entry.size, s.entry.mtime_ns, s.entry.mode, s.ino, s.ctime_ns,
                   s.entry.blake3, s.entry.target, json.dumps(vv.to_wire(s.entry.version)), int(s.entry.deleted),
-                  s.entry.link) for s in rows])
+                  s.entry.link, json.dumps(xattrs_to_wire(s.entry.xattrs))) for s in rows])
             gone = [(p,) for p in removed]
             self._db.executemany("DELETE FROM files WHERE path=?", gone)
             self._db.executemany("DELETE FROM signatures WHERE path=?", gone)

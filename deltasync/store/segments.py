@@ -16,7 +16,7 @@ from typing import BinaryIO
 from .. import engine, hashing
 from ..core import limits, sparse
 from ..core import version as vv
-from ..core.entry import FILE, Entry
+from ..core.entry import FILE, Entry, Xattrs
 from ..core.result import FileResult
 from ..errors import ProtocolError, TransferFailed
 from ..fs import native, safe
@@ -68,8 +68,10 @@ class OpenFile:
     """One file being received in segments: its partial, and the basis a delta patches."""
 
     def __init__(self, partial: Partial, fd: int, basis: BinaryIO | None,
-                 basis_segments: list[bytes] | None = None, ticket: Ticket | None = None) -> None:
+                 basis_segments: list[bytes] | None = None, ticket: Ticket | None = None,
+                 attrs: Xattrs | None = None) -> None:
         self.partial = partial
+        self.attrs = attrs  # the extended attributes the finished file gets (None: we keep none)
         self.ticket = ticket
         self.fd = fd
         self.basis = basis
@@ -116,7 +118,7 @@ class SegmentedFiles(LocalState):
                 os.ftruncate(fd, 0)
                 self.manifest.begin_partial(part)
             known = self.manifest.segments_of(m.basis, m.segment_size) if basis is not None else None
-            return OpenFile(part, fd, basis, known, ticket)
+            return OpenFile(part, fd, basis, known, ticket, self.attrs_of(m.entry))
         except BaseException:
             self.registry.release(m.path)
             raise
@@ -199,11 +201,11 @@ class SegmentedFiles(LocalState):
                 raise TransferFailed(f"{p.path}: whole-file blake3 mismatch; partial dropped")
             self.manifest.store_segments([(digest, p.segment_size, segments)])
             self.expect(p.path, p.replaces)
-            safe.finish(f.fd, p.mode, p.mtime_ns)
+            safe.finish(f.fd, p.mode, p.mtime_ns, attrs=f.attrs, path=p.path)
             kept = self.safe.replace(self.folder.partials / p.name, p.path,
                                      keep=self.keeper(p.path, f.ticket, "replaced"))
             entry = Entry(p.path, FILE, p.size, p.mtime_ns, p.mode, p.target_blake3,
-                          version=vv.from_stored(json.loads(p.version)))
+                          version=vv.from_stored(json.loads(p.version)), xattrs=f.attrs or ())
             self.record(entry)
             self.manifest.drop_partial(p.path)
             self.signatures.precompute(entry)

@@ -39,7 +39,7 @@ class SmallFiles(LocalState):
                     raise TransferFailed(f"{e.path}: blake3 mismatch, not applied")
                 self.expect(e.path, f.replaces, e)
                 staged.append((e, safe.write_aside(self.folder.tmp, tmp_name(), [data], e.mode, e.mtime_ns,
-                                                   fsync=False)))
+                                                   fsync=False, attrs=self.attrs_of(e), path=e.path)))
             except AlreadyPresent:
                 results.append(FileResult(e.path, True))
                 self.registry.release(e.path)

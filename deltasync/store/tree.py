@@ -42,7 +42,7 @@ class TreeOps(LocalState):
             else:  # meta
                 if cur is None or not cur.same_content(e):
                     raise TransferFailed(f"{e.path}: changed here since the index was sent")
-                self.safe.set_meta(e.path, e.mode, e.mtime_ns)
+                self.safe.set_meta(e.path, e.mode, e.mtime_ns, self.attrs_of(e))
             self.record(e)
             return FileResult(e.path, True)
         except TransferFailed as err:
@@ -77,7 +77,8 @@ class TreeOps(LocalState):
                         h.update(c)
                         yield c
 
-                tmp = safe.write_aside(self.folder.tmp, tmp_name(), hashed(), e.mode, e.mtime_ns)
+                tmp = safe.write_aside(self.folder.tmp, tmp_name(), hashed(), e.mode, e.mtime_ns,
+                                       attrs=self.attrs_of(e), path=e.path)
             try:
                 if h.hexdigest() != e.blake3:
                     raise TransferFailed(f"{e.path}: {origin} no longer holds that content")

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Iterable, Iterator
 
 from ..core import limits, sparse
 from ..core import version as vv
-from ..core.entry import DIR, FILE, SYMLINK, Entry
+from ..core.entry import DIR, FILE, SYMLINK, Entry, Xattrs, xattrs_from_wire, xattrs_to_wire
 from ..core.plan import PartialInfo
 from ..errors import ProtocolError
 from ..fs.safe import check_relpath
@@ -171,8 +171,11 @@ class SmallFile:
 
     def to_wire(self) -> dict[str, Any]:
         e = self.entry
-        return {"path": e.path, "size": e.size, "mtime_ns": e.mtime_ns, "mode": e.mode, "blake3": e.blake3,
-                "replaces": self.replaces, "version": vv.to_wire(e.version)}
+        d = {"path": e.path, "size": e.size, "mtime_ns": e.mtime_ns, "mode": e.mode, "blake3": e.blake3,
+             "replaces": self.replaces, "version": vv.to_wire(e.version)}
+        if e.xattrs:
+            d["xattrs"] = xattrs_to_wire(e.xattrs)
+        return d
 
 
 @dataclass(frozen=True)
@@ -324,6 +327,7 @@ class BeginFile(Message):
     basis: str | None
     replaces: str | None
     version: dict[str, int] = field(default_factory=dict)
+    xattrs: Xattrs = ()
 
     def __post_init__(self) -> None:
         _path(self.path, "begin_file")
@@ -341,16 +345,22 @@ class BeginFile(Message):
     @property
     def entry(self) -> Entry:
         return Entry(self.path, FILE, self.size, self.mtime_ns, self.mode, self.blake3,
-                     version=vv.from_wire(self.version))
+                     version=vv.from_wire(self.version), xattrs=self.xattrs)
 
     @property
     def segments(self) -> int:
         return limits.segments_of(self.size, self.segment_size)
 
+    def parts(self, compress: bool = False) -> tuple[bytes, bytes]:
+        header = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "xattrs"}
+        if self.xattrs:
+            header["xattrs"] = xattrs_to_wire(self.xattrs)
+        return encode_parts(self.ACTION, b"", compress, **header)
+
     @classmethod
     def from_frame(cls, f: Frame) -> "BeginFile":
         return cls(f["path"], f["size"], f["mtime_ns"], f["mode"], f["blake3"], f["segment_size"], f["basis"],
-                   f["replaces"], f.get("version") or {})
+                   f["replaces"], f.get("version") or {}, xattrs_from_wire(f.get("xattrs"), "begin_file"))
 
 
 @dataclass(frozen=True)

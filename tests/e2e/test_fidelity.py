@@ -65,3 +65,49 @@ def test_hard_links_arrive_as_links_like_rsync_H(served, tmp_path):
     rsync_copy(a, theirs, "-H")
     assert _links(b) == _links(theirs) == [["alias", "x/alias2", "x/data"]]
     assert r["literal_bytes"] < 250_000, "one transfer, then link()"
+
+
+def _user_xattrs(root):
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if ".deltasync" in p.parts or p.is_symlink():
+            continue
+        names = sorted(n for n in os.listxattr(p) if n.startswith("user."))
+        if names:
+            out[str(p.relative_to(root))] = {n: os.getxattr(p, n) for n in names}
+    return out
+
+
+def test_extended_attributes_arrive_like_rsync_X(served, tmp_path):
+    a, b, s = served
+    (a / "docs").mkdir()
+    (a / "docs" / "note.txt").write_text("hello")
+    (a / "blob").write_bytes(os.urandom(300_000))
+    os.setxattr(a / "docs" / "note.txt", "user.mime_type", b"text/plain")
+    os.setxattr(a / "blob", "user.checksum", os.urandom(32))
+    os.setxattr(a / "docs", "user.project", b"deltasync")
+    r = push_json(a, s.address)
+    assert r["files_failed"] == 0 and digest(a) == digest(b)
+    theirs = tmp_path / "rsync"
+    rsync_copy(a, theirs, "-X")
+    assert _user_xattrs(b) == _user_xattrs(theirs) == _user_xattrs(a) != {}
+
+
+@pytest.mark.skipif(shutil.which("setfacl") is None, reason="setfacl (Debian package acl) not installed")
+def test_posix_acls_arrive_like_rsync_A(served, tmp_path):
+    a, b, s = served
+    (a / "shared").mkdir()
+    (a / "shared" / "f").write_text("acl'd")
+    subprocess.run(["setfacl", "-m", "u:nobody:rw", str(a / "shared" / "f")], check=True)
+    subprocess.run(["setfacl", "-d", "-m", "g:nogroup:rx", str(a / "shared")], check=True)
+    assert push_json(a, s.address)["files_failed"] == 0
+    theirs = tmp_path / "rsync"
+    rsync_copy(a, theirs, "-A")
+
+    def acl(root, name):
+        return subprocess.run(["getfacl", "--omit-header", "-p", str(root / name)], capture_output=True, text=True,
+                              check=True).stdout
+
+    for name in ("shared/f", "shared"):
+        assert acl(b, name) == acl(theirs, name) == acl(a, name), name
+    assert "user:nobody:rw-" in acl(b, "shared/f") and "default:group:nogroup:r-x" in acl(b, "shared")

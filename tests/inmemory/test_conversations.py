@@ -420,3 +420,43 @@ def test_hard_links_arrive_as_links(tmp_path, mode):
     r = converse(a, b, mode)
     assert same(a, b) and r.files_failed == 0
     assert os.stat(target.root / "two").st_ino == os.stat(target.root / "d" / "one").st_ino
+
+
+@pytest.mark.parametrize("mode", ["push", "pull", "sync"])
+def test_extended_attributes_travel_and_stay_in_step(tmp_path, mode):
+    a, b = folder_pair(tmp_path)
+    source, target = (b, a) if mode == "pull" else (a, b)
+    (source.root / "d").mkdir()
+    (source.root / "d" / "small").write_text("s")
+    (source.root / "big").write_bytes(random.Random(3).randbytes(400_000))
+    os.setxattr(source.root / "d" / "small", "user.colour", b"blue")
+    os.setxattr(source.root / "big", "user.tag", b"\x00\xffbinary")
+    os.setxattr(source.root / "d", "user.dir", b"yes")
+    os.setxattr(source.root / "d" / "small", "trusted.not-ours", b"x")  # another namespace: not synced
+    r = converse(a, b, mode)
+    assert same(a, b) and r.files_failed == 0, r.failures
+    assert os.getxattr(target.root / "d" / "small", "user.colour") == b"blue"
+    assert os.getxattr(target.root / "big", "user.tag") == b"\x00\xffbinary"
+    assert os.getxattr(target.root / "d", "user.dir") == b"yes"
+    assert "trusted.not-ours" not in os.listxattr(target.root / "d" / "small")
+    assert converse(a, b, mode).files_unchanged == 2
+    # an attribute changed, one removed: metadata only, and both sides agree again
+    os.setxattr(source.root / "big", "user.tag", b"v2")
+    os.removexattr(source.root / "d" / "small", "user.colour")
+    r = converse(a, b, mode)
+    assert r.files_meta == 2 and r.literal_bytes + r.literal_bytes_received == 0, r
+    assert os.getxattr(target.root / "big", "user.tag") == b"v2"
+    assert "user.colour" not in os.listxattr(target.root / "d" / "small")
+
+
+def test_xattrs_off_leaves_them_and_does_not_loop(tmp_path):
+    a, b = folder_pair(tmp_path)
+    cfg = (b.root / ".deltasync" / "config.toml")
+    assert "xattrs = true" in cfg.read_text()
+    cfg.write_text(cfg.read_text().replace("xattrs = true", "xattrs = false"))
+    (a.root / "f").write_text("x")
+    os.setxattr(a.root / "f", "user.k", b"v")
+    r = converse(a, b)
+    assert r.files_failed == 0 and "user.k" not in os.listxattr(b.root / "f")
+    again = converse(a, b)
+    assert again.files_unchanged == 1 and again.files_meta == 0, again
