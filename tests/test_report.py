@@ -93,3 +93,27 @@ def test_named_outcomes_for_a_known_plan():
     r.result(FileResult("edit", True, whole=True), remote=True)  # no basis there after all
     r.result(FileResult("new", False, "disk full"), remote=True)
     assert (r.files_total, r.files_sent_whole, r.files_sent_delta, r.files_failed) == (5, 1, 0, 1)
+
+
+def test_a_failure_names_its_path_once():
+    from deltasync.errors import PartialSuccess
+    from deltasync.run.report import check
+
+    r = Report()
+    r.fail("lockeddir", "lockeddir: Permission denied")
+    try:
+        check(r)
+    except PartialSuccess as e:
+        assert str(e) == "1 file(s) failed; first: lockeddir: Permission denied"
+    else:
+        raise AssertionError("a failure is a partial success")
+
+
+def test_watch_says_conflicts_and_failures_as_text():
+    from deltasync.run.watch import _text
+
+    text = _text([{"path": "a", "error": "a: changed since it was scanned; run again"},
+                  {"path": "b", "copy": "b.sync-conflict-20260101-000000-ABCDEFG", "loser": "local"}])
+    assert text == ("a: changed since it was scanned; it goes with the next sync; "
+                    "b (the local version is kept as b.sync-conflict-20260101-000000-ABCDEFG)")
+    assert "{" not in text and "run again" not in text

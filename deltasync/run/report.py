@@ -78,7 +78,7 @@ class Report:
         self._set(path, "failed")
         if len(self.failures) < MAX_LISTED:  # counted always, listed up to a bound (a peer can send many)
             self.failures.append({"path": path[:4096], "error": why[:1000]})
-        log.warning("%s", why if why.startswith(path) else f"{path}: {why}")
+        log.warning("%s", said(path, why))
 
     def count(self, plan: Plan, pulled: bool = False) -> None:
         """A plan's files, each counted as what it will become (a dry run stops here);
@@ -134,6 +134,11 @@ class Report:
                         f"kept there as {kept}" if kept else "not kept (versioning is off there)")
 
 
+def said(path: str, why: str) -> str:
+    """`path: why`, without saying the path twice when `why` already begins with it."""
+    return why if why.startswith(f"{path}:") else f"{path}: {why}"
+
+
 def stats(r: Report, size: Callable[[int], str]) -> list[str]:
     """rsync's `--stats` block, in its words where it has them."""
     matched = max(0, r.file_bytes - r.literal_bytes - r.literal_bytes_received)
@@ -154,7 +159,7 @@ def check(report: Report, force: bool = False) -> None:
     or (unless `force`) when a push replaced versions edited on the peer."""
     if report.files_failed:
         first = report.failures[0]
-        raise PartialSuccess(f"{report.files_failed} file(s) failed; first: {first['path']}: {first['error']}")
+        raise PartialSuccess(f"{report.files_failed} file(s) failed; first: {said(first['path'], first['error'])}")
     if report.conflicts:
         c = report.conflicts[0]
         raise PartialSuccess(f"{len(report.conflicts)} conflict(s); first: {c['path']} (other version kept as "

@@ -24,6 +24,7 @@ from ..errors import DeltasyncError, PeerBusy
 from ..fs.safe import has_reserved
 from ..progress import Ticker
 from .client import session
+from .report import said
 from .server import Server
 from .server import run as serve
 
@@ -41,12 +42,21 @@ def _stat(root: Path, paths: set[str]) -> dict[str, tuple[int, int] | None]:
     return out
 
 
+RETRIED = ("; run again", " (run again)")  # advice for one-shot commands: watch runs again by itself
+
+
 def _text(value: Any) -> str:
     """An event's field as a person reads it (JSON lines keep the structure)."""
     if isinstance(value, list):
         return "; ".join(f"{c['path']} (the {c['loser']} version is kept as {c['copy']})" if "copy" in c
-                         else f"{c.get('path')}: {c.get('error')}" for c in value) or "none"
+                         else said(str(c.get("path")), _retried(str(c.get("error")))) for c in value) or "none"
     return str(value)
+
+
+def _retried(why: str) -> str:
+    for advice in RETRIED:
+        why = why.replace(advice, "; it goes with the next sync")
+    return why
 
 
 class Watcher:
