@@ -326,7 +326,7 @@ def watch(directory: Path = DirArg,
     from .run.channel import parse_rate
     from .run.watch import Watcher
 
-    _logging(verbose, quiet, daemon=not as_json)
+    _logging(verbose, quiet, daemon=True)  # JSON events on stdout, log lines on stderr
 
     def go() -> None:
         folder = Folder.open(directory)

@@ -138,3 +138,21 @@ def test_chain_of_three_converges_with_conflict_copies(tmp_path):
     assert contents == {"A's edit", "C's edit, newer"}  # nothing lost
     assert (a / "shared.txt").read_text() == "C's edit, newer"  # the newer edit wins
     assert not (a / "docs" / "note.txt").exists() and (a / "docs" / "big-renamed.bin").exists()
+
+
+def test_watch_passes_on_mtime_only_changes_and_logs_sessions(tmp_path):
+    a, b = make_pair(tmp_path)
+    addr_a, addr_b = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    ds("trust", a, ds("id", b).stdout.strip(), "--name", "b", "--address", addr_b)
+    ds("trust", b, ds("id", a).stdout.strip(), "--name", "a", "--address", addr_a)
+    (a / "f.txt").write_text("same content")
+    wa, wb = Watch(a, addr_a), Watch(b, addr_b)
+    try:
+        wait_for(lambda: same_file(a / "f.txt", b / "f.txt"), what="f.txt on B")
+        os.utime(a / "f.txt", ns=(1_577_836_800 * 10**9,) * 2)  # touch -d 2020-01-01: content unchanged
+        wait_for(lambda: (b / "f.txt").stat().st_mtime_ns == 1_577_836_800 * 10**9, what="the mtime on B")
+    finally:
+        wa.stop()
+        wb.stop()
+    logs = "".join(p.read_text() for p in tmp_path.glob("watch-*.log"))
+    assert "session with " in logs and "\"event\": \"synced\"" in logs, logs[-2000:]
