@@ -286,22 +286,19 @@ async def _converse(d: Driver, folder: Folder, manifest: Manifest, receiver: Rec
         report.conflicts = [{"path": c.path, "copy": c.copy, "loser": c.loser} for c in sp.conflicts]
     deletes_left = max_delete
 
-    def cap(plan: Plan) -> Plan:
-        """--max-delete counts the deletes of both halves of a session together."""
+    def settle(plan: Plan, pulled: bool = False) -> Plan:
+        """A plan as it will run: --max-delete over both halves of a session together, then counted."""
         nonlocal deletes_left
         plan.cap_deletes(deletes_left)
         if deletes_left is not None:
             deletes_left -= len(plan.deletes)
+        report.count(plan, pulled)
         return plan
 
     if sp is not None:
-        cap(sp.pull)
-    if push_plan is not None and (dry_run or sp is None):
-        cap(push_plan)
-    if sp is not None:
-        report.count(sp.pull, pulled=True)
-    if push_plan is not None and (dry_run or sp is None):  # a sync's push half is counted once re-planned
-        report.count(push_plan)
+        settle(sp.pull, pulled=True)
+    if push_plan is not None and (dry_run or sp is None):  # a sync's push half is settled once re-planned
+        settle(push_plan)
     if dry_run:
         report.plan = ([dict(i, direction="pull") for i in sp.pull.items()] if sp else []) + \
                       ([dict(i, direction="push") for i in push_plan.items()] if push_plan else [])
@@ -316,9 +313,8 @@ async def _converse(d: Driver, folder: Folder, manifest: Manifest, receiver: Rec
             _record_merged(manifest, sp.merged)
             if push_plan is not None:  # plan the push half on what we hold now (conflict copies too)
                 local = (await d.workers.run(scan_folder, folder, manifest, excludes)).entries
-                push_plan = cap(plan_sync(local, remote, folder.short_id, peer[:12], None, rpartials,
-                                          pull=False).push)
-                report.count(push_plan)
+                push_plan = settle(plan_sync(local, remote, folder.short_id, peer[:12], None, rpartials,
+                                             pull=False).push)
         if push_plan is not None:
             await Pusher(d, manifest).run(push_plan)
     await d.say(Bye())
