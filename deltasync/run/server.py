@@ -131,11 +131,11 @@ def session_line(known: Peer | None, peer_id: str, driver: Driver, transport: Tr
     conv = driver.conv
     name = f"{known.name} " if known is not None else ""
     ways = [w for w, did in (("push", conv.files_pushed), ("pull", conv.files_requested)) if did]
-    took = f"received {driver.verdicts[True]} files" + (f" ({driver.verdicts[False]} failed)"
-                                                        if driver.verdicts[False] else "")
+    took = f"{driver.verdicts[True]} changes in" + (f" ({driver.verdicts[False]} failed)"
+                                                    if driver.verdicts[False] else "")
     sent = conv.files_requested - conv.refused
     return (f"session with {name}({identity.format_id(peer_id)[:15]}): {'+'.join(ways) or 'nothing to do'}; "
-            f"{took}, sent {sent} files; {transport.bytes_received:,} bytes in, {transport.bytes_sent:,} bytes out; "
+            f"{took}, {sent} files out; {transport.bytes_received:,} bytes in, {transport.bytes_sent:,} bytes out; "
             f"{seconds:.2f} s; {outcome}")
 
 

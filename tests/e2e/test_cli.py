@@ -102,8 +102,8 @@ def test_progress_bar_on_a_terminal_only(tmp_path, pair):
     log = (b.parent / "serve-B.log").read_text()
     sessions = [line for line in log.splitlines() if "session with " in line]
     assert len(sessions) == 3 and sessions[0].startswith("20"), log  # timestamped, one per session
-    assert "push; received 1 files, sent 0 files" in sessions[0] and sessions[0].endswith("; ok")
-    assert "pull; received 0 files, sent 1 files" in sessions[2], sessions
+    assert "push; 1 changes in, 0 files out" in sessions[0] and sessions[0].endswith("; ok")
+    assert "pull; 0 changes in, 1 files out" in sessions[2], sessions
     assert "done big" in log, "-v: a line per file"
 
 
