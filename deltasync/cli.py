@@ -315,7 +315,7 @@ def watch(directory: Path = DirArg,
           listen: Optional[str] = typer.Option(None, "--listen", help="HOST:PORT to serve on."),
           peer: List[str] = typer.Option([], "--peer", help="HOST:PORT or name to sync with (repeatable); "
                                                             "default: every peer in config.toml with an address."),
-          bwlimit: Optional[str] = BwOpt,
+          bwlimit: Optional[str] = BwOpt, exclude: List[str] = ExcludeOpt,
           as_json: bool = typer.Option(False, "--json", help="Events as JSON lines on stdout."),
           verbose: int = VerboseOpt, quiet: bool = QuietOpt) -> None:
     """Serve, watch the folder, and keep it in sync with peers in both directions until SIGINT/SIGTERM.
@@ -333,7 +333,7 @@ def watch(directory: Path = DirArg,
         cfg = folder.config()
         peers = list(peer) or [p.name for p in cfg.peers.values() if p.address]
         rate = parse_rate(bwlimit) if bwlimit is not None else None
-        asyncio.run(Watcher(folder, peers, as_json, rate).run(listen or str(cfg.setting("listen"))))
+        asyncio.run(Watcher(folder, peers, as_json, rate, list(exclude)).run(listen or str(cfg.setting("listen"))))
 
     _run(go)
 

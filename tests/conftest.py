@@ -122,12 +122,12 @@ def free_port() -> int:
 class Watch(Proc):
     """A real `deltasync watch` process (optionally inside a network namespace)."""
 
-    def __init__(self, folder: Path, listen: str, netns: str | None = None) -> None:
-        self.folder, self.listen, self.netns = folder, listen, netns
+    def __init__(self, folder: Path, listen: str, netns: str | None = None, *extra: str) -> None:
+        self.folder, self.listen, self.netns, self.extra = folder, listen, netns, extra
         self.start()
 
     def start(self) -> None:
-        cmd = [*DELTASYNC, "watch", str(self.folder), "--listen", self.listen, "--json"]
+        cmd = [*DELTASYNC, "watch", str(self.folder), "--listen", self.listen, "--json", *self.extra]
         if self.netns:
             cmd = ["ip", "netns", "exec", self.netns, *cmd]
         self.log = open(self.folder.parent / f"watch-{self.folder.name}.log", "a")

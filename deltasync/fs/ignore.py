@@ -175,6 +175,7 @@ class Ignore:
         if len(lines) > MAX_IGNORE_PATTERNS:
             log.warning("only the first %d ignore patterns are used", MAX_IGNORE_PATTERNS)
             lines = lines[:MAX_IGNORE_PATTERNS]
+        self.lines = lines  # as given: a server tells its client these, so neither touches what the other ignores
         self._rules = [r for r in map(Rule.parse, lines) if r is not None]
         self._dirs: dict[str, bool] = {}  # decisions for directories, reused by their contents
 

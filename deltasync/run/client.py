@@ -24,6 +24,7 @@ from ..core.limits import DELTA_MIN, REQUEST_BATCH
 from ..core.plan import PartialInfo, Plan, SyncPlan, Transfer, make_plan, plan_sync, steps
 from ..core.result import FileResult
 from ..errors import DeltasyncError, ProtocolError
+from ..fs.ignore import Ignore
 from ..fs.scan import scan_folder
 from ..progress import Progress
 from ..store.manifest import Manifest
@@ -187,7 +188,7 @@ class _Client:
     async def greet(self, hello: Hello) -> str | None:
         raise ProtocolError("a server does not say hello first")
 
-    async def index(self, dry_run: bool) -> tuple[dict[str, Entry], list[PartialInfo]]:
+    async def index(self, dry_run: bool) -> tuple[dict[str, Entry], list[PartialInfo], list[str]]:
         raise ProtocolError("a server does not ask for our index")
 
     def closing(self) -> None:
@@ -272,8 +273,15 @@ async def _converse(d: Driver, folder: Folder, manifest: Manifest, receiver: Rec
     if not dry_run:  # cache our versions' signatures while the network works (see Pusher._signature)
         for e in manifest.missing_signatures(local.values(), DELTA_MIN):
             receiver.precompute_signature(e)
-    remote, rpartials = await d.wait(d.listed)
-    remote = {p: e for p, e in remote.items() if not scanned.ignore(p, e.kind == "dir")}
+    remote, rpartials, rignore = await d.wait(d.listed)
+    theirs = Ignore(rignore)
+
+    def ours_to_sync(entries: dict[str, Entry]) -> dict[str, Entry]:
+        """What the peer ignores we leave alone too, there and here: never sent, fetched nor deleted."""
+        return {p: e for p, e in entries.items() if not theirs(p, e.kind == "dir")} if rignore else entries
+
+    remote = ours_to_sync({p: e for p, e in remote.items() if not scanned.ignore(p, e.kind == "dir")})
+    local = ours_to_sync(local)
     sp: SyncPlan | None = None
     if mode == "push":
         push_plan: Plan | None = make_plan(local, remote, rpartials, delete=delete, me=folder.short_id, update=update)
@@ -312,7 +320,7 @@ async def _converse(d: Driver, folder: Folder, manifest: Manifest, receiver: Rec
             await Puller(d, receiver, report).run(sp)
             _record_merged(manifest, sp.merged)
             if push_plan is not None:  # plan the push half on what we hold now (conflict copies too)
-                local = (await d.workers.run(scan_folder, folder, manifest, excludes)).entries
+                local = ours_to_sync((await d.workers.run(scan_folder, folder, manifest, excludes)).entries)
                 push_plan = settle(plan_sync(local, remote, folder.short_id, peer[:12], None, rpartials,
                                              pull=False).push)
         if push_plan is not None:

@@ -41,8 +41,8 @@ class Host(Protocol):
     async def greet(self, hello: Hello) -> str | None:
         """(server) Why this peer cannot have a session now, or None."""
 
-    async def index(self, dry_run: bool) -> tuple[dict[str, Entry], list[PartialInfo]]:
-        """(server) Our index, scanned now."""
+    async def index(self, dry_run: bool) -> tuple[dict[str, Entry], list[PartialInfo], list[str]]:
+        """(server) Our index, scanned now, and the ignore patterns it followed."""
 
     def closing(self) -> None:
         """(server) The client said bye: the sync is complete."""
@@ -69,13 +69,15 @@ class Driver:
         # (client) what the peer's answers resolve
         loop = asyncio.get_running_loop()
         self.greeted: asyncio.Future[Hello] = loop.create_future()
-        self.listed: asyncio.Future[tuple[dict[str, Entry], dict[str, PartialInfo]]] = loop.create_future()
+        self.listed: asyncio.Future[tuple[dict[str, Entry], dict[str, PartialInfo], list[str]]] = \
+            loop.create_future()
         self.closed: asyncio.Future[None] = loop.create_future()
         self.signatures: asyncio.Queue[Signature] = asyncio.Queue()
         self.answered = asyncio.Condition()
         self.requests_answered = 0
         self._entries: dict[str, Entry] = {}
         self._partials: dict[str, PartialInfo] = {}
+        self._ignore: list[str] = []
         self.pump_task: asyncio.Task[None] | None = None
         self.data_received = 0  # file data and delta bodies that came in (--stats' literal data, received)
         self.verdicts = {True: 0, False: 0}  # files this end took in (or could not send), by outcome
@@ -193,9 +195,9 @@ class Driver:
             else:
                 await self.say(Hello.ours(self.receiver.folder.peer_id))
         elif isinstance(e, mc.SendIndex):
-            index, partials = await self.host.index(e.dry_run)
+            index, partials, ignore = await self.host.index(e.dry_run)
             self.served = index
-            for part in FileList.chunked(index.values(), partials):
+            for part in FileList.chunked(index.values(), partials, ignore):
                 await self.say(part)
         elif isinstance(e, mc.Serve):
             await self.serve(e.message)
@@ -207,8 +209,9 @@ class Driver:
         elif isinstance(e, mc.IndexPart):
             self._entries.update((x.path, x) for x in e.part.entries)
             self._partials.update((p.path, p) for p in e.part.partials)
+            self._ignore.extend(e.part.ignore)
             if not e.part.more:
-                self.listed.set_result((self._entries, self._partials))
+                self.listed.set_result((self._entries, self._partials, self._ignore))
         elif isinstance(e, mc.SignatureReady):
             await self.signatures.put(e.message)
         elif isinstance(e, mc.Answered):

@@ -67,8 +67,9 @@ def partials_of(manifest: Manifest) -> list[PartialInfo]:
 
 
 class Server:
-    def __init__(self, folder: Folder, workers: Workers | None = None) -> None:
+    def __init__(self, folder: Folder, workers: Workers | None = None, excludes: list[str] | None = None) -> None:
         self.folder = folder
+        self.excludes = excludes  # beside .deltasyncignore (watch --exclude): told to every client
         self.config = folder.config()
         self.workers = workers or Workers()
         self.manifest = Manifest(folder.db)
@@ -82,7 +83,7 @@ class Server:
 
     async def scan(self, record: bool = True) -> ScanResult:
         async with self._scan_lock:
-            return await self.workers.run(scan_folder, self.folder, self.manifest, None, record)
+            return await self.workers.run(scan_folder, self.folder, self.manifest, self.excludes, record)
 
     async def shutdown(self) -> None:
         """Stop sessions; each leaves its in-flight files as resumable partials."""
@@ -162,11 +163,11 @@ class _Session:
             return "busy: a sync with you is already running; retry later"
         return None
 
-    async def index(self, dry_run: bool) -> tuple[dict[str, Entry], list[PartialInfo]]:
+    async def index(self, dry_run: bool) -> tuple[dict[str, Entry], list[PartialInfo], list[str]]:
         self.looking = dry_run
         scanned = await self.server.scan(record=not dry_run)
         scanned.refuse_nesting(self.peer_id, "your")
-        return scanned.entries, partials_of(self.server.manifest)
+        return scanned.entries, partials_of(self.server.manifest), scanned.ignore.lines
 
     def closing(self) -> None:
         try:

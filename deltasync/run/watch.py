@@ -60,18 +60,20 @@ def _retried(why: str) -> str:
 
 
 class Watcher:
-    def __init__(self, folder: Folder, peers: list[str], as_json: bool = False, bwlimit: float | None = None) -> None:
+    def __init__(self, folder: Folder, peers: list[str], as_json: bool = False, bwlimit: float | None = None,
+                 excludes: list[str] | None = None) -> None:
         self.folder = folder
         self.peers = peers
         self.as_json = as_json
         self.bwlimit = bwlimit
+        self.excludes = excludes  # left alone both ways: our sessions skip them, and our server tells its clients
         cfg = folder.config()
         self.settle = float(cfg.setting("settle_seconds"))
         self.rescan = float(cfg.setting("rescan_seconds"))
         self.pending: set[str] = set()
         self.wake = asyncio.Event()
         self.stop = asyncio.Event()
-        self.server = Server(folder)
+        self.server = Server(folder, excludes=excludes)
 
     def event(self, kind: str, **fields: Any) -> None:
         if self.as_json:
@@ -114,8 +116,8 @@ class Watcher:
             try:
                 ticker = Ticker(lambda done, size, rate: self.event(
                     "progress", peer=peer, bytes_done=done, bytes_total=size, rate=round(rate)))
-                r = await session(self.folder, peer, "sync", bwlimit=self.bwlimit, progress=ticker,
-                                  keep_signatures=True)
+                r = await session(self.folder, peer, "sync", excludes=self.excludes, bwlimit=self.bwlimit,
+                                  progress=ticker, keep_signatures=True)
                 moved = r.files_total - r.files_unchanged
                 if moved or r.conflicts or reason == "start":
                     self.event("synced", peer=peer, reason=reason, sent=r.files_sent_whole + r.files_sent_delta,

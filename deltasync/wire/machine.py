@@ -221,7 +221,7 @@ class Conversation:
         self.refused = 0
         self.files_pushed = 0  # paths the client sent (each gets one verdict)
         self.verdicts = 0
-        self.index_bytes = self.index_entries = self.index_partials = 0
+        self.index_bytes = self.index_entries = self.index_partials = self.index_patterns = 0
         self.staged_files = self.staged_bytes = 0  # small files we wrote aside, not yet committed
 
     # -- the two directions -------------------------------------------------
@@ -282,6 +282,9 @@ class Conversation:
             self.index_bytes += m.size
             self.index_entries += len(m.entries)
             self.index_partials += len(m.partials)
+            self.index_patterns += len(m.ignore)
+            if self.index_patterns > limits.MAX_IGNORE_PATTERNS:
+                raise ProtocolError(f"peer lists more than {limits.MAX_IGNORE_PATTERNS} ignore patterns")
             if self.index_bytes > limits.MAX_INDEX_BYTES:
                 raise ProtocolError(f"peer index is larger than {limits.MAX_INDEX_BYTES} bytes")
             if self.index_entries > self.max_index_entries:

@@ -133,11 +133,14 @@ class FileList(Message):
     partials: tuple[PartialInfo, ...] = ()
     more: bool = False
     size: int = 0  # the body's bytes as received (the index's total is bounded)
+    ignore: tuple[str, ...] = ()  # (a part of its own) the server's ignore patterns: the client leaves those paths
     _encoded: tuple[bytes, bytes] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def chunked(cls, entries: Iterable[Entry], partials: Iterable[PartialInfo]) -> Iterator["FileList"]:
-        chunks = [(b"entries", c) for c in json_chunks((e.to_wire() for e in entries), limits.INDEX_CHUNK_BYTES)]
+    def chunked(cls, entries: Iterable[Entry], partials: Iterable[PartialInfo],
+                ignore: Iterable[str] = ()) -> Iterator["FileList"]:
+        chunks = [(b"ignore", c) for c in json_chunks(ignore, limits.INDEX_CHUNK_BYTES)]
+        chunks += [(b"entries", c) for c in json_chunks((e.to_wire() for e in entries), limits.INDEX_CHUNK_BYTES)]
         chunks += [(b"partials", c) for c in json_chunks((p.to_wire() for p in partials),
                                                          limits.INDEX_CHUNK_BYTES)]
         for i, (key, items) in enumerate(chunks or [(b"entries", [])]):
@@ -149,18 +152,21 @@ class FileList(Message):
             body = b'{"' + key + b'":' + array + b"}"
         else:
             body = json_body({"entries": [e.to_wire() for e in self.entries],
-                              "partials": [p.to_wire() for p in self.partials]})
+                              "partials": [p.to_wire() for p in self.partials], "ignore": list(self.ignore)})
         return encode_parts(self.ACTION, body, compress, more=self.more)
 
     @classmethod
     def from_frame(cls, f: Frame) -> "FileList":
         body = body_json(f)
-        if not isinstance(body, dict) or not isinstance(body.get("entries", []), list) \
-                or not isinstance(body.get("partials", []), list):
-            raise ProtocolError("send_file_list: body must be an object with entries and partials lists")
+        if not isinstance(body, dict) or not all(isinstance(body.get(k, []), list)
+                                                 for k in ("entries", "partials", "ignore")):
+            raise ProtocolError("send_file_list: body must be an object with entries, partials and ignore lists")
+        ignore = body.get("ignore") or []
+        if not all(isinstance(p, str) and len(p) <= limits.MAX_PATH_CHARS for p in ignore):
+            raise ProtocolError("send_file_list: ignore patterns must be strings")
         partials = (PartialInfo.from_wire(d) for d in body.get("partials") or [])
         return cls(tuple(Entry.from_wire(d) for d in body.get("entries", [])),
-                   tuple(p for p in partials if p is not None), f["more"], len(f.body))
+                   tuple(p for p in partials if p is not None), f["more"], len(f.body), tuple(ignore))
 
 
 # -- files, small and whole ------------------------------------------------------

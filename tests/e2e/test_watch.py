@@ -140,19 +140,24 @@ def test_chain_of_three_converges_with_conflict_copies(tmp_path):
     assert not (a / "docs" / "note.txt").exists() and (a / "docs" / "big-renamed.bin").exists()
 
 
-def test_watch_passes_on_mtime_only_changes_and_logs_sessions(tmp_path):
+def test_watch_passes_on_mtime_only_changes_keeps_excludes_and_logs_sessions(tmp_path):
     a, b = make_pair(tmp_path)
     addr_a, addr_b = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     ds("trust", a, ds("id", b).stdout.strip(), "--name", "b", "--address", addr_b)
     ds("trust", b, ds("id", a).stdout.strip(), "--name", "a", "--address", addr_a)
     (a / "f.txt").write_text("same content")
-    wa, wb = Watch(a, addr_a), Watch(b, addr_b)
+    (a / "a.tmp").write_text("A's scratch, excluded by A")
+    (b / "b.tmp").write_text("B's scratch: A excludes *.tmp, so B leaves A's alone and keeps its own")
+    wa, wb = Watch(a, addr_a, None, "--exclude", "*.tmp"), Watch(b, addr_b)
     try:
         wait_for(lambda: same_file(a / "f.txt", b / "f.txt"), what="f.txt on B")
         os.utime(a / "f.txt", ns=(1_577_836_800 * 10**9,) * 2)  # touch -d 2020-01-01: content unchanged
         wait_for(lambda: (b / "f.txt").stat().st_mtime_ns == 1_577_836_800 * 10**9, what="the mtime on B")
+        (b / "g.txt").write_text("a change after the excludes were exchanged")
+        wait_for(lambda: (a / "g.txt").exists(), what="g.txt on A")
     finally:
         wa.stop()
         wb.stop()
+    assert not (b / "a.tmp").exists() and not (a / "b.tmp").exists(), "excluded both ways"
     logs = "".join(p.read_text() for p in tmp_path.glob("watch-*.log"))
     assert "session with " in logs and "\"event\": \"synced\"" in logs, logs[-2000:]

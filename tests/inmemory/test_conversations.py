@@ -460,3 +460,24 @@ def test_xattrs_off_leaves_them_and_does_not_loop(tmp_path):
     assert r.files_failed == 0 and "user.k" not in os.listxattr(b.root / "f")
     again = converse(a, b)
     assert again.files_unchanged == 1 and again.files_meta == 0, again
+
+
+@pytest.mark.parametrize("mode", ["push", "pull", "sync"])
+def test_what_the_server_excludes_is_left_alone_both_ways(tmp_path, mode):
+    """watch --exclude on the serving side: its clients neither send, fetch nor delete those paths."""
+    a, b = folder_pair(tmp_path)
+    (a.root / "keep.txt").write_text("a")
+    (a.root / "a.tmp").write_text("A's scratch")
+    (b.root / "b.tmp").write_text("B's scratch")
+    (b.root / "cache").mkdir()
+    (b.root / "cache" / "x").write_text("B's cache")
+    server = Server(b, workers=INLINE, excludes=["*.tmp", "cache/"])
+    try:
+        r = converse(a, b, mode, loopback=Loopback(server), delete=True)
+    finally:
+        server.close()
+    assert r.files_failed == 0
+    assert (b.root / "b.tmp").read_text() == "B's scratch" and (b.root / "cache" / "x").exists()
+    assert not (b.root / "a.tmp").exists() and not (a.root / "b.tmp").exists() and not (a.root / "cache").exists()
+    assert (a.root / "a.tmp").read_text() == "A's scratch"
+    assert ((a.root if mode == "pull" else b.root) / "keep.txt").exists() or mode == "pull"
