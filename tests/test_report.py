@@ -117,3 +117,32 @@ def test_watch_says_conflicts_and_failures_as_text():
     assert text == ("a: changed since it was scanned; it goes with the next sync; "
                     "b (the local version is kept as b.sync-conflict-20260101-000000-ABCDEFG)")
     assert "{" not in text and "run again" not in text
+
+
+def test_holes_are_the_aligned_zero_blocks():
+    """holes_of against a plain block-by-block reference, on random layouts of zero and data runs."""
+    import random
+
+    from deltasync.core import sparse
+
+    rng = random.Random(5)
+    for _ in range(300):
+        data = bytearray()
+        while len(data) < 64 * 1024:
+            n = rng.choice([1, 100, 4095, 4096, 4097, 8192, 12000])
+            data += bytes(n) if rng.random() < 0.5 else bytes(rng.randrange(1, 256) for _ in range(min(n, 64)))
+        data = bytes(data)
+        expect, start = [], None
+        whole = len(data) - len(data) % sparse.BLOCK
+        for i in range(0, whole, sparse.BLOCK):
+            zero = data[i : i + sparse.BLOCK] == bytes(sparse.BLOCK)
+            if zero and start is None:
+                start = i
+            elif not zero and start is not None:
+                expect.append((start, i - start))
+                start = None
+        if start is not None:
+            expect.append((start, whole - start))
+        runs = sparse.holes_of(data)
+        assert list(runs) == expect
+        assert sparse.expand(sparse.squeeze(data, runs), runs, len(data)) == data

@@ -5,6 +5,7 @@
 | `copy_range` | `copy_file_range(2)`: in the kernel, reflinked where the filesystem can | `pread`/`pwrite` in 1 MiB pieces |
 | `datasync` | `fdatasync(2)` | `fsync(2)` (macOS has no fdatasync) |
 | `syncfs` | `syncfs(2)` of the folder's filesystem | not available: callers fsync each file |
+| `punch_hole` | `fallocate(2)` `PUNCH_HOLE`: a zero range gives its space back | not available: it stays allocated |
 
 The stand-ins are tested on Linux by forcing them (`DELTASYNC_PORTABLE=1`, or `use(portable=True)`).
 """
@@ -15,6 +16,7 @@ import os
 from typing import Callable
 
 COPY_CHUNK = 1024 * 1024
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 1, 2
 
 
 def _copy_kernel(src: int, dst: int, offset: int, length: int) -> int:
@@ -73,6 +75,21 @@ def data_extents(fd: int, offset: int, length: int) -> list[tuple[int, int]]:
     return out
 
 
+def _punch_linux(fd: int, offset: int, length: int) -> bool:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+        return bool(libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def _punch_none(_fd: int, _offset: int, _length: int) -> bool:
+    return False
+
+
 def _syncfs_linux(dir_fd: int) -> bool:
     try:
         import ctypes
@@ -89,16 +106,18 @@ def _syncfs_none(_dir_fd: int) -> bool:
 copy_range: Callable[[int, int, int, int], int]
 datasync: Callable[[int], None]
 syncfs: Callable[[int], bool]
+punch_hole: Callable[[int, int, int], bool]  # give a zero range's space back (False: it stays allocated)
 PORTABLE = False
 
 
 def use(portable: bool) -> None:
     """Pick the implementations (at import, from the platform and DELTASYNC_PORTABLE)."""
-    global copy_range, datasync, syncfs, PORTABLE
+    global copy_range, datasync, syncfs, punch_hole, PORTABLE
     linux = not portable and hasattr(os, "copy_file_range")
     copy_range = _copy_kernel if linux else _copy_portable
     datasync = os.fdatasync if not portable and hasattr(os, "fdatasync") else os.fsync
     syncfs = _syncfs_linux if not portable and os.uname().sysname == "Linux" else _syncfs_none
+    punch_hole = _punch_linux if not portable and os.uname().sysname == "Linux" else _punch_none
     PORTABLE = portable or not linux
 
 

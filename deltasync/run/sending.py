@@ -111,11 +111,11 @@ class FileSender:
         digest = hashing.of_bytes(data)
         if old is not None and idx < len(old) and old[idx] == bytes.fromhex(digest):
             return SendDelta(path, idx, offset, length, digest, False, True)
+        runs = sparse.holes_of(data) if holes else ()
         if sig is not None and offset < t.basis_size:
             d = engine.delta(data, sig)
             if len(d) < length:
-                return SendDelta(path, idx, offset, length, digest, False, False, d)
-        runs = sparse.holes_of(data) if holes else ()
+                return SendDelta(path, idx, offset, length, digest, False, False, d, runs)
         return SendDelta(path, idx, offset, length, digest, True, False, sparse.squeeze(data, runs) if runs else data,
                          runs)
 

@@ -7,7 +7,6 @@ unverified bytes.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import time
@@ -158,16 +157,23 @@ class SegmentedFiles(LocalState):
         p = f.partial
         if f.basis is None:
             raise ProtocolError(f"send_delta: delta for {p.path} without a basis")
-        out = io.BytesIO()  # one segment (its declared length at most), verified before it is written
-        w = hashing.HashingWriter(out, m.length)
+        fresh = os.fstat(f.fd).st_size <= m.offset  # nothing of ours there yet: its holes may stay holes
+        out = os.fdopen(os.dup(f.fd), "wb", buffering=1024 * 1024)
         try:
-            engine.patch(f.basis, m.body, w)
-        except engine.DeltaError as e:
-            raise ProtocolError(f"{p.path}: segment {m.index}: {e}") from None
+            out.seek(m.offset)
+            w = hashing.HashingWriter(out, m.length)  # bounded and hashed as it is written
+            try:
+                engine.patch(f.basis, m.body, w)
+            except engine.DeltaError as e:
+                raise ProtocolError(f"{p.path}: segment {m.index}: {e}") from None
+            out.flush()
+        finally:
+            out.close()
         if w.written != m.length or w.hexdigest() != m.blake3:
             raise ProtocolError(f"{p.path}: segment {m.index} failed verification")
-        data = out.getbuffer()
-        _write(f.fd, data, m.offset, sparse.holes_of(data))
+        if fresh:  # the zero runs the sender found give their space back (a false claim fails the file's check)
+            for start, size in m.holes:
+                native.punch_hole(f.fd, m.offset + start, size)
 
     def _written(self, f: OpenFile, idx: int, length: int) -> None:
         f.unsynced.append(idx)

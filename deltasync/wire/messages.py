@@ -383,7 +383,7 @@ class SendDelta(Message):
     literal: bool
     same: bool = False
     body: Buffer = b""
-    holes: sparse.Runs = ()  # (literal only) zero runs left out of the body: the receiver leaves them unwritten
+    holes: sparse.Runs = ()  # zero runs: left out of a literal body; either way the receiver leaves them holes
 
     def parts(self, compress: bool = False) -> tuple[bytes, bytes]:
         extra: dict[str, Any] = {"same": True} if self.same else {}
@@ -396,7 +396,7 @@ class SendDelta(Message):
     def from_frame(cls, f: Frame) -> "SendDelta":
         length = limits.check_int(f["length"], 0, limits.MAX_SEGMENT, "send_delta: length")
         literal = f["literal"]
-        holes = sparse.from_wire(f.get("holes"), length, len(f.body), "send_delta") if literal else ()
+        holes = sparse.from_wire(f.get("holes"), length, len(f.body) if literal else None, "send_delta")
         return cls(f["path"], f["index"], f["offset"], length, str(_digest(f["blake3"], "send_delta: blake3")),
                    literal, f.get("same") is True, f.body, holes)
 
