@@ -164,8 +164,9 @@ def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None, me: str =
         if st.st_nlink > 1:  # the first name of an inode in walk order leads; later names link to it
             link = inodes.setdefault((st.st_dev, st.st_ino), path)
             link = None if link == path else link
-        e = Entry(path, FILE, st.st_size, st.st_mtime_ns, fmode, digest, link=link, xattrs=found)
-        return replace(e, version=_version(e, old, me))
+        version = _version(Entry(path, FILE, st.st_size, st.st_mtime_ns, fmode, digest, link=link, xattrs=found),
+                           old, me)
+        return Entry(path, FILE, st.st_size, st.st_mtime_ns, fmode, digest, version=version, link=link, xattrs=found)
 
     def visit(dfd: int, rel: str) -> list[tuple[str, str]]:
         """Index one directory's entries; return its subdirectories (name, path) to walk."""

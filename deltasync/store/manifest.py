@@ -109,7 +109,7 @@ class Manifest:
                                     ("signatures", "format", "TEXT NOT NULL DEFAULT ''"),
                                     ("signatures", "engine", "TEXT NOT NULL DEFAULT ''"),
                                     ("files", "link", "TEXT"),  # hard links (rsync -H)
-                                    ("files", "xattrs", "TEXT")):  # JSON {name: base64}; NULL: not read yet
+                                    ("files", "xattrs", "TEXT")):  # JSON {name: base64}; '': none; NULL: not read yet
             have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
             if column not in have:
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
@@ -124,7 +124,7 @@ class Manifest:
     @staticmethod
     def _seen(r: tuple) -> Seen:
         version = _version(r[9])
-        xattrs = xattrs_from_wire(json.loads(r[12]), "manifest") if r[12] else ()
+        xattrs = xattrs_from_wire(json.loads(r[12]), "manifest") if r[12] else ()  # '': none; NULL: not read
         return Seen(Entry(r[0], r[1], r[2], r[3], r[4], r[7], r[8], version, bool(r[10]), r[11], xattrs), r[5], r[6],
                     r[12] is not None)
 
@@ -146,7 +146,7 @@ class Manifest:
                 f"INSERT OR REPLACE INTO files ({self._COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [(s.entry.path, s.entry.kind, s.entry.size, s.entry.mtime_ns, s.entry.mode, s.ino, s.ctime_ns,
                   s.entry.blake3, s.entry.target, json.dumps(vv.to_wire(s.entry.version)), int(s.entry.deleted),
-                  s.entry.link, json.dumps(xattrs_to_wire(s.entry.xattrs))) for s in rows])
+                  s.entry.link, json.dumps(xattrs_to_wire(s.entry.xattrs)) if s.entry.xattrs else "") for s in rows])
             gone = [(p,) for p in removed]
             self._db.executemany("DELETE FROM files WHERE path=?", gone)
             self._db.executemany("DELETE FROM signatures WHERE path=?", gone)
