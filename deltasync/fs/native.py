@@ -12,8 +12,9 @@ The stand-ins are tested on Linux by forcing them (`DELTASYNC_PORTABLE=1`, or `u
 from __future__ import annotations
 
 import errno
+import functools
 import os
-from typing import Callable
+from typing import Any, Callable
 
 COPY_CHUNK = 1024 * 1024
 FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 1, 2
@@ -75,13 +76,19 @@ def data_extents(fd: int, offset: int, length: int) -> list[tuple[int, int]]:
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def _libc() -> Any:
+    """The C library, loaded once, with fallocate's 64-bit offsets declared."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+    return libc
+
+
 def _punch_linux(fd: int, offset: int, length: int) -> bool:
     try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
-        return bool(libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0)
+        return bool(_libc().fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0)
     except (OSError, AttributeError):
         return False
 
@@ -92,9 +99,7 @@ def _punch_none(_fd: int, _offset: int, _length: int) -> bool:
 
 def _syncfs_linux(dir_fd: int) -> bool:
     try:
-        import ctypes
-
-        return bool(ctypes.CDLL(None, use_errno=True).syncfs(dir_fd) == 0)
+        return bool(_libc().syncfs(dir_fd) == 0)
     except (OSError, AttributeError):
         return False
 
