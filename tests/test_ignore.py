@@ -69,6 +69,27 @@ def test_random_patterns_agree_with_git(tmp_path_factory, pats, negate_last):
     assert ours == git_ignored(tmp_path_factory.mktemp("g"), pats, paths, dirs), pats
 
 
+# what git 2.39 answers (`git check-ignore --no-index`) for `**` glued to a name
+GLUED = {
+    "a**/b": {"ab", "ax/b", "ax/y/b", "a/b"},
+    "a**b": {"ab", "axb", "x/ab"},
+    "x/a**/b": {"x/ab", "x/a/b", "x/ax/y/b"},
+    "a/**b": {"a/xb", "a/b"},
+    "*/**b": {"ax/b", "a/xb", "a/b", "xa/b", "x/ab"},
+}
+
+
+@pytest.mark.parametrize("pattern", sorted(GLUED))
+def test_double_star_glued_to_a_name_reads_as_git_does(pattern):
+    paths = ["ab", "axb", "ax/b", "ax/y/b", "a/xb", "a/b", "xa/b", "x/ab", "x/a/b", "x/ax/y/b", "b", "xb"]
+    ign = Ignore([pattern])
+    assert {p for p in paths if ign(p, False)} == GLUED[pattern]
+
+
+def test_many_glued_double_stars_are_refused_not_expanded():
+    assert Ignore(["a**/" * 30 + "b"])("a" * 30 + "b", False) is False
+
+
 @pytest.mark.parametrize("path", [".deltasync", "a/.deltasync", "a/b/.DeltaSync", ".DELTASYNC/key.pem",
                                   "x/\uff0edeltasync", "d/.deltasync-tmp-123-abc"])
 def test_state_folders_are_always_ignored(path):

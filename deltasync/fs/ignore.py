@@ -93,9 +93,27 @@ def component_regex(glob: str) -> re.Pattern[str]:
     return re.compile(f"(?s:{body})\\Z")
 
 
+MAX_GLUED = 4  # `x**/` components in one pattern (each doubles the alternatives to match)
+
+
+def _glued(comps: list[str]) -> list[list[str]]:
+    """git reads `x**/rest` as `x` then zero or more directories then `rest`: either
+    `x` and the next component are one name (`a**/b` matches `ab`), or `x*/**/rest`.
+    The component lists that together mean the same."""
+    for i, c in enumerate(comps[:-1]):
+        head = c.rstrip("*")
+        stars = len(c) - len(head)
+        if head.endswith("\\"):  # the first star is a literal one
+            head, stars = head + "*", stars - 1
+        if head and stars >= 2:
+            rest = comps[i + 1 :]
+            return _glued(comps[:i] + [head + rest[0]] + rest[1:]) + _glued(comps[:i] + [head + "*", "**"] + rest)
+    return [comps]
+
+
 @dataclass(frozen=True)
 class Rule:
-    parts: tuple[re.Pattern[str] | None, ...]  # regexes, and _STAR for `**`
+    alternatives: tuple[tuple[re.Pattern[str] | None, ...], ...]  # regexes, and _STAR for `**`; any may match
     negate: bool
     dir_only: bool
     anchored: bool
@@ -123,22 +141,28 @@ class Rule:
         comps = [c for c in line.split("/") if c]
         if not comps:
             return None
-        parts: list[re.Pattern[str] | None] = []
-        for c in comps:
-            if c == "**":
-                if not parts or parts[-1] is not _STAR:
-                    parts.append(_STAR)
-            else:
-                parts.append(component_regex(c))
-        return cls(tuple(parts), negate, dir_only, anchored)
+        if sum(c != "**" and c.endswith("**") for c in comps[:-1]) > MAX_GLUED:
+            log.warning("ignore pattern with more than %d `x**/` components not used: %s", MAX_GLUED, line[:80])
+            return None
+        alternatives = []
+        for option in _glued(comps):
+            parts: list[re.Pattern[str] | None] = []
+            for c in option:
+                if c == "**":
+                    if not parts or parts[-1] is not _STAR:
+                        parts.append(_STAR)
+                else:
+                    parts.append(component_regex(c))
+            alternatives.append(tuple(parts))
+        return cls(tuple(alternatives), negate, dir_only, anchored)
 
     def matches(self, comps: list[str], is_dir: bool) -> bool:
         if self.dir_only and not is_dir:
             return False
         if not self.anchored:  # a pattern without a slash matches the name at any depth
-            rx = self.parts[0]
+            rx = self.alternatives[0][0]
             return rx is _STAR or bool(rx.match(comps[-1]))
-        return _match_parts(self.parts, comps)
+        return any(_match_parts(parts, comps) for parts in self.alternatives)
 
 
 def _fixed(group: tuple[re.Pattern[str], ...], comps: list[str], at: int) -> bool:
