@@ -16,6 +16,7 @@ from typing import Any, Callable, List, Optional
 import typer
 
 from .errors import EXIT_ERROR, DeltasyncError, PartialSuccess
+from .fs import native
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Keep folders in sync between peers by rolling-signature deltas, verified end to end.")
@@ -466,20 +467,8 @@ from .cli_rdiff import rdiff_app  # noqa: E402  (its own module: rdiff's options
 app.add_typer(rdiff_app, name="rdiff")
 
 
-def _fixed_mmap_threshold() -> None:
-    """Give 4 MiB segment buffers back to the OS when freed. glibc raises its
-    mmap threshold after the first large free, after which such buffers stay in
-    the heap and peak RSS grows by tens of MiB; a fixed threshold keeps it flat."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass  # not glibc: nothing to tune
-
-
 def main() -> None:
-    _fixed_mmap_threshold()
+    native.tune_malloc()
     if sys.argv[1:2] == ["rdiff"]:
         from .cli_rdiff import main as rdiff_main
 

@@ -59,16 +59,18 @@ class Channel:
         await self.transport.send(*parts)
 
     async def recv(self) -> Frame | None:
-        """The next frame (its body inflated), or None on a clean end between frames."""
+        """The next frame (its body inflated), or None on a clean end between frames.
+        A pending body is received straight into its own buffer, all of it at once."""
         while not self._ready:
-            chunk = await self.transport.receive()
+            room = self._decoder.space()
+            n = await self.transport.receive_into(room, len(room) if self._decoder.in_body else 1)
             if self._in is not None:
-                await self._in(len(chunk))
-            if not chunk:
+                await self._in(n)
+            if not n:
                 if self._decoder.buffered:
                     raise PeerUnreachable(f"connection to {self.peer.address} closed mid-frame")
                 return None
-            self._ready.extend(self._decoder.feed(chunk))
+            self._ready.extend(self._decoder.filled(n))
         return inflate(self._ready.popleft())  # one frame at a time: a burst of tiny zstd frames stays small
 
     async def close(self) -> None:

@@ -1,5 +1,5 @@
 """Our own librsync signatures: cached by content in the manifest, computed
-in the background once a version lands, so the next delta against it -- ours,
+in the background (on a thread that runs only on an idle core) once a version lands, so the next delta against it -- ours,
 or a peer's that asks -- never waits for a read of the whole file, and a
 sender that held the peer's version needs no signature from the wire."""
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import BinaryIO, Callable
 from .. import engine, engines
 from ..core.entry import Entry
 from ..errors import TransferFailed
+from ..fs import native
 from ..fs.safe import SafeRoot
 from .manifest import Manifest
 from ..core.limits import DELTA_MIN
@@ -46,7 +47,8 @@ class Signatures:
         self._background = background  # off: no worker thread, nothing precomputed (the cache fills on demand)
         self._manifest = manifest
         self._current = current  # what a path holds now (to never cache a signature of a stale read)
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="signature") if background else None
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="signature", initializer=native.background_thread) \
+            if background else None
         self._jobs: dict[tuple[str, str], Future[tuple[int, bytes]]] = {}
         self._stop = threading.Event()
 

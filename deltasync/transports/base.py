@@ -21,8 +21,10 @@ class Transport(Protocol):
     async def send(self, *parts: bytes) -> None:
         """Write `parts` in order, waiting while the peer is slow to take them."""
 
-    async def receive(self) -> bytes:
-        """The next bytes the peer sent; b"" once it has closed its side."""
+    async def receive_into(self, buf: memoryview, least: int = 1) -> int:
+        """Write the peer's next bytes into `buf` (no copy on the way where the transport
+        can help it), waiting for at least `least` of them; fewer only at the end of the
+        stream (0: the peer has closed its side)."""
 
     async def close(self) -> None:
         """Close; never raises."""

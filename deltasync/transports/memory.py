@@ -34,15 +34,22 @@ class _Pipe:
             self.size += len(chunk)
             self.changed.notify_all()
 
-    async def get(self) -> bytes:
+    async def get_into(self, buf: memoryview) -> int:
+        """Some of the bytes waiting, into `buf`; 0 at the end."""
         async with self.changed:
             await self.changed.wait_for(lambda: bool(self.chunks) or self.ended)
             if not self.chunks:
-                return b""
-            chunk = self.chunks.popleft()
-            self.size -= len(chunk)
+                return 0
+            chunk = self.chunks[0]
+            n = min(len(chunk), len(buf))
+            buf[:n] = chunk[:n]
+            if n == len(chunk):
+                self.chunks.popleft()
+            else:
+                self.chunks[0] = chunk[n:]
+            self.size -= n
             self.changed.notify_all()
-            return chunk
+            return n
 
     async def end(self) -> None:
         async with self.changed:
@@ -70,12 +77,15 @@ class MemoryTransport:
                 await self._outbox.put(chunk)
                 self.bytes_sent += len(chunk)
 
-    async def receive(self) -> bytes:
-        if self._inbox.deaf:
-            return b""
-        chunk = await self._inbox.get()
-        self.bytes_received += len(chunk)
-        return chunk
+    async def receive_into(self, buf: memoryview, least: int = 1) -> int:
+        got = 0
+        while got < least and not self._inbox.deaf:
+            n = await self._inbox.get_into(buf[got:])
+            if not n:
+                break
+            got += n
+        self.bytes_received += got
+        return got
 
     async def close(self) -> None:
         await self._outbox.end()  # what we sent is still read to its end

@@ -1,4 +1,4 @@
-"""TLS 1.3 over TCP: asyncio streams, the trust preamble, and admission.
+"""TLS 1.3 over TCP: the connection's byte stream, the trust preamble, and admission.
 
 The only module that touches the network. How a connection starts:
 
@@ -33,64 +33,193 @@ log = logging.getLogger(__name__)
 
 MAGIC = b"DSYNC1"
 MAX_CERT = 16 * 1024
-READ_SIZE = 256 * 1024
 WRITE_SLICE = 256 * 1024
 _OK, _REFUSED = b"\x00", b"\x01"
 
 
-class TlsTransport:
-    """One TLS stream, with byte counters and an idle timeout."""
+class Stream(asyncio.BufferedProtocol):
+    """One TCP connection, plain for the trust preamble and then TLS: the peer's
+    bytes land straight in the buffer a `receive_into` offers (asyncio's TLS layer
+    decrypts into it, so a 4 MiB segment is never copied on its way in), and what
+    is sent waits while the peer is slow to take it.
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer,
-                 idle_timeout: float = 300.0) -> None:
-        self._reader = reader
-        self._writer = writer
-        self.peer = peer
-        self.idle_timeout = idle_timeout
+    Reading is paused whenever nobody asks: the peer's bytes then wait in the
+    kernel and in the TLS layer's bounded buffer, not in ours."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.peer = Peer("", "?")
+        self.idle_timeout = 300.0
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.opened: Callable[[Stream], None] | None = None  # (server) a connection arrived
+        self._loop = asyncio.get_running_loop()
+        self._want: memoryview | None = None  # what a receive_into waits to fill
+        self._got = 0
+        self._least = 1
+        self._ready: asyncio.Future[None] | None = None
+        self._spare = bytearray()  # bytes that came while nobody asked (the rare case)
+        self._scratch = memoryview(bytearray(64 * 1024))
+        self._ended = False
+        self._lost: BaseException | None = None
+        self._writable: asyncio.Future[None] | None = None
+        self._paused = False
+        self._active = 0.0  # when bytes last moved (the idle timeout's clock)
+        self._timer: asyncio.TimerHandle | None = None
+        self.closed: asyncio.Future[None] = self._loop.create_future()
+
+    # -- asyncio's side ------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None
+        self.transport = transport  # type: ignore[assignment]
+        transport.pause_reading()  # type: ignore[attr-defined]
+        if first and self.opened is not None:
+            self.opened(self)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # never an empty buffer: asyncio's TLS layer would take a read of 0 for the peer's close
+        if self._want is not None and self._got < len(self._want):
+            return self._want[self._got :]
+        return self._scratch
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._active = self._loop.time()
+        if self._want is None or self._got >= len(self._want):
+            self._spare += self._scratch[:nbytes]
+            return
+        self._got += nbytes
+        if self._got >= self._least:
+            assert self.transport is not None
+            self.transport.pause_reading()  # type: ignore[attr-defined]  # at once: before another read
+            self._wake()
+
+    def eof_received(self) -> bool:
+        self._ended = True
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._ended = True
+        self._lost = exc
+        self._wake()
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+
+    def _wake(self) -> None:
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_result(None)
+
+    # -- ours ------------------------------------------------------------------------
+    def _gone(self) -> PeerUnreachable:
+        why = self._lost or "closed"
+        return PeerUnreachable(f"connection to {self.peer.address} lost: {why or type(why).__name__}")
+
+    async def receive_into(self, buf: memoryview, least: int = 1) -> int:
+        got = 0
+        if self._spare:
+            got = min(len(buf), len(self._spare))
+            buf[:got] = self._spare[:got]
+            del self._spare[:got]
+            if got >= least:
+                self.bytes_received += got
+                return got
+        if self._ended:
+            if self._lost is not None:
+                raise self._gone()
+            self.bytes_received += got
+            return got
+        assert self.transport is not None and self._want is None
+        self._want, self._got, self._least = buf, got, least
+        self._ready = self._loop.create_future()
+        self._active = self._loop.time()
+        self._timer = self._loop.call_later(self.idle_timeout, self._idle, self._ready)
+        self.transport.resume_reading()  # type: ignore[attr-defined]
+        try:
+            await self._ready
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
+            got, self._want, self._ready = self._got, None, None
+            if not self._ended and self.transport is not None:
+                self.transport.pause_reading()  # type: ignore[attr-defined]
+        if self._lost is not None and got < least:
+            raise self._gone()
+        self.bytes_received += got
+        return got
+
+    def _idle(self, ready: asyncio.Future[None]) -> None:
+        """The idle timeout's check: bytes that moved since restart its clock."""
+        left = self._active + self.idle_timeout - self._loop.time()
+        if ready.done():
+            return
+        if left > 0:
+            self._timer = self._loop.call_later(left, self._idle, ready)
+        else:
+            ready.set_exception(ProtocolError(f"peer idle for {self.idle_timeout:.0f} s"))
+
+    async def receive_exactly(self, n: int) -> bytes:
+        buf = bytearray(n)
+        got = await self.receive_into(memoryview(buf), n)
+        if got != n:
+            raise asyncio.IncompleteReadError(bytes(buf[:got]), n)
+        return bytes(buf)
 
     async def send(self, *parts: bytes) -> None:
-        """Write a frame's parts (header, then body, uncopied) with backpressure."""
-        try:
-            for p in parts:
-                # big bodies go in slices, each drained: the TLS layer then never holds a
-                # whole encrypted segment besides the plain one (flat memory per side)
-                for i in range(0, len(p), WRITE_SLICE):
-                    self._writer.write(memoryview(p)[i : i + WRITE_SLICE] if len(p) > WRITE_SLICE else p)
-                    if len(p) > WRITE_SLICE:
-                        await self._drain()
-            self.bytes_sent += sum(len(p) for p in parts)
-            await self._drain()
-        except (ConnectionError, ssl.SSLError) as e:
-            raise PeerUnreachable(f"connection to {self.peer.address} lost: {e or type(e).__name__}") from None
+        """Write a frame's parts (header, then body, uncopied) in slices, each taken
+        by the TLS layer before the next: it never holds a whole encrypted segment."""
+        assert self.transport is not None
+        for p in parts:
+            view = memoryview(p)
+            for i in range(0, len(view), WRITE_SLICE):
+                if self._ended:
+                    raise self._gone()
+                self.transport.write(view[i : i + WRITE_SLICE])
+                if self._paused:
+                    await self._drain()
+            self.bytes_sent += len(view)
 
     async def _drain(self) -> None:
         """Wait for the peer to take our bytes, but not forever: a peer that stops reading is idle."""
-        if self._writer.transport.get_write_buffer_size() <= 64 * 1024:
-            await self._writer.drain()  # not paused: returns at once (and raises if the connection is lost)
-            return
-        try:
-            await asyncio.wait_for(self._writer.drain(), self.idle_timeout)
-        except asyncio.TimeoutError:
-            raise PeerUnreachable(f"{self.peer.address} stopped reading for {self.idle_timeout:.0f} s") from None
+        self._writable = self._loop.create_future()
+        done, _ = await asyncio.wait([self._writable], timeout=self.idle_timeout)
+        if not done:
+            raise PeerUnreachable(f"{self.peer.address} stopped reading for {self.idle_timeout:.0f} s")
+        if self._ended:
+            raise self._gone()
 
-    async def receive(self) -> bytes:
-        try:
-            chunk = await asyncio.wait_for(self._reader.read(READ_SIZE), self.idle_timeout)
-        except asyncio.TimeoutError:
-            raise ProtocolError(f"peer idle for {self.idle_timeout:.0f} s") from None
-        except (ConnectionError, ssl.SSLError) as e:
-            raise PeerUnreachable(f"connection to {self.peer.address} lost: {e}") from None
-        self.bytes_received += len(chunk)
-        return chunk
+    async def start_tls(self, ctx: ssl.SSLContext, server_side: bool, timeout: float) -> bytes:
+        """Upgrade to TLS; the certificate the peer proved it holds the key of."""
+        assert self.transport is not None
+        if self._spare:
+            raise ProtocolError("data before the TLS handshake")
+        self.transport = await self._loop.start_tls(self.transport, self, ctx, server_side=server_side,
+                                                    ssl_handshake_timeout=timeout)
+        if self.transport is None:
+            raise PeerUnreachable(f"connection to {self.peer.address} closed during the TLS handshake")
+        return self.transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
 
     async def close(self) -> None:
+        if self.transport is None:
+            return
         try:
-            self._writer.close()
-            await asyncio.wait_for(self._writer.wait_closed(), 5)
+            self.transport.close()
+            await asyncio.wait_for(asyncio.shield(self.closed), 5)
         except (OSError, ssl.SSLError, asyncio.TimeoutError):
-            pass
+            self.transport.abort()
 
 
 def _context(folder: Folder, server_side: bool, peer_der: bytes) -> ssl.SSLContext:
@@ -107,11 +236,11 @@ def _pack_cert(der: bytes) -> bytes:
     return struct.pack(">H", len(der)) + der
 
 
-async def _read_cert(reader: asyncio.StreamReader) -> bytes:
-    (n,) = struct.unpack(">H", await reader.readexactly(2))
+async def _read_cert(stream: Stream) -> bytes:
+    (n,) = struct.unpack(">H", await stream.receive_exactly(2))
     if not 0 < n <= MAX_CERT:
         raise ProtocolError("certificate length out of range")
-    return await reader.readexactly(n)
+    return await stream.receive_exactly(n)
 
 
 DEFAULT_PORT = 8730
@@ -132,53 +261,53 @@ def split_address(address: str, default_port: int | None = None) -> tuple[str, i
 
 
 async def connect(folder: Folder, address: str, expect_id: str | None = None,
-                  timeout: float = 10.0, idle_timeout: float = 300.0) -> TlsTransport:
+                  timeout: float = 10.0, idle_timeout: float = 300.0) -> Stream:
     """Open a trusted, encrypted connection to the peer at `address`."""
     host, port = split_address(address)
     trusted = folder.config().trusted_ids()
     own_der = identity.cert_der(folder.cert)
+    loop = asyncio.get_running_loop()
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        _, stream = await asyncio.wait_for(loop.create_connection(Stream, host, port), timeout)
     except ConnectionRefusedError:
         raise PeerUnreachable(f"cannot reach {address}: connection refused (is deltasync serve or watch "
                               f"running there?)") from None
     except (OSError, asyncio.TimeoutError) as e:
         raise PeerUnreachable(f"cannot reach {address}: {getattr(e, 'strerror', None) or e or 'timed out'}") from None
+    stream.peer, stream.idle_timeout = Peer("", address), timeout
     try:
-        writer.write(MAGIC + _pack_cert(own_der))
-        await writer.drain()
-        magic = await asyncio.wait_for(reader.readexactly(len(MAGIC) + 1), timeout)
+        await stream.send(MAGIC + _pack_cert(own_der))
+        magic = await asyncio.wait_for(stream.receive_exactly(len(MAGIC) + 1), timeout)
         if magic[: len(MAGIC)] != MAGIC:
             raise PeerRefused(f"{address} does not speak deltasync")
         if magic[-1:] == _REFUSED:
             raise PeerRefused(f"{address} does not trust this folder; on the peer run: "
                               f"deltasync trust DIR {identity.format_id(folder.peer_id)}")
-        peer_der = await asyncio.wait_for(_read_cert(reader), timeout)
+        peer_der = await asyncio.wait_for(_read_cert(stream), timeout)
         peer_id = identity.fingerprint(peer_der)
         if (expect_id and peer_id != expect_id) or peer_id not in trusted:
             raise PeerRefused(f"{address} presented peer ID {identity.format_id(peer_id)}, which is not trusted "
                               f"here (verify it, then: deltasync trust {folder.root} {identity.format_id(peer_id)})")
-        await asyncio.wait_for(writer.start_tls(_context(folder, False, peer_der)), timeout)
-        got = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
-        if got != peer_der:
+        if await stream.start_tls(_context(folder, False, peer_der), False, timeout) != peer_der:
             raise PeerRefused(f"{address} changed certificate during the handshake")
     except asyncio.TimeoutError:
-        writer.close()
+        stream.abort()
         raise PeerUnreachable(f"no deltasync handshake from {address} within {timeout:.0f} s (is deltasync serve "
                               f"or watch listening there?)") from None
-    except (asyncio.IncompleteReadError, ConnectionError) as e:
-        writer.close()
+    except (asyncio.IncompleteReadError, PeerUnreachable, ConnectionError) as e:
+        stream.abort()
         raise PeerRefused(f"{address} closed the connection during the handshake ({type(e).__name__})") from None
     except ssl.SSLError as e:
-        writer.close()
+        stream.abort()
         raise PeerRefused(f"TLS handshake with {address} failed: {e.reason or e}") from None
     except BaseException:
-        writer.close()
+        stream.abort()
         raise
-    return TlsTransport(reader, writer, Peer(peer_id, address), idle_timeout)
+    stream.peer, stream.idle_timeout = Peer(peer_id, address), idle_timeout
+    return stream
 
 
-Handler = Callable[[TlsTransport], Awaitable[None]]
+Handler = Callable[[Stream], Awaitable[None]]
 
 
 class Admission:
@@ -197,18 +326,16 @@ class Admission:
                  per_peer: int = 4) -> None:
         self.max_pending, self.per_address = max_pending, per_address
         self.max_sessions, self.per_peer = max_sessions, per_peer
-        self.pending: dict[asyncio.StreamWriter, str] = {}  # insertion order = age
+        self.pending: dict[Stream, str] = {}  # insertion order = age
         self.sessions: dict[str, int] = {}  # peer ID -> sessions running
         self.evicted = 0
 
-    def _evict(self, writer: asyncio.StreamWriter) -> None:
-        self.pending.pop(writer, None)
+    def _evict(self, conn: Stream) -> None:
+        self.pending.pop(conn, None)
         self.evicted += 1
-        transport = writer.transport
-        if transport is not None:
-            transport.abort()
+        conn.abort()
 
-    def arrive(self, writer: asyncio.StreamWriter, host: str) -> None:
+    def arrive(self, writer: Stream, host: str) -> None:
         same = [w for w, h in self.pending.items() if h == host]
         if len(same) >= self.per_address:
             self._evict(same[0])
@@ -220,7 +347,7 @@ class Admission:
             self._evict(next(w for w, h in self.pending.items() if h == worst))
         self.pending[writer] = host
 
-    def leave(self, writer: asyncio.StreamWriter) -> None:
+    def leave(self, writer: Stream) -> None:
         self.pending.pop(writer, None)
 
     def open_session(self, peer_id: str) -> str | None:
@@ -245,25 +372,29 @@ async def serve(folder: Folder, host: str, port: int, handler: Handler, handshak
     """Accept connections; hand each trusted, encrypted one to `handler`."""
     own_der = identity.cert_der(folder.cert)
     adm = admission or Admission()
+    loop = asyncio.get_running_loop()
+    accepting: set[asyncio.Task[None]] = set()
 
-    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        addr = writer.get_extra_info("peername")
-        address = f"{addr[0]}:{addr[1]}" if addr else "?"
-        adm.arrive(writer, addr[0] if addr else "?")
+    async def accept(conn: Stream) -> None:
+        assert conn.transport is not None
+        addr = conn.transport.get_extra_info("peername")
+        conn.peer, conn.idle_timeout = Peer("", f"{addr[0]}:{addr[1]}" if addr else "?"), handshake_timeout
+        address = conn.peer.address
+        adm.arrive(conn, addr[0] if addr else "?")
         try:
-            peer_der = await asyncio.wait_for(_handshake(reader, writer, own_der), handshake_timeout)
+            peer_der = await asyncio.wait_for(_handshake(conn, own_der), handshake_timeout)
         except PeerRefused as e:
             log.warning("refused %s: %s", address, e)
-            writer.close()
+            await conn.close()
             return
-        except (ProtocolError, asyncio.IncompleteReadError, ConnectionError, ssl.SSLError,
+        except (ProtocolError, PeerUnreachable, asyncio.IncompleteReadError, ConnectionError, ssl.SSLError,
                 asyncio.TimeoutError, OSError) as e:
             log.info("handshake with %s failed: %s", address, e or type(e).__name__)
-            writer.close()
+            conn.abort()
             return
         finally:
-            adm.leave(writer)
-        conn = TlsTransport(reader, writer, Peer(identity.fingerprint(peer_der), address), idle_timeout)
+            adm.leave(conn)
+        conn.peer, conn.idle_timeout = Peer(identity.fingerprint(peer_der), address), idle_timeout
         why = adm.open_session(conn.peer.id)
         if why is not None:
             log.warning("peer %s: %s", identity.format_id(conn.peer.id)[:15], why)
@@ -281,22 +412,27 @@ async def serve(folder: Folder, host: str, port: int, handler: Handler, handshak
             adm.close_session(conn.peer.id)
             await conn.close()
 
-    async def _handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, own: bytes) -> bytes:
-        if await reader.readexactly(len(MAGIC)) != MAGIC:
+    async def _handshake(conn: Stream, own: bytes) -> bytes:
+        if await conn.receive_exactly(len(MAGIC)) != MAGIC:
             raise ProtocolError("not a deltasync client")
-        peer_der = await _read_cert(reader)
+        peer_der = await _read_cert(conn)
         peer_id = identity.fingerprint(peer_der)
         if peer_id not in folder.config().trusted_ids():
-            writer.write(MAGIC + _REFUSED)
-            await writer.drain()
+            await conn.send(MAGIC + _REFUSED)
             raise PeerRefused(f"peer {identity.format_id(peer_id)} is not trusted")
-        writer.write(MAGIC + _OK + _pack_cert(own))
-        await writer.drain()
-        await writer.start_tls(_context(folder, True, peer_der))
-        if writer.get_extra_info("ssl_object").getpeercert(binary_form=True) != peer_der:
+        await conn.send(MAGIC + _OK + _pack_cert(own))
+        if await conn.start_tls(_context(folder, True, peer_der), True, handshake_timeout) != peer_der:
             raise PeerRefused("certificate changed during the handshake")
         return peer_der
 
-    server = await asyncio.start_server(accept, host, port, reuse_address=True, family=socket.AF_UNSPEC,
-                                        backlog=256)
-    return server
+    def opened(conn: Stream) -> None:
+        task = loop.create_task(accept(conn))
+        accepting.add(task)
+        task.add_done_callback(accepting.discard)
+
+    def factory() -> Stream:
+        conn = Stream()
+        conn.opened = opened
+        return conn
+
+    return await loop.create_server(factory, host, port, reuse_address=True, family=socket.AF_UNSPEC, backlog=256)

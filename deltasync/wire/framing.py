@@ -4,7 +4,8 @@ A frame is the seed design made robust:
 ``u32 header_len (big-endian) · header (UTF-8 JSON object) · body``.
 The header always holds ``action`` and ``body_len``. Every length is checked
 against its limit *before* anything is buffered, so a hostile length costs
-nothing. No sockets here: `run/channel.py` feeds bytes in and writes bytes out.
+nothing. No sockets here: `run/channel.py` receives bytes into the decoder's space and
+writes bytes out.
 """
 from __future__ import annotations
 
@@ -117,69 +118,108 @@ def validate(header: Any) -> None:
 
 
 class FrameDecoder:
-    """Incremental decoder. `feed` bytes as they arrive; complete frames come out.
+    """Incremental decoder. Bytes arrive either by `feed`, or -- with no copy of
+    a big body -- straight into `space()`, followed by `filled(n)`: while a body
+    is pending, `space()` is the rest of that body, so a 4 MiB segment is
+    decrypted into its own buffer; between bodies it is a scratch buffer that
+    headers and small frames share. Complete frames come out of both.
 
     Any malformed input raises ProtocolError and nothing else; after that the
     decoder is poisoned (the connection is to be closed).
     """
 
+    SCRATCH = 256 * 1024
+
     def __init__(self, max_header: int = MAX_HEADER, max_body: int = MAX_BODY) -> None:
-        self._buf = bytearray()
         self._max_header = max_header
         self._max_body = max_body
+        self._scratch = bytearray(max(self.SCRATCH, max_header + 4))  # a whole header always fits
+        self._view = memoryview(self._scratch)
+        self._start = self._end = 0  # scratch[_start:_end] is received, not yet decoded
         self._pending: dict[str, Any] | None = None
-        self._body = bytearray()  # the pending frame's body, filled in place (no copy of a 4 MiB segment)
+        self._body = bytearray()  # the pending frame's body, filled in place
         self._filled = 0
         self._broken = False
 
     @property
     def buffered(self) -> int:
-        return len(self._buf) + self._filled
+        return self._end - self._start + self._filled
 
-    def feed(self, data: bytes) -> list[Frame]:
-        return list(self._feed(data))
+    @property
+    def in_body(self) -> bool:
+        """`space()` is the rest of a body: all of it is wanted before anything can be decoded."""
+        return self._pending is not None and self._start == self._end
 
-    def _feed(self, data: bytes) -> Iterator[Frame]:
+    def space(self) -> memoryview:
+        """Where the next received bytes go (never past the pending body's end)."""
         if self._broken:
             raise ProtocolError("decoder used after a protocol error")
-        self._buf += data
+        if self.in_body:
+            return memoryview(self._body)[self._filled :]
+        if self._start == self._end:
+            self._start = self._end = 0
+        elif self._end == len(self._scratch) or len(self._scratch) - self._end < 4096:
+            n = self._end - self._start  # move the undecoded tail to the front
+            self._view[:n] = self._view[self._start : self._end]
+            self._start, self._end = 0, n
+        return self._view[self._end :]
+
+    def filled(self, n: int) -> list[Frame]:
+        """`n` bytes were written at the start of the last `space()`."""
+        if self.in_body:
+            self._filled += n
+        else:
+            self._end += n
+        return self._decoded()
+
+    def feed(self, data: bytes) -> list[Frame]:
+        frames: list[Frame] = []
+        view = memoryview(data)
+        while view:
+            room = self.space()
+            n = min(len(room), len(view))
+            room[:n] = view[:n]
+            frames += self.filled(n)
+            view = view[n:]
+        return frames
+
+    def _decoded(self) -> list[Frame]:
+        frames = []
         try:
-            while True:
-                frame = self._next()
-                if frame is None:
-                    return
-                yield frame
+            while (frame := self._next()) is not None:
+                frames.append(frame)
         except ProtocolError:
             self._broken = True
-            self._buf.clear()
+            self._start = self._end = 0
             self._body = bytearray()
             raise
+        return frames
 
     def _next(self) -> Frame | None:
+        buf, start, end = self._scratch, self._start, self._end
         if self._pending is None:
-            if len(self._buf) < 4:
+            if end - start < 4:
                 return None
-            (hlen,) = _LEN.unpack_from(self._buf)
+            (hlen,) = _LEN.unpack_from(buf, start)
             if hlen == 0 or hlen > self._max_header:
                 raise ProtocolError(f"header length {hlen} outside 1..{self._max_header}")
-            if len(self._buf) < 4 + hlen:
+            if end - start < 4 + hlen:
                 return None
             try:
-                header = json.loads(bytes(self._buf[4 : 4 + hlen]).decode("utf-8"))
+                header = json.loads(self._view[start + 4 : start + 4 + hlen].tobytes().decode("utf-8"))
             except (UnicodeDecodeError, ValueError, RecursionError) as e:
                 raise ProtocolError(f"frame header is not valid UTF-8 JSON ({type(e).__name__})") from None
             validate(header)
             if header["body_len"] > self._max_body:
                 raise ProtocolError(f"body length {header['body_len']} exceeds {self._max_body}")
-            del self._buf[: 4 + hlen]
+            start = self._start = start + 4 + hlen
             self._pending = header
             self._body, self._filled = bytearray(header["body_len"]), 0
         need = self._pending["body_len"]
-        take = min(need - self._filled, len(self._buf))
+        take = min(need - self._filled, end - start)
         if take:
-            with memoryview(self._buf) as view:
-                self._body[self._filled : self._filled + take] = view[:take]
-            del self._buf[:take]
+            self._body[self._filled : self._filled + take] = self._view[start : start + take]
+            self._start = start + take
             self._filled += take
         if self._filled < need:
             return None

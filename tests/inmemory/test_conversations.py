@@ -156,8 +156,8 @@ class Cut:
         self.sent += n
         await self.inner.send(*parts)
 
-    async def receive(self):
-        return await self.inner.receive()
+    async def receive_into(self, buf, least=1):
+        return await self.inner.receive_into(buf, least)
 
     async def close(self):
         await self.inner.close()
