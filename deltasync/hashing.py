@@ -14,12 +14,17 @@ def of_bytes(data: bytes | memoryview) -> str:
     return blake3(data, max_threads=blake3.AUTO if len(data) >= READ_SIZE else 1).hexdigest()
 
 
+def file_hasher() -> blake3:
+    """A hasher for a whole file, fed in pieces (big pieces use blake3's threads)."""
+    return blake3(max_threads=blake3.AUTO)
+
+
 def of_fd(fd: int, segment_size: int = 0) -> tuple[str, bytes]:
     """Hash an open file descriptor from offset 0 without moving its position.
     With `segment_size`, also the 32-byte blake3 of every segment, concatenated:
     a later version is compared with them at fixed offsets, so segments that did
     not change need no rolling search (see sender.FileSender)."""
-    h = blake3(max_threads=blake3.AUTO)
+    h = file_hasher()
     segments = bytearray()
     step = segment_size or READ_SIZE
     offset = 0
@@ -36,9 +41,10 @@ class HashingWriter:
     (librsync's patch output goes through it, so a segment is verified as it
     is written and can never grow past its declared length)."""
 
-    def __init__(self, f: BinaryIO, limit: int) -> None:
+    def __init__(self, f: BinaryIO, limit: int, along: blake3 | None = None) -> None:
         self._f = f
         self._h = blake3()
+        self._along = along  # a second hasher fed the same bytes (the whole file's)
         self._limit = limit
         self.written = 0
 
@@ -47,6 +53,8 @@ class HashingWriter:
             # a delta may not expand past its declared length (a hostile one could fill the disk)
             raise OverflowError(f"output exceeds the declared {self._limit} bytes")
         self._h.update(data)
+        if self._along is not None:
+            self._along.update(data)
         self.written += len(data)
         return self._f.write(data)
 

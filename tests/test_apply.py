@@ -138,6 +138,41 @@ def test_unchanged_segments_are_copied_from_the_basis(rx):
     assert rx.manifest.segments_of(hashing.of_bytes(new), SEG) is not None
 
 
+def test_a_file_whose_segments_pass_but_whole_does_not_is_dropped(rx):
+    """Each segment verified against its own hash, and the file against the hash it was begun with."""
+    data = os.urandom(2 * SEG)
+    inc = rx.begin(wire("begin_file", path="f", size=len(data), mtime_ns=5, mode=0o644,
+                        blake3=hashing.of_bytes(b"something else"), segment_size=SEG, basis=None, replaces=None))
+    rx.segment(inc, seg(inc, data, 0))
+    rx.segment(inc, seg(inc, data, 1))
+    with pytest.raises(TransferFailed, match="whole-file blake3 mismatch"):
+        rx.finish(inc)
+    assert not (rx.folder.root / "f").exists() and rx.manifest.partials() == []
+
+
+def test_a_false_hole_claim_in_a_delta_fails_the_file(rx):
+    """A delta's output is hashed as it is written; the zero runs the sender claims are punched
+    after. Claimed over bytes that are not zero, the punched file must fail its whole-file check."""
+    from deltasync import engine
+
+    old = os.urandom(2 * SEG)
+    (rx.folder.root / "f").write_bytes(old)
+    new = old[: SEG // 2] + os.urandom(SEG // 2) + old[SEG:]
+    b3 = hashing.of_bytes(old)
+    inc = begin(rx, "f", new, replaces=b3, basis=b3)
+    block, sig = engine.block_len_for(len(old)), None
+    with open(rx.folder.root / "f", "rb") as f:
+        sig = engine.signature(f, block)
+    for i in range(2):
+        chunk = new[i * SEG:(i + 1) * SEG]
+        rx.segment(inc, wire("send_delta", engine.delta(chunk, sig), path="f", index=i, offset=i * SEG,
+                             length=len(chunk), blake3=hashing.of_bytes(chunk), literal=False,
+                             holes=[[0, 4096]] if i == 0 else []))
+    with pytest.raises(TransferFailed, match="whole-file blake3 mismatch"):
+        rx.finish(inc)
+    assert (rx.folder.root / "f").read_bytes() == old  # the old version stays in place
+
+
 def test_small_files_are_staged_then_committed_together(rx):
     staged = []
     files = {f"d/f{i}": os.urandom(100 + i) for i in range(5)}

@@ -63,6 +63,27 @@ def _write(fd: int, data: Buffer, offset: int, holes: sparse.Runs) -> None:
         _pwrite_all(fd, view[start : start + length], offset + start)
 
 
+def _hash_through(f: "OpenFile", upto: int) -> None:
+    """Feed the running hash what the partial holds below `upto` that it has not seen:
+    segments that never passed through memory (resumed, copied in the kernel, holes punched)."""
+    seg = f.partial.segment_size
+    while f.hashed < upto:
+        idx, n = f.hashed // seg, min(seg, upto - f.hashed)
+        data = os.pread(f.fd, n, f.hashed)
+        if len(data) < n:  # holes at the partial's end, not yet extended: they read as zeros at file_done
+            data += bytes(n - len(data))
+        f.hasher.update(data)
+        if idx not in f.digests and n == min(seg, f.partial.size - f.hashed):
+            f.digests[idx] = bytes.fromhex(hashing.of_bytes(data))
+        f.hashed += n
+
+
+def _hash_in_order(f: "OpenFile", offset: int) -> bool:
+    """True when the segment at `offset` is next for the running hash (what lies before it caught up)."""
+    _hash_through(f, offset)
+    return f.hashed == offset
+
+
 class OpenFile:
     """One file being received in segments: its partial, and the basis a delta patches."""
 
@@ -76,6 +97,11 @@ class OpenFile:
         self.basis = basis
         self.basis_segments = basis_segments  # our own per-segment blake3 of the basis, when recorded
         self.done = set(partial.done)
+        # the whole file's blake3, fed in order as segments pass through memory: file_done
+        # then needs no second read of what just arrived (only of what never was in memory)
+        self.hasher = hashing.file_hasher()
+        self.hashed = 0  # bytes of the file the hasher has seen, from offset 0
+        self.digests: dict[int, bytes] = {}  # each segment's verified blake3
         self.unsynced: list[int] = []  # written, not yet fsynced nor journaled
         self.unsynced_bytes = 0
         self.synced_at = time.monotonic()
@@ -141,6 +167,7 @@ class SegmentedFiles(LocalState):
                 if len(data) != length or hashing.of_bytes(data) != m.blake3:
                     raise ProtocolError(f"{p.path}: segment {idx} is not what the basis holds there")
                 _pwrite_all(f.fd, data, offset)
+                self._hashed(f, offset, data)
         elif m.literal:
             data = sparse.expand(m.body, m.holes, length) if m.holes else m.body
             whole_hole = m.holes == ((0, length),)
@@ -149,19 +176,29 @@ class SegmentedFiles(LocalState):
                 # the sender hashed exactly these bytes: a mismatch is never innocent
                 raise ProtocolError(f"{p.path}: segment {idx} failed verification")
             _write(f.fd, data, offset, m.holes)
+            self._hashed(f, offset, data)
         else:
             self._patch(f, m)
+        f.digests[idx] = bytes.fromhex(m.blake3)
         self._written(f, idx, length)
+
+    @staticmethod
+    def _hashed(f: OpenFile, offset: int, data: Buffer) -> None:
+        if _hash_in_order(f, offset):
+            f.hasher.update(data)
+            f.hashed += len(data)
 
     def _patch(self, f: OpenFile, m: SendDelta) -> None:
         p = f.partial
         if f.basis is None:
             raise ProtocolError(f"send_delta: delta for {p.path} without a basis")
         fresh = os.fstat(f.fd).st_size <= m.offset  # nothing of ours there yet: its holes may stay holes
+        punch = fresh and bool(m.holes)  # then the file hash reads it back: a false hole claim must show
+        along = f.hasher if not punch and _hash_in_order(f, m.offset) else None
         out = os.fdopen(os.dup(f.fd), "wb", buffering=1024 * 1024)
         try:
             out.seek(m.offset)
-            w = hashing.HashingWriter(out, m.length)  # bounded and hashed as it is written
+            w = hashing.HashingWriter(out, m.length, along)  # bounded and hashed as it is written
             try:
                 engine.patch(f.basis, m.body, w)
             except engine.DeltaError as e:
@@ -171,7 +208,9 @@ class SegmentedFiles(LocalState):
             out.close()
         if w.written != m.length or w.hexdigest() != m.blake3:
             raise ProtocolError(f"{p.path}: segment {m.index} failed verification")
-        if fresh:  # the zero runs the sender found give their space back (a false claim fails the file's check)
+        if along is not None:
+            f.hashed += m.length
+        if punch:  # the zero runs the sender found give their space back (a false claim fails the file's check)
             for start, size in m.holes:
                 native.punch_hole(f.fd, m.offset + start, size)
 
@@ -201,7 +240,9 @@ class SegmentedFiles(LocalState):
             if missing:
                 raise TransferFailed(f"{p.path}: {missing} segments missing at file_done")
             os.ftruncate(f.fd, p.size)
-            digest, segments = hashing.of_fd(f.fd, p.segment_size)
+            _hash_through(f, p.size)
+            digest = f.hasher.hexdigest()
+            segments = b"".join(f.digests[i] for i in range(p.segments_total))
             if digest != p.target_blake3:
                 self.discard(p)
                 raise TransferFailed(f"{p.path}: whole-file blake3 mismatch; partial dropped")
