@@ -54,14 +54,16 @@ def check_signature(sig: bytes | bytearray, basis_size: int) -> None:
     blocks = -(-basis_size // block) if basis_size else 0
     if blocks > limits.MAX_SIG_BLOCKS or len(sig) != 12 + blocks * (4 + strong):
         raise ProtocolError(f"signature: does not describe a basis of {basis_size} bytes in {block}-byte blocks")
-    by_weak: dict[int, set[bytes]] = {}
-    view = memoryview(sig)
-    step = 4 + strong
-    for off in range(12, len(sig), step):
-        strongs = by_weak.setdefault(int.from_bytes(view[off : off + 4], "big"), set())
+    first: dict[int, bytes] = {}  # weak sum -> its first strong sum (almost every weak sum is unique)
+    more: dict[int, set[bytes]] = {}  # weak sums shared by different blocks -> their strong sums
+    for weak, strong_sum in struct.iter_unpack(f">I{strong}s", memoryview(sig)[12:]):
+        seen = first.setdefault(weak, strong_sum)
+        if seen == strong_sum:
+            continue
+        strongs = more.setdefault(weak, {seen})
         if len(strongs) < limits.MAX_WEAK_COLLISIONS:
-            strongs.add(bytes(view[off + 4 : off + step]))
-        elif bytes(view[off + 4 : off + step]) not in strongs:
+            strongs.add(strong_sum)
+        elif strong_sum not in strongs:
             raise ProtocolError("signature: too many different blocks share one weak sum")
 
 
