@@ -14,9 +14,10 @@ def of_bytes(data: bytes | memoryview) -> str:
     return blake3(data, max_threads=blake3.AUTO if len(data) >= READ_SIZE else 1).hexdigest()
 
 
-def file_hasher() -> blake3:
-    """A hasher for a whole file, fed in pieces (big pieces use blake3's threads)."""
-    return blake3(max_threads=blake3.AUTO)
+def file_hasher(threads: bool = False) -> blake3:
+    """A hasher for a whole file, fed in pieces. blake3's threads pay only for big
+    pieces: fed librsync's patch output (tens of KiB a call) they cost ten times the hashing."""
+    return blake3(max_threads=blake3.AUTO if threads else 1)
 
 
 def of_fd(fd: int, segment_size: int = 0) -> tuple[str, bytes]:
@@ -24,7 +25,7 @@ def of_fd(fd: int, segment_size: int = 0) -> tuple[str, bytes]:
     With `segment_size`, also the 32-byte blake3 of every segment, concatenated:
     a later version is compared with them at fixed offsets, so segments that did
     not change need no rolling search (see sender.FileSender)."""
-    h = file_hasher()
+    h = file_hasher(threads=True)
     segments = bytearray()
     step = segment_size or READ_SIZE
     offset = 0
