@@ -1,30 +1,29 @@
-"""The `deltasync` command. Parses, calls one library function, renders.
+"""The `deltasync` command. Parses (argparse: the standard library, and nothing
+imported that the command does not use), calls one library function, renders.
 
 Every DeltasyncError reaches the user as one line on stderr with the exit
 code the README documents (0 ok, 1 error, 2 usage, 3 partial, 4 peer).
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import logging
 import sqlite3
 import sys
+import textwrap
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, NoReturn
 
-import typer
-
-from .errors import EXIT_ERROR, DeltasyncError, PartialSuccess
+from .errors import EXIT_ERROR, EXIT_USAGE, DeltasyncError, PartialSuccess
 from .fs import native
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Keep folders in sync between peers by rolling-signature deltas, verified end to end.")
+ABOUT = "Keep folders in sync between peers by rolling-signature deltas, verified end to end."
 
-DirArg = typer.Argument(..., help="The shared folder.", file_okay=False)
-JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout.")
-VerboseOpt = typer.Option(0, "--verbose", "-v", count=True, help="More log lines on stderr.")
-QuietOpt = typer.Option(False, "--quiet", "-q", help="Only errors on stderr.")
+
+def _err(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 def _logging(verbose: int, quiet: bool, daemon: bool = False) -> None:
@@ -42,43 +41,35 @@ def _run(fn: Callable[[], Any], as_json: bool = False) -> Any:
         return fn()
     except DeltasyncError as e:
         # a partial success (some files failed, conflicts kept) is a result, not an error of the command
-        typer.echo(f"deltasync: {'' if isinstance(e, PartialSuccess) else 'error: '}{e}", err=True)
+        _err(f"deltasync: {'' if isinstance(e, PartialSuccess) else 'error: '}{e}")
         if as_json:  # scripts still get one object on stdout
             _print_json({"error": str(e), "exit_code": e.exit_code})
-        raise typer.Exit(e.exit_code) from None
+        sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        typer.echo("deltasync: interrupted", err=True)
-        raise typer.Exit(130) from None
+        _err("deltasync: interrupted")
+        sys.exit(130)
     except OSError as e:
-        typer.echo(f"deltasync: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), err=True)
-        raise typer.Exit(EXIT_ERROR) from None
+        _err(f"deltasync: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "))
+        sys.exit(EXIT_ERROR)
     except sqlite3.Error as e:  # the manifest: most often a full disk or a read-only folder
         hint = " (is the disk full or read-only?)" if isinstance(e, sqlite3.OperationalError) else ""
-        typer.echo(f"deltasync: error: manifest database: {e}{hint}", err=True)
+        _err(f"deltasync: error: manifest database: {e}{hint}")
         if as_json:
             _print_json({"error": f"manifest database: {e}", "exit_code": EXIT_ERROR})
-        raise typer.Exit(EXIT_ERROR) from None
+        sys.exit(EXIT_ERROR)
 
 
-def _version(value: bool) -> None:
-    if value:
-        from importlib import metadata
+def _version() -> None:
+    from importlib import metadata
 
-        from . import engines
+    from . import engines
 
-        try:
-            ours = metadata.version("deltasync")
-        except metadata.PackageNotFoundError:
-            ours = "unknown"
-        engine = _run(engines.describe)
-        typer.echo(f"deltasync {ours}; engine {engine}; Python {sys.version.split()[0]}")
-        raise typer.Exit(0)
-
-
-@app.callback()
-def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="Print the version, the librsync engine and its version.")) -> None:
-    """Keep folders in sync between peers by rolling-signature deltas, verified end to end."""
+    try:
+        ours = metadata.version("deltasync")
+    except metadata.PackageNotFoundError:
+        ours = "unknown"
+    engine = _run(engines.describe)
+    print(f"deltasync {ours}; engine {engine}; Python {sys.version.split()[0]}")
 
 
 def _print_json(obj: Any) -> None:
@@ -86,8 +77,7 @@ def _print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
-@app.command()
-def init(directory: Path = DirArg, as_json: bool = JsonOpt) -> None:
+def init(a: argparse.Namespace) -> None:
     """Make DIR a shared folder (key, certificate, manifest) and print its peer ID.
 
     Example: deltasync init ./A
@@ -95,15 +85,14 @@ def init(directory: Path = DirArg, as_json: bool = JsonOpt) -> None:
     from . import identity
     from .config import Folder
 
-    folder, peer_id, created = _run(lambda: Folder.init(directory))
-    if as_json:
+    folder, peer_id, created = _run(lambda: Folder.init(a.directory))
+    if a.json:
         _print_json({"peer_id": identity.format_id(peer_id), "folder": str(folder.root), "created": created})
     else:
-        typer.echo(identity.format_id(peer_id))
+        print(identity.format_id(peer_id))
 
 
-@app.command("id")
-def id_(directory: Path = DirArg) -> None:
+def id_(a: argparse.Namespace) -> None:
     """Print this folder's peer ID alone on one line.
 
     Example: deltasync id ./A
@@ -111,14 +100,10 @@ def id_(directory: Path = DirArg) -> None:
     from . import identity
     from .config import Folder
 
-    typer.echo(identity.format_id(_run(lambda: Folder.open(directory).peer_id)))
+    print(identity.format_id(_run(lambda: Folder.open(a.directory).peer_id)))
 
 
-@app.command()
-def trust(directory: Path = DirArg, peer_id: str = typer.Argument(..., help="The peer's ID (from `deltasync id`)."),
-          name: Optional[str] = typer.Option(None, "--name", help="A name to use instead of an address."),
-          address: Optional[str] = typer.Option(None, "--address", help="HOST:PORT where this peer listens."),
-          as_json: bool = JsonOpt) -> None:
+def trust(a: argparse.Namespace) -> None:
     """Trust a peer: it may connect to us, and we accept it when we connect.
 
     Example: deltasync trust ./A ABCDEFG-... --name laptop --address 10.0.0.2:8730
@@ -126,16 +111,14 @@ def trust(directory: Path = DirArg, peer_id: str = typer.Argument(..., help="The
     from . import identity
     from .config import Folder
 
-    peer = _run(lambda: Folder.open(directory).trust(peer_id, name, address), as_json)
-    if as_json:
+    peer = _run(lambda: Folder.open(a.directory).trust(a.peer_id, a.name, a.address), a.json)
+    if a.json:
         _print_json({"name": peer.name, "peer_id": identity.format_id(peer.id), "address": peer.address})
     else:
-        typer.echo(f"trusted {peer.name} = {identity.format_id(peer.id)}")
+        print(f"trusted {peer.name} = {identity.format_id(peer.id)}")
 
 
-@app.command()
-def untrust(directory: Path = DirArg, peer: str = typer.Argument(..., help="The peer's name or ID."),
-            as_json: bool = JsonOpt) -> None:
+def untrust(a: argparse.Namespace) -> None:
     """Stop trusting a peer: its next connection is refused, both ways.
 
     Example: deltasync untrust ./A laptop
@@ -143,17 +126,14 @@ def untrust(directory: Path = DirArg, peer: str = typer.Argument(..., help="The 
     from . import identity
     from .config import Folder
 
-    gone = _run(lambda: Folder.open(directory).untrust(peer), as_json)
-    if as_json:
+    gone = _run(lambda: Folder.open(a.directory).untrust(a.peer), a.json)
+    if a.json:
         _print_json({"name": gone.name, "peer_id": identity.format_id(gone.id), "address": gone.address})
     else:
-        typer.echo(f"untrusted {gone.name} = {identity.format_id(gone.id)}")
+        print(f"untrusted {gone.name} = {identity.format_id(gone.id)}")
 
 
-@app.command()
-def serve(directory: Path = DirArg,
-          listen: Optional[str] = typer.Option(None, "--listen", help="HOST:PORT (port 0 picks a free one)."),
-          verbose: int = VerboseOpt, quiet: bool = QuietOpt) -> None:
+def serve(a: argparse.Namespace) -> None:
     """Receive from trusted peers until SIGINT/SIGTERM.
 
     Prints `listening on HOST:PORT` once it accepts connections.
@@ -162,11 +142,11 @@ def serve(directory: Path = DirArg,
     from .config import Folder
     from .run.server import run
 
-    _logging(verbose, quiet, daemon=True)
+    _logging(a.verbose, a.quiet, daemon=True)
 
     def go() -> None:
-        folder = Folder.open(directory)
-        addr = listen or str(folder.config().setting("listen"))
+        folder = Folder.open(a.directory)
+        addr = a.listen or str(folder.config().setting("listen"))
 
         def announce(actual: str) -> None:
             print(f"listening on {actual}", flush=True)
@@ -174,17 +154,6 @@ def serve(directory: Path = DirArg,
         asyncio.run(run(folder, addr, announce))
 
     _run(go)
-
-
-PeerArg = typer.Argument(..., help="HOST:PORT, or a peer name from config.toml.")
-DryRunOpt = typer.Option(False, "--dry-run", "-n", help="Print the plan; change nothing on either side.")
-ExcludeOpt = typer.Option([], "--exclude", help="Gitignore-style pattern (repeatable).")
-BwOpt = typer.Option(None, "--bwlimit", help="At most RATE each way: KiB/s, or 10M, 500K; 0: no limit.")
-HumanOpt = typer.Option(False, "--human-readable", "-h", help="Sizes in KiB, MiB, GiB.")
-MaxDeleteOpt = typer.Option(None, "--max-delete", min=0, help="Delete at most N entries here or on the peer; the "
-                                                                "rest are left (exit 3).")
-CompressOpt = typer.Option(False, "--compress/--no-compress", "-z",
-                           help="zstd on file data and indexes, both ways, where it saves a tenth or more.")
 
 
 # how the summary names each outcome (run/report.OUTCOMES), in its order
@@ -220,14 +189,7 @@ def summary(report: Any, human: bool = False, dry_run: bool = False) -> str:
             f"received in {report.seconds:.2f} s")
 
 
-ItemizeOpt = typer.Option(False, "--itemize-changes", "-i", help="One line per change as it is done, in rsync's "
-                                                                 "letters (<f+++++++++ new, >f.st...... received).")
-StatsOpt = typer.Option(False, "--stats", help="rsync-like totals: literal and matched data, speedup.")
-
-
-def _session(mode: str, directory: Path, peer: str, *, delete: bool = False, dry_run: bool, exclude: List[str],
-             bwlimit: Optional[str], compress: bool, max_delete: Optional[int], human: bool, itemize: bool,
-             stats: bool, as_json: bool, verbose: int, quiet: bool, force: bool = False, update: bool = False) -> None:
+def _session(mode: str, a: argparse.Namespace) -> None:
     """push, pull and sync are one flow with a different plan."""
     from . import progress
     from .config import Folder
@@ -236,89 +198,60 @@ def _session(mode: str, directory: Path, peer: str, *, delete: bool = False, dry
     from .run import client, report as reports
     from .run.channel import parse_rate
 
-    _logging(verbose, quiet)
-    if itemize and as_json:
+    _logging(a.verbose, a.quiet)
+    if a.itemize and a.json:
         def refuse() -> None:
             raise UsageError("-i prints lines, --json one object: choose one (--json --dry-run lists the plan)")
 
         _run(refuse)
-    rate = _run(lambda: parse_rate(bwlimit)) if bwlimit is not None else None
-    shown = progress.choose(quiet or dry_run)
-    said = (lambda text: print(text, flush=True)) if itemize and not dry_run else None
-    report = _run(lambda: asyncio.run(client.session(Folder.open(directory), peer, mode, delete, dry_run, exclude,
-                                                     rate, shown, compress, update=update, max_delete=max_delete,
-                                                     itemized=said)), as_json)
-    if as_json:
+    rate = _run(lambda: parse_rate(a.bwlimit)) if a.bwlimit is not None else None
+    shown = progress.choose(a.quiet or a.dry_run)
+    said = (lambda text: print(text, flush=True)) if a.itemize and not a.dry_run else None
+    delete, update, force = (getattr(a, k, False) for k in ("delete", "update", "force"))
+    report = _run(lambda: asyncio.run(client.session(Folder.open(a.directory), a.peer, mode, delete, a.dry_run,
+                                                     a.exclude, rate, shown, a.compress, update=update,
+                                                     max_delete=a.max_delete, itemized=said)), a.json)
+    if a.json:
         _print_json(report.to_json())
-    elif not quiet:
+    elif not a.quiet:
         for item in report.plan or []:
             pulled = item.get("direction") == "pull"
-            typer.echo(items.line(item, pulled) if itemize else
-                       f"{item.get('direction', ''):<5} {item['op']:<11} {item['path']}")
-        if stats:
-            for text in reports.stats(report, lambda n: size_text(n, human)):
-                typer.echo(text, err=True)
-        typer.echo(summary(report, human, dry_run), err=True)
+            print(items.line(item, pulled) if a.itemize else
+                  f"{item.get('direction', ''):<5} {item['op']:<11} {item['path']}")
+        if a.stats:
+            for text in reports.stats(report, lambda n: size_text(n, a.human)):
+                _err(text)
+        _err(summary(report, a.human, a.dry_run))
     _run(lambda: reports.check(report, force))
 
 
-@app.command()
-def push(directory: Path = DirArg, peer: str = PeerArg,
-         delete: bool = typer.Option(False, "--delete", help="Remove on the peer what is absent here."),
-         dry_run: bool = DryRunOpt, exclude: List[str] = ExcludeOpt, bwlimit: Optional[str] = BwOpt,
-         compress: bool = CompressOpt,
-         force: bool = typer.Option(False, "--force", help="Exit 0 even when files edited on the peer were "
-                                                           "replaced (they are kept there as versions)."),
-         update: bool = typer.Option(False, "--update", "-u", help="Skip files whose mtime is newer on the peer."),
-         max_delete: Optional[int] = MaxDeleteOpt, human: bool = HumanOpt, itemize: bool = ItemizeOpt,
-         stats: bool = StatsOpt, as_json: bool = JsonOpt, verbose: int = VerboseOpt, quiet: bool = QuietOpt) -> None:
+def push(a: argparse.Namespace) -> None:
     """Make the peer hold this folder's tree (like rsync); exit 0 only when all is verified there.
 
     A file edited on the peer (a version this folder never saw) is replaced, kept there
     under .deltasync/versions/, reported, and makes the exit code 3 unless --force.
     Example: deltasync push ./A 127.0.0.1:8730 --delete --json
     """
-    _session("push", directory, peer, delete=delete, dry_run=dry_run, exclude=exclude, bwlimit=bwlimit,
-             compress=compress, max_delete=max_delete, human=human, itemize=itemize, stats=stats, as_json=as_json,
-             verbose=verbose, quiet=quiet, force=force, update=update)
+    _session("push", a)
 
 
-@app.command()
-def pull(directory: Path = DirArg, peer: str = PeerArg, dry_run: bool = DryRunOpt,
-         exclude: List[str] = ExcludeOpt, bwlimit: Optional[str] = BwOpt, compress: bool = CompressOpt,
-         max_delete: Optional[int] = MaxDeleteOpt, human: bool = HumanOpt, itemize: bool = ItemizeOpt,
-         stats: bool = StatsOpt, as_json: bool = JsonOpt, verbose: int = VerboseOpt, quiet: bool = QuietOpt) -> None:
+def pull(a: argparse.Namespace) -> None:
     """Fetch what the peer has newer (by version vectors): edits, new files, deletes; conflicts kept aside.
 
     Example: deltasync pull ./A 10.0.0.2:8730
     """
-    _session("pull", directory, peer, dry_run=dry_run, exclude=exclude, bwlimit=bwlimit, compress=compress,
-             max_delete=max_delete, human=human, itemize=itemize, stats=stats, as_json=as_json, verbose=verbose,
-             quiet=quiet)
+    _session("pull", a)
 
 
-@app.command()
-def sync(directory: Path = DirArg, peer: str = PeerArg, dry_run: bool = DryRunOpt,
-         exclude: List[str] = ExcludeOpt, bwlimit: Optional[str] = BwOpt, compress: bool = CompressOpt,
-         max_delete: Optional[int] = MaxDeleteOpt, human: bool = HumanOpt, itemize: bool = ItemizeOpt,
-         stats: bool = StatsOpt, as_json: bool = JsonOpt, verbose: int = VerboseOpt, quiet: bool = QuietOpt) -> None:
+def sync(a: argparse.Namespace) -> None:
     """Pull and push in one session: both folders converge; concurrent edits keep both versions.
 
     Example: deltasync sync ./A laptop --json
     """
-    _session("sync", directory, peer, dry_run=dry_run, exclude=exclude, bwlimit=bwlimit, compress=compress,
-             max_delete=max_delete, human=human, itemize=itemize, stats=stats, as_json=as_json, verbose=verbose,
-             quiet=quiet)
+    _session("sync", a)
 
 
-@app.command()
-def watch(directory: Path = DirArg,
-          listen: Optional[str] = typer.Option(None, "--listen", help="HOST:PORT to serve on."),
-          peer: List[str] = typer.Option([], "--peer", help="HOST:PORT or name to sync with (repeatable); "
-                                                            "default: every peer in config.toml with an address."),
-          bwlimit: Optional[str] = BwOpt, exclude: List[str] = ExcludeOpt,
-          as_json: bool = typer.Option(False, "--json", help="Events as JSON lines on stdout."),
-          verbose: int = VerboseOpt, quiet: bool = QuietOpt) -> None:
+def watch(a: argparse.Namespace) -> None:
     """Serve, watch the folder, and keep it in sync with peers in both directions until SIGINT/SIGTERM.
 
     Example: deltasync watch ./A --listen 10.0.0.1:8730 --peer 10.0.0.2:8730
@@ -327,45 +260,42 @@ def watch(directory: Path = DirArg,
     from .run.channel import parse_rate
     from .run.watch import Watcher
 
-    _logging(verbose, quiet, daemon=True)  # JSON events on stdout, log lines on stderr
+    _logging(a.verbose, a.quiet, daemon=True)  # JSON events on stdout, log lines on stderr
 
     def go() -> None:
-        folder = Folder.open(directory)
+        folder = Folder.open(a.directory)
         cfg = folder.config()
-        peers = list(peer) or [p.name for p in cfg.peers.values() if p.address]
-        rate = parse_rate(bwlimit) if bwlimit is not None else None
-        asyncio.run(Watcher(folder, peers, as_json, rate, list(exclude)).run(listen or str(cfg.setting("listen"))))
+        peers = list(a.peer) or [p.name for p in cfg.peers.values() if p.address]
+        rate = parse_rate(a.bwlimit) if a.bwlimit is not None else None
+        asyncio.run(Watcher(folder, peers, a.json, rate, list(a.exclude)).run(a.listen or str(cfg.setting("listen"))))
 
     _run(go)
 
 
-@app.command()
-def status(directory: Path = DirArg, as_json: bool = JsonOpt) -> None:
+def status(a: argparse.Namespace) -> None:
     """This peer's ID, trusted peers and their last sync, partial transfers.
 
     Example: deltasync status ./A --json
     """
     from .status import collect
 
-    info = _run(lambda: collect(directory))
-    if as_json:
+    info = _run(lambda: collect(a.directory))
+    if a.json:
         _print_json(info)
         return
-    typer.echo(f"peer ID: {info['peer_id']}")
+    print(f"peer ID: {info['peer_id']}")
     for p in info["peers"]:
-        typer.echo(f"peer {p['name']}: {p['id']} {p.get('address') or ''} last sync: {p['last_sync'] or 'never'}")
+        print(f"peer {p['name']}: {p['id']} {p.get('address') or ''} last sync: {p['last_sync'] or 'never'}")
     for c in info["conflicts"]:
-        typer.echo(f"conflict copy: {c}")
+        print(f"conflict copy: {c}")
     for c in info["pending"]:
-        typer.echo(f"pending: {c}")
+        print(f"pending: {c}")
     for p in info["partials"]:
-        typer.echo(f"partial {p['path']}: {p['segments_done']}/{p['segments_total']} segments, "
-                   f"{p['bytes_done']}/{p['size']} bytes")
+        print(f"partial {p['path']}: {p['segments_done']}/{p['segments_total']} segments, "
+              f"{p['bytes_done']}/{p['size']} bytes")
 
 
-@app.command()
-def versions(directory: Path = DirArg, path: Optional[str] = typer.Argument(None, help="Only this path."),
-             as_json: bool = JsonOpt) -> None:
+def versions(a: argparse.Namespace) -> None:
     """List the versions kept when peers replaced or deleted files here, newest first.
 
     Example: deltasync versions ./A docs/report.txt
@@ -375,20 +305,20 @@ def versions(directory: Path = DirArg, path: Optional[str] = typer.Argument(None
     from .store.versions import Versions
 
     def collect() -> list[Any]:
-        folder = Folder.open(directory)
+        folder = Folder.open(a.directory)
         m = Manifest(folder.db)
         try:
-            return Versions(folder.root, m, folder.config().folder).list(path)
+            return Versions(folder.root, m, folder.config().folder).list(a.path)
         finally:
             m.close()
 
-    kept = _run(collect, as_json)
+    kept = _run(collect, a.json)
     numbered: dict[str, int] = {}
     rows = []
     for k in kept:
         numbered[k.path] = numbered.get(k.path, 0) + 1
         rows.append(k.to_json(numbered[k.path]))
-    if as_json:
+    if a.json:
         _print_json({"versions": rows})
         return
     import datetime as dt
@@ -396,18 +326,12 @@ def versions(directory: Path = DirArg, path: Optional[str] = typer.Argument(None
     for r in rows:
         when = dt.datetime.fromtimestamp(r["kept"]).isoformat(timespec="seconds")
         who = f" by {r['peer'][:7]}" if r["peer"] else ""
-        typer.echo(f"{r['number']:>3}  {when}  {r['size']:>12,}  {r['reason']}{who}  {r['path']}")
+        print(f"{r['number']:>3}  {when}  {r['size']:>12,}  {r['reason']}{who}  {r['path']}")
     if not rows:
-        typer.echo("no kept versions", err=True)
+        _err("no kept versions")
 
 
-@app.command()
-def restore(directory: Path = DirArg, path: str = typer.Argument(..., help="The path to put back."),
-            at: Optional[str] = typer.Option(None, "--at", help="The version in place at this time "
-                                                                   "(ISO 8601 or epoch seconds)."),
-            version: Optional[int] = typer.Option(None, "--version", help="Number N as `versions` lists it "
-                                                                             "(1 = newest)."),
-            as_json: bool = JsonOpt) -> None:
+def restore(a: argparse.Namespace) -> None:
     """Put a kept version back (the current file is kept too); it syncs as a new local change.
 
     Example: deltasync restore ./A docs/report.txt --version 2
@@ -417,24 +341,21 @@ def restore(directory: Path = DirArg, path: str = typer.Argument(..., help="The 
     from .store.versions import restore as do_restore
 
     def go() -> Any:
-        if at is not None and version is not None:
+        if a.at is not None and a.version is not None:
             from .errors import UsageError
 
             raise UsageError("give --at or --version, not both")
-        return do_restore(Folder.open(directory), path, parse_when(at) if at else None, version)
+        return do_restore(Folder.open(a.directory), a.path, parse_when(a.at) if a.at else None, a.version)
 
-    k = _run(go, as_json)
-    if as_json:
-        _print_json({"restored": path, "size": k.size, "kept": k.kept, "reason": k.reason})
+    k = _run(go, a.json)
+    if a.json:
+        _print_json({"restored": a.path, "size": k.size, "kept": k.kept, "reason": k.reason})
     else:
-        typer.echo(f"restored {path} ({k.size:,} bytes, the version {k.reason} at "
-                   f"{__import__('datetime').datetime.fromtimestamp(k.kept).isoformat(timespec='seconds')})")
+        print(f"restored {a.path} ({k.size:,} bytes, the version {k.reason} at "
+              f"{__import__('datetime').datetime.fromtimestamp(k.kept).isoformat(timespec='seconds')})")
 
 
-@app.command()
-def demo(scale: float = typer.Option(0.2, "--scale", help="Size factor: 1.0 is the full seed plan (File_2 = 500 MB)."),
-         keep: Optional[Path] = typer.Option(None, "--keep", help="Keep the two peers' folders here."),
-         as_json: bool = JsonOpt) -> None:
+def demo(a: argparse.Namespace) -> None:
     """Two peers on this machine run the seed test plan and print its table; exit 0 only if every md5 matches.
 
     Example: deltasync demo --scale 0.05
@@ -443,15 +364,15 @@ def demo(scale: float = typer.Option(0.2, "--scale", help="Size factor: 1.0 is t
 
     from . import demo as demo_mod
 
-    steps = _run(lambda: demo_mod.run(scale, keep))
+    steps = _run(lambda: demo_mod.run(a.scale, a.keep))
     ok = all(s.md5_match is not False for s in steps)
-    if as_json:
+    if a.json:
         _print_json({"ok": ok, "steps": [asdict(s) for s in steps]})
     else:
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title=f"deltasync demo: the seed test plan at scale {scale}")
+        table = Table(title=f"deltasync demo: the seed test plan at scale {a.scale}")
         for col in ("step", "files", "bytes sent", "time (s)", "md5 match"):
             table.add_column(col, justify="left" if col == "step" else "right")
         for s in steps:
@@ -459,21 +380,151 @@ def demo(scale: float = typer.Option(0.2, "--scale", help="Size factor: 1.0 is t
             table.add_row(s.name, str(s.files), f"{s.bytes_sent:,}", f"{s.seconds:.2f}", match)
         Console().print(table)
     if not ok:
-        raise typer.Exit(1)
+        sys.exit(1)
 
 
-from .cli_rdiff import rdiff_app  # noqa: E402  (its own module: rdiff's options and exit codes)
+# -- the parser -------------------------------------------------------------------
 
-app.add_typer(rdiff_app, name="rdiff")
+class Parser(argparse.ArgumentParser):
+    """argparse with the exit code the README gives a usage mistake."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        _err(f"deltasync: error: {message}")
+        sys.exit(EXIT_USAGE)
 
 
-def main() -> None:
+def _folder(text: str) -> Path:
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a file, not a folder")
+    return path
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"not a count of 0 or more: {text!r}")
+    return int(text)
+
+
+def _command(sub: Any, fn: Callable[[argparse.Namespace], None], name: str | None = None,
+             folder: bool = True) -> argparse.ArgumentParser:
+    doc = textwrap.dedent(fn.__doc__ or "").strip()
+    first, _, rest = doc.partition("\n")
+    p = sub.add_parser(name or fn.__name__, help=first, description=first + "\n" + textwrap.dedent(rest),
+                       formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
+    p.add_argument("--help", action="help", help="Show this message and exit.")
+    if folder:
+        p.add_argument("directory", metavar="DIRECTORY", type=_folder, help="The shared folder.")
+    p.set_defaults(run=fn)
+    return p
+
+
+def _json(p: argparse.ArgumentParser, text: str = "Print one JSON object on stdout.") -> None:
+    p.add_argument("--json", action="store_true", help=text)
+
+
+def _chatter(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", "-v", action="count", default=0, help="More log lines on stderr.")
+    p.add_argument("--quiet", "-q", action="store_true", help="Only errors on stderr.")
+
+
+def _session_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("peer", metavar="PEER", help="HOST:PORT, or a peer name from config.toml.")
+    p.add_argument("--dry-run", "-n", action="store_true", help="Print the plan; change nothing on either side.")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                   help="Gitignore-style pattern (repeatable).")
+    p.add_argument("--bwlimit", metavar="RATE", help="At most RATE each way: KiB/s, or 10M, 500K; 0: no limit.")
+    p.add_argument("--compress", "-z", action="store_true", dest="compress",
+                   help="zstd on file data and indexes, both ways, where it saves a tenth or more.")
+    p.add_argument("--no-compress", action="store_false", dest="compress", help="No compression (the default).")
+    p.add_argument("--max-delete", type=_count, metavar="N",
+                   help="Delete at most N entries here or on the peer; the rest are left (exit 3).")
+    p.add_argument("--human-readable", "-h", action="store_true", dest="human", help="Sizes in KiB, MiB, GiB.")
+    p.add_argument("--itemize-changes", "-i", action="store_true", dest="itemize",
+                   help="One line per change as it is done, in rsync's letters (<f+++++++++ new, >f.st...... "
+                        "received).")
+    p.add_argument("--stats", action="store_true", help="rsync-like totals: literal and matched data, speedup.")
+    _json(p)
+    _chatter(p)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = Parser(prog="deltasync", description=ABOUT, add_help=False)
+    top.add_argument("--help", action="help", help="Show this message and exit.")
+    top.add_argument("--version", action="store_true", dest="show_version",
+                     help="Print the version, the librsync engine and its version.")
+    sub = top.add_subparsers(title="commands", metavar="COMMAND", parser_class=Parser)
+    _json(_command(sub, init))
+    _command(sub, id_, "id")
+    p = _command(sub, trust)
+    p.add_argument("peer_id", metavar="PEER_ID", help="The peer's ID (from `deltasync id`).")
+    p.add_argument("--name", help="A name to use instead of an address.")
+    p.add_argument("--address", help="HOST:PORT where this peer listens.")
+    _json(p)
+    p = _command(sub, untrust)
+    p.add_argument("peer", metavar="PEER", help="The peer's name or ID.")
+    _json(p)
+    p = _command(sub, serve)
+    p.add_argument("--listen", help="HOST:PORT (port 0 picks a free one).")
+    _chatter(p)
+    p = _command(sub, push)
+    _session_options(p)
+    p.add_argument("--delete", action="store_true", help="Remove on the peer what is absent here.")
+    p.add_argument("--force", action="store_true",
+                   help="Exit 0 even when files edited on the peer were replaced (they are kept there as versions).")
+    p.add_argument("--update", "-u", action="store_true", help="Skip files whose mtime is newer on the peer.")
+    _session_options(_command(sub, pull))
+    _session_options(_command(sub, sync))
+    p = _command(sub, watch)
+    p.add_argument("--listen", help="HOST:PORT to serve on.")
+    p.add_argument("--peer", action="append", default=[],
+                   help="HOST:PORT or name to sync with (repeatable); default: every peer in config.toml with an "
+                        "address.")
+    p.add_argument("--bwlimit", metavar="RATE", help="At most RATE each way: KiB/s, or 10M, 500K; 0: no limit.")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                   help="Gitignore-style pattern (repeatable).")
+    _json(p, "Events as JSON lines on stdout.")
+    _chatter(p)
+    _json(_command(sub, status))
+    p = _command(sub, versions)
+    p.add_argument("path", metavar="PATH", nargs="?", help="Only this path.")
+    _json(p)
+    p = _command(sub, restore)
+    p.add_argument("path", metavar="PATH", help="The path to put back.")
+    p.add_argument("--at", help="The version in place at this time (ISO 8601 or epoch seconds).")
+    p.add_argument("--version", type=int, help="Number N as `versions` lists it (1 = newest).")
+    _json(p)
+    p = _command(sub, demo, folder=False)
+    p.add_argument("--scale", type=float, default=0.2,
+                   help="Size factor: 1.0 is the full seed plan (File_2 = 500 MB).")
+    p.add_argument("--keep", type=Path, help="Keep the two peers' folders here.")
+    _json(p)
+    sub.add_parser("rdiff", help="librsync's rdiff: signature, delta, patch (same arguments, file formats and exit "
+                                 "codes).", add_help=False)
+    return top
+
+
+def main(argv: list[str] | None = None) -> None:
     native.tune_malloc()
-    if sys.argv[1:2] == ["rdiff"]:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["rdiff"]:
         from .cli_rdiff import main as rdiff_main
 
-        rdiff_main(app)
-    app()
+        rdiff_main(args[1:])
+        return
+    top = parser()
+    if not args:
+        top.print_help()
+        sys.exit(0)
+    a = top.parse_args(args)
+    if a.show_version:
+        _version()
+        return
+    if not hasattr(a, "run"):
+        top.print_help()
+        sys.exit(0)
+    a.run(a)
 
 
 if __name__ == "__main__":
