@@ -121,8 +121,8 @@ class Stream(asyncio.BufferedProtocol):
 
     # -- ours ------------------------------------------------------------------------
     def _gone(self) -> PeerUnreachable:
-        why = self._lost or "closed"
-        return PeerUnreachable(f"connection to {self.peer.address} lost: {why or type(why).__name__}")
+        why = (str(self._lost) or type(self._lost).__name__) if self._lost is not None else "closed"
+        return PeerUnreachable(f"connection to {self.peer.address} lost: {why}")
 
     async def receive_into(self, buf: memoryview, least: int = 1) -> int:
         got = 0
