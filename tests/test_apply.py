@@ -173,6 +173,22 @@ def test_a_false_hole_claim_in_a_delta_fails_the_file(rx):
     assert (rx.folder.root / "f").read_bytes() == old  # the old version stays in place
 
 
+def test_a_small_file_changed_here_after_it_was_staged_is_not_overwritten(rx):
+    """Checked again at the commit, as a big file is at file_done: an edit made here between
+    staging and commit stays (and the staged copy is dropped)."""
+    target = rx.folder.root / "f"
+    target.write_bytes(b"v1")
+    new = b"the peer's v2"
+    staged = []
+    meta = {"path": "f", "size": len(new), "mtime_ns": 7, "mode": 0o644, "blake3": hashing.of_bytes(new),
+            "replaces": hashing.of_bytes(b"v1")}
+    assert rx.stage_small(wire("send_file", new, files=[meta]), staged) == []
+    target.write_bytes(b"v1 edited here meanwhile")
+    (result,) = rx.commit_small(staged)
+    assert not result.ok and "changed here" in result.error
+    assert target.read_bytes() == b"v1 edited here meanwhile" and list(rx.folder.tmp.iterdir()) == []
+
+
 def test_small_files_are_staged_then_committed_together(rx):
     staged = []
     files = {f"d/f{i}": os.urandom(100 + i) for i in range(5)}

@@ -16,7 +16,7 @@ from .claims import Ticket
 from .local import LocalState, tmp_name, why
 from .manifest import Seen
 
-Staged = list[tuple[Entry, Path]]
+Staged = list[tuple[Entry, str | None, Path]]  # what arrived, what it replaces, where it waits
 
 
 class SmallFiles(LocalState):
@@ -38,8 +38,9 @@ class SmallFiles(LocalState):
                 if hashing.of_bytes(data) != e.blake3:
                     raise TransferFailed(f"{e.path}: blake3 mismatch, not applied")
                 self.expect(e.path, f.replaces, e)
-                staged.append((e, safe.write_aside(self.folder.tmp, tmp_name(), [data], e.mode, e.mtime_ns,
-                                                   fsync=False, attrs=self.attrs_of(e), path=e.path)))
+                staged.append((e, f.replaces, safe.write_aside(self.folder.tmp, tmp_name(), [data], e.mode,
+                                                               e.mtime_ns, fsync=False, attrs=self.attrs_of(e),
+                                                               path=e.path)))
             except AlreadyPresent:
                 results.append(FileResult(e.path, True))
                 self.registry.release(e.path)
@@ -53,13 +54,23 @@ class SmallFiles(LocalState):
 
     def commit_small(self, staged: Staged, ticket: Ticket | None = None) -> list[FileResult]:
         """Make staged files durable with one sync, rename them into place, and
-        record them in one transaction."""
+        record them in one transaction. Each path is checked again first, as a big
+        file is at `file_done`: what changed here since the file was staged (an edit,
+        a delete) is not overwritten."""
         results: list[FileResult] = []
         try:
             if staged:
-                safe.make_durable(self.folder.tmp, [tmp for _, tmp in staged])
+                safe.make_durable(self.folder.tmp, [tmp for _, _, tmp in staged])
             rows: list[Seen] = []
-            for e, tmp in staged:
+            for e, replaces, tmp in staged:
+                try:
+                    self.expect(e.path, replaces, e)
+                except AlreadyPresent:
+                    results.append(FileResult(e.path, True))
+                    continue
+                except TransferFailed as err:
+                    results.append(FileResult.failed(e.path, str(err)))
+                    continue
                 try:
                     kept = self.safe.replace(tmp, e.path, durable=False, keep=self.keeper(e.path, ticket, "replaced"))
                     row = self.seen_row(e)
@@ -76,7 +87,7 @@ class SmallFiles(LocalState):
 
     def drop_small(self, staged: Staged) -> None:
         """Forget staged files (a session that ended before their commit)."""
-        for e, tmp in staged:
+        for e, _, tmp in staged:
             tmp.unlink(missing_ok=True)
             self.registry.release(e.path)
         staged.clear()
