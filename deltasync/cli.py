@@ -514,9 +514,6 @@ def main(argv: list[str] | None = None) -> None:
         rdiff_main(args[1:])
         return
     top = parser()
-    if not args:
-        top.print_help()
-        sys.exit(0)
     a = top.parse_args(args)
     if a.show_version:
         _version()

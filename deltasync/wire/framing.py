@@ -158,7 +158,7 @@ class FrameDecoder:
             return memoryview(self._body)[self._filled :]
         if self._start == self._end:
             self._start = self._end = 0
-        elif self._end == len(self._scratch) or len(self._scratch) - self._end < 4096:
+        elif len(self._scratch) - self._end < 4096:
             n = self._end - self._start  # move the undecoded tail to the front
             self._view[:n] = self._view[self._start : self._end]
             self._start, self._end = 0, n
