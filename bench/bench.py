@@ -153,18 +153,24 @@ def reset_targets(work: Path, pristine: Path, full: bool) -> None:
             sh(["cp", "-a", f"{pristine}/.", str(d)])
 
 
+FILES = {"files10k": 10_000, "files100k": 100_000, "files1m": 1_000_000}  # trees of 1 KiB files, 100 a directory
+
+
 def prepare(work: Path, scale: float, kind: str) -> tuple[Path, Path]:
-    """The pristine tree of a kind of case (seed plan, 10k small files, one 4 GiB file) and a fresh source copy."""
+    """The pristine tree of a kind of case (seed plan, a tree of small files, one 4 GiB file) and a fresh
+    source copy."""
     pristine = work / "pristine"
     if not pristine.exists():
         if kind == "huge":
             pristine.mkdir(parents=True)
             sh([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import fixture; "
                 "fixture.write_random(sys.argv[2], 4 << 30, seed=4)", str(HERE), str(pristine / "huge.bin")])
-        elif kind == "small":
-            for i in range(10_000):
-                p = pristine / f"d{i % 100:02d}" / f"f{i:05d}.bin"
-                p.parent.mkdir(parents=True, exist_ok=True)
+        elif kind in FILES:
+            n = FILES[kind]
+            for i in range(n):
+                p = pristine / f"d{i % (n // 100):04d}" / f"f{i:07d}.bin"
+                if i < n // 100:
+                    p.parent.mkdir(parents=True)
                 p.write_bytes(os.urandom(1024))
         else:
             sh([sys.executable, str(FIXTURE), "seed", str(pristine), "--scale", str(scale)])
@@ -180,30 +186,34 @@ def prepare(work: Path, scale: float, kind: str) -> tuple[Path, Path]:
     return pristine, src
 
 
-def mutate_small(src: Path, seed: int) -> None:
+def rewrite_some(src: Path, seed: int, count: int | None = None) -> None:
+    """Rewrite 1% of a tree's small files (or `count` of them) with new bytes."""
     import random
 
     rng = random.Random(seed)
     files = sorted(src.glob("d*/f*.bin"))
-    for p in rng.sample(files, len(files) // 100):
+    for p in rng.sample(files, count or len(files) // 100):
         p.write_bytes(rng.randbytes(1024))
 
 
 def case(name: str, hosts: Hosts, work: Path, scale: float, runs: int) -> dict:
-    kind = "small" if name.startswith("small") else "huge" if name == "huge" else "seed"
+    kind = name.split("_")[0] if name.split("_")[0] in FILES else "huge" if name == "huge" else "seed"
     wdir = work / kind
     wdir.mkdir(parents=True, exist_ok=True)
     results: dict[str, list[dict]] = {"rsync": [], "deltasync": []}
     for run in range(runs):
         pristine, src = prepare(wdir, scale, kind)
-        full = name in ("full", "small_initial", "huge")
+        full = name in ("full", "huge") or name.endswith("_initial")
         reset_targets(wdir, pristine, full)
-        if not full:  # a returning user: both sides' manifests have seen the pristine tree
-            run_deltasync(hosts, wdir, src)
+        if not full:  # a returning user: both sides' manifests have seen the pristine tree, and the
+            run_deltasync(hosts, wdir, src)  # client's copy of the server's index is up to date (what the
+            run_deltasync(hosts, wdir, src)  # server recorded as the first push landed comes back once)
         if name in MUTATIONS:
             sh([sys.executable, str(FIXTURE), "mutate", str(src / "File_2"), name, "--seed", str(1000 + run)])
-        elif name == "small_1pct":
-            mutate_small(src, 1000 + run)
+        elif name.endswith("_1pct"):
+            rewrite_some(src, 1000 + run)
+        elif name.endswith("_one"):
+            rewrite_some(src, 1000 + run, 1)
         order = ["rsync", "deltasync"] if run % 2 == 0 else ["deltasync", "rsync"]
         for tool in order:
             fn = run_rsync if tool == "rsync" else run_deltasync
@@ -237,8 +247,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--rate", default=None, help="e.g. 100mbit; default unlimited")
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--cases", default="full,regions,scattered,shift,append,nochange,small_initial,small_nochange,"
-                    "small_1pct", help="add `huge` (one 4 GiB file, full push; needs ~17 GB of disk) for the RSS check")
+    ap.add_argument("--cases", default="full,regions,scattered,shift,append,nochange," + ",".join(
+                    f"{n}_{c}" for n in ("files10k", "files100k") for c in ("initial", "nochange", "1pct", "one")),
+                    help="add `huge` (one 4 GiB file, full push; needs ~17 GB of disk) for the RSS check, and "
+                    "files1m_initial,files1m_nochange,files1m_1pct,files1m_one (a million 1 KiB files; ~12 GB)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/deltasync-bench"))
     ap.add_argument("--prefix", default="dsb")
     ap.add_argument("--loopback", action="store_true", help="do not use network namespaces")

@@ -37,6 +37,7 @@ MAX_MODE = 0o177777  # st_mode fits in 16 bits; we keep the low 12 (0o7777)
 MIN_MTIME_NS, MAX_MTIME_NS = INT64_MIN, INT64_MAX
 
 MAX_PATH_CHARS = 4096  # a path or symlink target (bytes are checked again where it is used)
+MAX_SEQUENCE = 1 << 62  # an index sequence number (SQLite integers are 64-bit)
 
 # version vectors: a mesh of more than a few hundred devices is not a folder we serve
 MAX_VECTOR_KEYS = 256

@@ -82,6 +82,7 @@ class Plan:
     overwrites: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # newer on the target, left alone (`--update`)
     held: list[Entry] = field(default_factory=list)  # deletes past `--max-delete`, not done
+    left: list[str] = field(default_factory=list)  # paths left different on purpose (no --delete; a pull's pushes)
     unchanged: int = 0  # regular files already the same on the target (content, metadata, version)
     unchanged_bytes: int = 0  # and their size
 
@@ -144,7 +145,8 @@ def _parents(path: str) -> Iterable[str]:
 
 def make_plan(source: dict[str, Entry], target: dict[str, Entry],
               partials: dict[str, PartialInfo] | None = None, delete: bool = False,
-              delta_min: int = DELTA_MIN, me: str = "local", update: bool = False) -> Plan:
+              delta_min: int = DELTA_MIN, me: str = "local", update: bool = False,
+              elsewhere: dict[str, str] | None = None) -> Plan:
     """Make the target hold what the source holds.
 
     Files whose content matches but whose mode or mtime differ get a metadata
@@ -152,7 +154,9 @@ def make_plan(source: dict[str, Entry], target: dict[str, Entry],
     with `delete` (like rsync's --delete); otherwise the path is reported as
     blocked and nothing there is touched. With `update` (rsync's -u), a file
     whose mtime is newer on the target is skipped. A file whose version on the
-    target is not one ours descends from is listed in `overwrites`.
+    target is not one ours descends from is listed in `overwrites`. `elsewhere`
+    names paths (by content) where the target holds files not in `target` (a
+    plan of some paths only): new files with that content are copied from there.
     """
     partials = partials or {}
     tombs = {p: e for p, e in source.items() if e.deleted}
@@ -169,9 +173,11 @@ def make_plan(source: dict[str, Entry], target: dict[str, Entry],
         # deepest first, so a directory is empty by the time it is removed
         plan.deletes = sorted(doomed, key=lambda e: (-e.path.count("/"), e.path))
         touched.update(e.path for e in plan.deletes)
+    else:
+        plan.left = sorted(p for p in target if p not in source)
     gone = {e.path for e in plan.deletes}
     # content the target already holds elsewhere (a rename or a copy) is copied there, not sent
-    by_hash = {t.blake3: p for p, t in target.items() if t.kind == FILE and t.size > 0}
+    by_hash = {**(elsewhere or {}), **{t.blake3: p for p, t in target.items() if t.kind == FILE and t.size > 0}}
 
     for path in sorted(source, key=lambda p: (p.count("/"), p)):
         src = source[path]
@@ -350,4 +356,8 @@ def plan_sync(local: dict[str, Entry], remote: dict[str, Entry], me: str, peer: 
                 pull_plan.large.append(Transfer(copy, None, None))
     push_plan = make_plan({p: local_now[p] for p in to_push}, {p: remote[p] for p in to_push if p in remote},
                           remote_partials, delete=True, me=me) if push else Plan()
+    if not push:  # a pull leaves what is newer here as it is
+        pull_plan.left = sorted(to_push)
+    if not pull:
+        push_plan.left = sorted(to_pull)
     return SyncPlan(pull_plan, push_plan, conflicts, merged, fetch_as)

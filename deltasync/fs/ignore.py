@@ -223,13 +223,16 @@ class Ignore:
                 ignored = not rule.negate
         return ignored
 
-    def own(self, path: str, is_dir: bool = False) -> bool:
-        """This path alone, its parents assumed not ignored (a walk that does not enter ignored folders)."""
-        comps = path.split("/")
-        name = comps[-1]
-        if is_reserved(name) or name.startswith(TMP_PREFIX):
+    def own(self, path: str, is_dir: bool = False, name: str | None = None) -> bool:
+        """This path alone, its parents assumed not ignored (a walk that does not enter ignored folders;
+        it gives the `name`, which it has checked is not our state folder's)."""
+        if name is None:
+            name = path.rpartition("/")[2]
+            if is_reserved(name):
+                return True
+        if name.startswith(TMP_PREFIX):
             return True
-        return bool(self._rules) and self._decide(comps, is_dir)
+        return bool(self._rules) and self._decide(path.split("/"), is_dir)
 
     def __call__(self, path: str, is_dir: bool = False) -> bool:
         """This path, or any folder it is in (a peer's index lists paths whose parents we never walked)."""

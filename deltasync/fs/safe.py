@@ -43,7 +43,9 @@ _META_FOLDED = fold(META)
 
 def is_reserved(name: str) -> bool:
     """Is this path component our state folder, on any filesystem it may land on?"""
-    return name == META or fold(name) == _META_FOLDED
+    if name.isascii():  # NFKC leaves ASCII as it is, and casefold is lower(): the common case, at C speed
+        return name.lower() == META
+    return fold(name) == _META_FOLDED
 
 
 def has_reserved(path: str) -> bool:

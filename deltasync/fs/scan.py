@@ -16,7 +16,7 @@ from ..core import version as vv
 from ..core.entry import DIR, FILE, SYMLINK, Entry, Xattrs
 from ..core.limits import DELTA_MIN, SEGMENT_SIZE
 from ..errors import UsageError
-from ..store.manifest import Manifest, Seen
+from ..store.manifest import DELETED, KIND, SETTLED, Manifest, Seen, StatRow
 from . import xattrs
 from .ignore import Ignore
 from .safe import DIR_FLAGS, is_reserved
@@ -29,7 +29,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ScanResult:
-    entries: dict[str, Entry]
+    """What a scan found. Entries it made (new, changed or newly deleted paths)
+    are in `fresh`; the rest of the index is the manifest's rows, read only
+    when asked for (`entries`, `pick`): an unchanged file costs its stat."""
+
+    manifest: Manifest
+    fresh: dict[str, Entry] = field(default_factory=dict)
+    present: set[str] = field(default_factory=set)  # every path in the index: live ones and tombstones
     hashed_files: int = 0
     hashed_bytes: int = 0
     skipped: list[str] = field(default_factory=list)  # not indexed this time: never taken for deleted
@@ -37,6 +43,26 @@ class ScanResult:
     nested: dict[str, str] = field(default_factory=dict)  # folder path -> peer ID of a shared folder inside ours
     changed: list[str] = field(default_factory=list)
     ignore: Ignore = field(default_factory=Ignore)  # the rules it followed (a peer's index is filtered by them too)
+    _all: dict[str, Entry] | None = field(default=None, repr=False)
+
+    @property
+    def entries(self) -> dict[str, Entry]:
+        """The whole index, path -> entry (read from the manifest once, on first use)."""
+        if self._all is None:
+            stored = self.manifest.all_entries()
+            self._all = {p: self.fresh.get(p) or stored[p] for p in sorted(self.present) if p in self.fresh
+                         or p in stored}
+        return self._all
+
+    def pick(self, paths: set[str] | None) -> dict[str, Entry]:
+        """The index's entries of these paths (None: all)."""
+        if paths is None:
+            return self.entries
+        if self._all is not None:
+            return {p: self._all[p] for p in paths if p in self._all}
+        wanted = [p for p in paths if p in self.present]
+        stored = self.manifest.entries(p for p in wanted if p not in self.fresh)
+        return {p: self.fresh.get(p) or stored[p] for p in wanted if p in self.fresh or p in stored}
 
     def refuse_nesting(self, peer_id: str, whose: str) -> None:
         """A peer whose folder lies inside ours would receive our tree into itself, again
@@ -92,9 +118,25 @@ def _version(e: Entry, old: Seen | None, me: str) -> vv.Version:
     return vv.bump(old.entry.version if old else (), me)
 
 
+def _unchanged(st: os.stat_result, row: StatRow | None) -> bool:
+    """Is this path what the manifest recorded (so no entry need be made)? An edit, chmod,
+    xattr change or rename moves the ctime; a hard-linked file is always looked at (which
+    of its names leads depends on the walk)."""
+    if row is None or not row[SETTLED]:
+        return False
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        if row[KIND] != FILE or st.st_nlink != 1 or row[4] != st.st_size:
+            return False
+    elif row[KIND] != DIR or not stat.S_ISDIR(mode):
+        return False
+    return row[5] == st.st_mtime_ns and row[6] == st.st_ino and row[7] == st.st_ctime_ns \
+        and row[8] == stat.S_IMODE(mode)
+
+
 def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None, me: str = "local",
          record: bool = True, keep_xattrs: bool = True) -> ScanResult:
-    """Index the folder. `entries` holds live paths and tombstones (deleted
+    """Index the folder. The index holds live paths and tombstones (deleted
     paths we knew, with a bumped version); `me` is our key in version vectors.
     `changed` lists the paths that are new, changed or deleted since the last
     scan; with `record=False` the manifest is left as it was (a look, not a sync).
@@ -104,8 +146,9 @@ def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None, me: str =
     kernel, never followed: the index lists nothing outside the folder. What
     cannot be read is listed in `errors` (and never taken for a delete)."""
     ignore = ignore or Ignore.for_folder(root)
-    seen = manifest.seen()
-    result = ScanResult({}, ignore=ignore)
+    known = manifest.stat_rows(keep_xattrs)
+    result = ScanResult(manifest, ignore=ignore)
+    fresh, present = result.fresh, result.present
     rows: list[Seen] = []
     segments: list[tuple[str, int, bytes]] = []
     inodes: dict[tuple[int, int], str] = {}  # hard-linked files: (device, inode) -> its first path
@@ -177,6 +220,7 @@ def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None, me: str =
             result.skip(rel, f"cannot list: {err.strerror}")
             return []
         subdirs = []
+        looked: list[tuple[str, str, os.stat_result | None]] = []  # in name order: (name, path, stat or None)
         for de in listing:
             name = de.name
             path = f"{rel}/{name}" if rel else name
@@ -192,10 +236,21 @@ def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None, me: str =
                 continue
             try:
                 st = de.stat(follow_symlinks=False)
-                is_dir = stat.S_ISDIR(st.st_mode)
-                if ignore.own(path, is_dir):
-                    continue
-                old = seen.get(path)
+            except OSError as err:
+                result.skip(path, f"cannot read: {err.strerror or err}")
+                continue
+            if ignore.own(path, stat.S_ISDIR(st.st_mode), name):
+                continue
+            looked.append((name, path, None if _unchanged(st, known.get(path)) else st))
+        olds = manifest.seen_of([path for _, path, st in looked if st is not None and path in known])
+        for name, path, st in looked:
+            if st is None:  # as recorded
+                present.add(path)
+                if known[path][KIND] == DIR:
+                    subdirs.append((name, path))
+                continue
+            old = olds.get(path)
+            try:
                 e = entry_for(dfd, name, path, st, old)
             except _Unstable:
                 result.skip(path, "changing while it was read; it goes with the next sync")
@@ -208,11 +263,14 @@ def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None, me: str =
                 continue
             if e is None:
                 continue
-            result.entries[path] = e
+            present.add(path)
             if old is None or old.entry != e or (old.ino, old.ctime_ns) != (st.st_ino, st.st_ctime_ns) \
                     or not old.xattrs_known:
+                fresh[path] = e
                 rows.append(Seen(e, st.st_ino, st.st_ctime_ns))
-            if is_dir:
+                if old is None or old.entry.version != e.version:
+                    result.changed.append(path)
+            if e.kind == DIR:
                 subdirs.append((name, path))
         subdirs.reverse()  # the walk pops from the end: name order, O(1) a directory
         return subdirs
@@ -230,24 +288,32 @@ def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None, me: str =
         try:
             sub = os.open(name, DIR_FLAGS, dir_fd=dfd)
         except OSError as err:  # swapped for a symlink or a file since it was listed, or gone
-            result.entries.pop(path, None)
+            present.discard(path)
+            if fresh.pop(path, None) is not None:
+                rows[:] = [r for r in rows if r.entry.path != path]
+                result.changed = [p for p in result.changed if p != path]
             result.skip(path, f"cannot enter: {err.strerror}")
             continue
         stack.append((sub, visit(sub, path)))
 
     skipped = tuple(s + "/" for s in result.skipped)
-    for path, old in seen.items():
-        if path in result.entries or path in result.skipped or path.startswith(skipped) or "" in result.skipped:
+    everything_skipped = "" in result.skipped
+    missing = []
+    for path, row in known.items():
+        if path in present or everything_skipped or path in result.skipped or path.startswith(skipped):
             continue
-        if old.entry.deleted:
-            result.entries[path] = old.entry
-        elif not ignore(path, old.entry.kind == DIR):
-            tomb = Entry(path, old.entry.kind, 0, old.entry.mtime_ns, 0,
-                         version=vv.bump(old.entry.version, me), deleted=True)
-            result.entries[path] = tomb
-            rows.append(Seen(tomb, 0, 0))
-    result.changed = sorted(p for p, e in result.entries.items()
-                            if p not in seen or seen[p].entry.version != e.version)
+        if row[DELETED]:
+            present.add(path)  # a tombstone we keep
+        elif not ignore(path, row[KIND] == DIR):
+            missing.append(path)
+    for path, old in manifest.seen_of(missing).items():
+        tomb = Entry(path, old.entry.kind, 0, old.entry.mtime_ns, 0,
+                     version=vv.bump(old.entry.version, me), deleted=True)
+        fresh[path] = tomb
+        present.add(path)
+        rows.append(Seen(tomb, 0, 0))
+        result.changed.append(path)
+    result.changed.sort()
     if rows and record:
         manifest.record(rows)
     if segments and record:

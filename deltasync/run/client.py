@@ -19,7 +19,7 @@ from typing import Awaitable, Callable
 
 from .. import engine
 from ..config import Folder
-from ..core.entry import Entry
+from ..core.entry import FILE, Entry
 from ..core.limits import DELTA_MIN, REQUEST_BATCH
 from ..core.plan import PartialInfo, Plan, SyncPlan, Transfer, make_plan, plan_sync, steps
 from ..core.result import FileResult
@@ -28,15 +28,18 @@ from ..fs.ignore import Ignore
 from ..fs.scan import scan_folder
 from ..progress import Progress
 from ..store.manifest import Manifest
+from ..store.peer_index import PeerIndex
 from ..store.receiver import Receiver
 from ..transports import tls
 from ..transports.base import Transport
 from ..wire import machine as mc
 from ..wire.framing import Buffer
-from ..wire.messages import Bye, FileRequest, Hello, Op, RequestFile, RequestFileList, RequestSignature, SendFile
+from ..wire.messages import (INDEX_DELTA, Bye, FileRequest, Hello, IndexMark, Op, RequestFile, RequestFileList,
+                             RequestSignature, SendFile)
 from .channel import Channel
 from .driver import Driver
 from .report import Report
+from .scope import Scope, shape, widen
 from .sending import peer_signature
 from .workers import Workers
 
@@ -213,6 +216,8 @@ async def session(folder: Folder, target: str, mode: str = "push", delete: bool 
     receiver = Receiver(folder, manifest, background=workers.threads)
     if not dry_run:
         receiver.clean_stale(float(cfg.setting("partial_max_age_hours")) * 3600)  # orphans of a killed run
+    # rows recorded from here on (by our scan, or by a session with another peer) are looked at next time too
+    before = manifest.index_state()[1]
     # our scan runs while we connect and the peer scans: the two overlap
     scanning = asyncio.ensure_future(workers.run(scan_folder, folder, manifest, excludes, not dry_run))
     try:
@@ -224,7 +229,7 @@ async def session(folder: Folder, target: str, mode: str = "push", delete: bool 
         driver.start()
         try:
             await _converse(driver, folder, manifest, receiver, report, mode, delete, dry_run, update, progress,
-                            scanning, excludes, max_delete)
+                            scanning, excludes, max_delete, before)
         except (OSError, DeltasyncError) as e:
             why = driver.failure()  # the peer's own account (its error) says more than our broken pipe
             if why is not None and why is not e and isinstance(why, DeltasyncError):
@@ -260,38 +265,69 @@ async def session(folder: Folder, target: str, mode: str = "push", delete: bool 
 
 async def _converse(d: Driver, folder: Folder, manifest: Manifest, receiver: Receiver, report: Report, mode: str,
                     delete: bool, dry_run: bool, update: bool, progress: Progress,
-                    scanning: "asyncio.Future", excludes: list[str] | None, max_delete: int | None) -> None:
+                    scanning: "asyncio.Future", excludes: list[str] | None, max_delete: int | None,
+                    before: int) -> None:
     peer = d.channel.peer.id
     await d.say(Hello.ours(folder.peer_id, d.conv.want_compress))
-    await d.wait(d.greeted)
-    await d.say(RequestFileList(dry_run))
+    greeting = await d.wait(d.greeted)
+    cache = PeerIndex(manifest, peer) if greeting.wants(INDEX_DELTA) and not dry_run else None
+    held = (cache.held() if cache is not None else None) or ("", 0)
+    await d.say(RequestFileList(dry_run, IndexMark(*held) if cache is not None else None))
     scanned = await scanning
     scanned.refuse_nesting(peer, "the peer's")
     for path, why in scanned.errors:
         report.fail(path, why)
-    local = scanned.entries
     if not dry_run:  # cache our versions' signatures while the network works (see Pusher._signature)
-        for e in manifest.missing_signatures(local.values(), DELTA_MIN):
+        for e in manifest.missing_signatures(scanned.fresh.values(), DELTA_MIN):
             receiver.precompute_signature(e)
-    remote, rpartials, rignore = await d.wait(d.listed)
-    theirs = Ignore(rignore)
+    listing = await d.wait(d.listed)
+    theirs = Ignore(listing.ignore)
+    kept = shape(excludes, scanned.ignore.lines, listing.ignore)
+    scope = Scope(None, listing.entries)
+    settled: tuple[int, set[str]] | None = None
+    if cache is not None and listing.mark is not None:
+        mark = listing.mark
+        await d.workers.run(cache.take, mark.index_id, mark.sequence, listing.entries.values(), listing.full)
+        settled = await d.workers.run(cache.settled, kept)
+        if settled is not None:
+            since, unsettled = settled
+            changed = await d.workers.run(manifest.changed_since, since)
+            scope = await d.workers.run(widen, {*changed, *listing.entries, *unsettled}, scanned, cache)
+        elif not listing.full:  # compare everything, against all of our copy
+            scope = Scope(None, await d.workers.run(cache.entries))
+    report.index_entries = len(listing.entries)
+    report.paths_compared = None if scope.paths is None else len(scope.paths)
 
     def ours_to_sync(entries: dict[str, Entry]) -> dict[str, Entry]:
         """What the peer ignores we leave alone too, there and here: never sent, fetched nor deleted."""
-        return {p: e for p, e in entries.items() if not theirs(p, e.kind == "dir")} if rignore else entries
+        return {p: e for p, e in entries.items() if not theirs(p, e.kind == "dir")} if listing.ignore else entries
 
-    remote = ours_to_sync({p: e for p, e in remote.items() if not scanned.ignore(p, e.kind == "dir")})
-    local = ours_to_sync(local)
+    remote = ours_to_sync({p: e for p, e in scope.remote.items() if not scanned.ignore(p, e.kind == "dir")})
+    local = ours_to_sync(await d.workers.run(scanned.pick, scope.paths))
+    elsewhere: dict[str, str] = {}
+    if scope.paths is not None and cache is not None:  # content the peer holds outside the paths compared
+        wanted = [e.blake3 for e in local.values() if e.kind == FILE and not e.deleted and e.size > 0
+                  and e.blake3 and (e.path not in remote or remote[e.path].size == 0)]
+        elsewhere = {b3: p for b3, p in (await d.workers.run(cache.holding, wanted)).items()
+                     if not scanned.ignore(p) and not theirs(p)}
     sp: SyncPlan | None = None
     if mode == "push":
-        push_plan: Plan | None = make_plan(local, remote, rpartials, delete=delete, me=folder.short_id, update=update)
+        push_plan: Plan | None = make_plan(local, remote, listing.partials, delete=delete, me=folder.short_id,
+                                           update=update, elsewhere=elsewhere)
     else:
         lpartials = {p.path: PartialInfo(p.path, p.target_blake3, p.replaces, p.segment_size, p.done)
                      for p in manifest.partials()}
-        sp = plan_sync(local, remote, folder.short_id, peer[:12], lpartials, rpartials, pull=True,
+        sp = plan_sync(local, remote, folder.short_id, peer[:12], lpartials, listing.partials, pull=True,
                        push=mode == "sync")
         push_plan = sp.push if mode == "sync" else None
         report.conflicts = [{"path": c.path, "copy": c.copy, "loser": c.loser} for c in sp.conflicts]
+    if scope.paths is not None:  # the files outside the paths compared are the same on both sides
+        files, size = manifest.live_files()
+        inside = [e for e in scanned.pick(scope.paths).values() if e.kind == FILE and not e.deleted]
+        first = sp.pull if sp is not None else push_plan
+        assert first is not None
+        first.unchanged += max(0, files - len(inside))
+        first.unchanged_bytes += max(0, size - sum(e.size for e in inside))
     deletes_left = max_delete
 
     def settle(plan: Plan, pulled: bool = False) -> Plan:
@@ -320,8 +356,15 @@ async def _converse(d: Driver, folder: Folder, manifest: Manifest, receiver: Rec
             await Puller(d, receiver, report).run(sp)
             _record_merged(manifest, sp.merged)
             if push_plan is not None:  # plan the push half on what we hold now (conflict copies too)
-                local = ours_to_sync((await d.workers.run(scan_folder, folder, manifest, excludes)).entries)
-                push_plan = settle(plan_sync(local, remote, folder.short_id, peer[:12], None, rpartials,
+                now = await d.workers.run(scan_folder, folder, manifest, excludes)
+                if scope.paths is not None:
+                    assert cache is not None and settled is not None
+                    grown = await d.workers.run(widen, {*scope.paths, *manifest.changed_since(settled[0])}, now,
+                                                cache)
+                    scope, remote = grown, ours_to_sync({p: e for p, e in grown.remote.items()
+                                                         if not scanned.ignore(p, e.kind == "dir")})
+                local = ours_to_sync(await d.workers.run(now.pick, scope.paths))
+                push_plan = settle(plan_sync(local, remote, folder.short_id, peer[:12], None, listing.partials,
                                              pull=False).push)
         if push_plan is not None:
             await Pusher(d, manifest).run(push_plan)
@@ -329,3 +372,5 @@ async def _converse(d: Driver, folder: Folder, manifest: Manifest, receiver: Rec
     await d.wait(d.closed)
     if not dry_run:
         manifest.mark_synced(peer, mode)
+        if cache is not None and listing.mark is not None:  # everything we held before our scan is settled
+            cache.settle(kept, before, report.unsettled)

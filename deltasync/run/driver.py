@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Awaitable, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Iterable, Protocol, TypeVar
 
 from ..core.entry import FILE, Entry
 from ..core.limits import DELTA_MIN, segments_of
@@ -25,7 +26,8 @@ from ..store.intake import Intake
 from ..store.receiver import Receiver
 from ..wire import machine as mc
 from ..wire.framing import Buffer, Frame
-from ..wire.messages import Ack, Bye, Error, FileList, Hello, Message, RequestDone, RequestFile, SendFile, Signature
+from ..wire.messages import (Ack, Bye, Error, FileList, Hello, IndexMark, Message, RequestDone, RequestFile, SendFile,
+                             Signature)
 from .channel import Channel
 from .sending import FileSender, peer_signature
 from .workers import Workers
@@ -35,14 +37,38 @@ READ_AHEAD = 1  # frames decoded ahead of the one being applied (each up to 16 M
 T = TypeVar("T")
 
 
+@dataclass
+class Offer:
+    """The index a server sends: `entries` may be a generator (sent as it is read)."""
+
+    entries: Iterable[Entry]
+    partials: list[PartialInfo]
+    ignore: list[str]
+    mark: IndexMark | None = None  # our index's ID and sequence, for a client that keeps a copy
+    full: bool = True  # the entries are the whole index (else only what changed since the client's mark)
+    ignored: Callable[[str], bool] = lambda path: False  # a path we ignore: never served, whatever is asked
+
+
+@dataclass
+class Listing:
+    """(client) The index the server sent, as the `listed` future gives it."""
+
+    entries: dict[str, Entry]
+    partials: dict[str, PartialInfo]
+    ignore: list[str]
+    mark: IndexMark | None
+    full: bool
+
+
 class Host(Protocol):
     """What only one end answers: the server greets and lists its folder, the client keeps the report."""
 
     async def greet(self, hello: Hello) -> str | None:
         """(server) Why this peer cannot have a session now, or None."""
 
-    async def index(self, dry_run: bool) -> tuple[dict[str, Entry], list[PartialInfo], list[str]]:
-        """(server) Our index, scanned now, and the ignore patterns it followed."""
+    async def index(self, dry_run: bool, held: IndexMark | None) -> Offer:
+        """(server) Our index, scanned now (what changed since `held`, if it is of our index), and the
+        ignore patterns it followed."""
 
     def closing(self) -> None:
         """(server) The client said bye: the sync is complete."""
@@ -65,19 +91,16 @@ class Driver:
         self.root = receiver.folder.root
         self.sender = FileSender(SafeRoot(self.root), self.say, self.verdict, self.progress, workers,
                                  receiver.manifest.segments_of, holes=lambda: conv.holes)
-        self.served: dict[str, Entry] | None = None  # (server) the index we sent, which pulls ask against
         # (client) what the peer's answers resolve
         loop = asyncio.get_running_loop()
         self.greeted: asyncio.Future[Hello] = loop.create_future()
-        self.listed: asyncio.Future[tuple[dict[str, Entry], dict[str, PartialInfo], list[str]]] = \
-            loop.create_future()
+        self.listed: asyncio.Future[Listing] = loop.create_future()
         self.closed: asyncio.Future[None] = loop.create_future()
         self.signatures: asyncio.Queue[Signature] = asyncio.Queue()
         self.answered = asyncio.Condition()
         self.requests_answered = 0
-        self._entries: dict[str, Entry] = {}
-        self._partials: dict[str, PartialInfo] = {}
-        self._ignore: list[str] = []
+        self._listing = Listing({}, {}, [], None, True)
+        self.ignored: Callable[[str], bool] = lambda path: True  # (server) nothing is served before the index
         self.pump_task: asyncio.Task[None] | None = None
         self.data_received = 0  # file data and delta bodies that came in (--stats' literal data, received)
         self.verdicts = {True: 0, False: 0}  # files this end took in (or could not send), by outcome
@@ -195,9 +218,9 @@ class Driver:
             else:
                 await self.say(Hello.ours(self.receiver.folder.peer_id))
         elif isinstance(e, mc.SendIndex):
-            index, partials, ignore = await self.host.index(e.dry_run)
-            self.served = index
-            for part in FileList.chunked(index.values(), partials, ignore):
+            offer = await self.host.index(e.dry_run, e.held)
+            self.ignored = offer.ignored
+            for part in FileList.chunked(offer.entries, offer.partials, offer.ignore, offer.mark, offer.full):
                 await self.say(part)
         elif isinstance(e, mc.Serve):
             await self.serve(e.message)
@@ -207,11 +230,14 @@ class Driver:
         elif isinstance(e, mc.Greeted):
             self.greeted.set_result(e.hello)
         elif isinstance(e, mc.IndexPart):
-            self._entries.update((x.path, x) for x in e.part.entries)
-            self._partials.update((p.path, p) for p in e.part.partials)
-            self._ignore.extend(e.part.ignore)
-            if not e.part.more:
-                self.listed.set_result((self._entries, self._partials, self._ignore))
+            got, part = self._listing, e.part
+            got.entries.update((x.path, x) for x in part.entries)
+            got.partials.update((p.path, p) for p in part.partials)
+            got.ignore.extend(part.ignore)
+            if part.mark is not None:
+                got.mark, got.full = part.mark, part.full
+            if not part.more:
+                self.listed.set_result(got)
         elif isinstance(e, mc.SignatureReady):
             await self.signatures.put(e.message)
         elif isinstance(e, mc.Answered):
@@ -229,9 +255,9 @@ class Driver:
 
     # -- a pull, answered (server) ----------------------------------------------
     async def serve(self, m: RequestFile) -> None:
-        """Send the files asked for (as of the index we sent), then `request_done`.
-        A file that changed here since is refused with its verdict."""
-        index = self.served or {}
+        """Send the files asked for (as our manifest holds them: as of the index we sent,
+        or newer), then `request_done`. A file that changed here since is refused with its verdict."""
+        index = await self.workers.run(self.receiver.manifest.entries, [req.path for req in m.files])
         small: list[tuple[Entry, str | None]] = []
         dests: dict[str, str] = {}
 
@@ -240,7 +266,7 @@ class Driver:
 
         for req in m.files:
             e = index.get(req.path)
-            if e is None or e.deleted or e.kind != FILE or e.blake3 != req.blake3:
+            if e is None or self.ignored(req.path) or e.deleted or e.kind != FILE or e.blake3 != req.blake3:
                 await self.verdict(FileResult.failed(req.dest, f"{req.path}: changed on the peer; run again"))
                 continue
             if any(i >= segments_of(e.size, req.segment_size) for i in req.done):

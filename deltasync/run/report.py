@@ -43,6 +43,8 @@ class Report:
     file_bytes: int = 0  # the size of the files that moved (sent or received, whole or by delta)
     tree_bytes: int = 0  # the size of every file compared (moved or not): --stats' speedup is this over the wire
     deletes_held: int = 0  # entries (files, directories, links) --max-delete left in place
+    index_entries: int = 0  # entries of the peer's index that came in: all of it once, then only what changed
+    paths_compared: int | None = None  # paths the plan looked at (None: every path, as the first time)
     seconds: float = 0.0
     failures: list[dict[str, str]] = field(default_factory=list)
     conflicts: list[dict[str, str]] = field(default_factory=list)
@@ -53,6 +55,7 @@ class Report:
     _say: Callable[[str], None] | None = field(default=None, repr=False)  # -i: one line per item as it is done
     _items: dict[str, list[tuple[dict[str, Any], bool]]] = field(default_factory=dict, repr=False)  # by path, in order
     _overwrites: set[str] = field(default_factory=set, repr=False)
+    _unsettled: set[str] = field(default_factory=set, repr=False)  # failed, blocked, skipped or held: look again
 
     def to_json(self) -> dict[str, Any]:
         d = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
@@ -73,6 +76,7 @@ class Report:
 
     def fail(self, path: str, why: str) -> None:
         """A file failed (once per file, whatever it was planned as); listed up to a bound."""
+        self._unsettled.add(path)
         if self._outcome.get(path) == "failed":
             return
         self._set(path, "failed")
@@ -104,17 +108,25 @@ class Report:
                     self._set(e.path, outcome)
         for path in plan.skipped:
             self._set(path, "skipped")
+            self._unsettled.add(path)
         for e in plan.held:
             self.deletes_held += 1
+            self._unsettled.add(e.path)
             if e.kind == FILE:
                 self._set(e.path, "skipped")
         for path, why in plan.blocked:
             self.fail(path, why)
+        self._unsettled.update(plan.left)
         if not pulled:
             self._overwrites |= set(plan.overwrites)
         if self._say is not None:
             for i in plan.items():
                 self._items.setdefault(i["path"], []).append((i, pulled))
+
+    @property
+    def unsettled(self) -> set[str]:
+        """The paths this session left as they were though they differ: the next one looks at them again."""
+        return self._unsettled
 
     def result(self, r: FileResult, remote: bool) -> None:
         """A file's verdict: ours (received here, or could not be sent), or the peer's on what we pushed."""

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from .. import engines, identity
 from ..config import Folder, Peer
-from ..core.entry import Entry
+from ..core.entry import DIR
 from ..core.plan import PartialInfo
 from ..core.result import FileResult
 from ..errors import DeltasyncError, PeerUnreachable, redact
@@ -31,9 +31,9 @@ from ..store.receiver import Receiver
 from ..transports.base import Transport
 from ..transports.tls import DEFAULT_PORT, Admission, serve, split_address
 from ..wire import machine as mc
-from ..wire.messages import Error, Hello
+from ..wire.messages import Error, Hello, IndexMark
 from .channel import Channel
-from .driver import Driver
+from .driver import Driver, Offer
 from .workers import Workers
 
 log = logging.getLogger(__name__)
@@ -163,11 +163,21 @@ class _Session:
             return "busy: a sync with you is already running; retry later"
         return None
 
-    async def index(self, dry_run: bool) -> tuple[dict[str, Entry], list[PartialInfo], list[str]]:
+    async def index(self, dry_run: bool, held: IndexMark | None) -> Offer:
         self.looking = dry_run
+        manifest = self.server.manifest
         scanned = await self.server.scan(record=not dry_run)
         scanned.refuse_nesting(self.peer_id, "your")
-        return scanned.entries, partials_of(self.server.manifest), scanned.ignore.lines
+        ignore = scanned.ignore
+        ignored = (lambda path: ignore(path)) if ignore.lines else (lambda path: False)  # pulls ask for files
+        partials = partials_of(manifest)
+        if dry_run or held is None:  # a look (nothing recorded), or a client that keeps no copy
+            return Offer(scanned.entries.values(), partials, ignore.lines, ignored=ignored)
+        index_id, top = manifest.index_state()
+        since = held.sequence if held.index_id == index_id and held.sequence <= top else -1
+        rows = (e for batch in manifest.since(since, top) for e in batch)
+        entries = (e for e in rows if not ignore(e.path, e.kind == DIR)) if ignore.lines else rows
+        return Offer(entries, partials, ignore.lines, IndexMark(index_id, top), since < 0, ignored)
 
     def closing(self) -> None:
         try:

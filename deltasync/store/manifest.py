@@ -2,18 +2,23 @@
 (so a scan rehashes only what changed), cached librsync signatures, and the
 journal of partial transfers (so a crash resumes at the first missing segment).
 
+Every change recorded gets the next number of the folder's sequence, and the
+folder's index has an ID (see `index_state`): a peer that holds our index up
+to sequence N asks only for what is newer (docs/PROTOCOL.md, "Index exchange").
+
 One `Manifest` may be shared by threads: every call takes the lock.
 """
 from __future__ import annotations
 
 import functools
 import json
+import secrets
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from ..core import version as vv
 from ..core.entry import Entry, xattrs_from_wire, xattrs_to_wire
@@ -45,6 +50,7 @@ CREATE TABLE IF NOT EXISTS versions (
     peer TEXT NOT NULL, reason TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS versions_by_path ON versions (path, kept);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS peers_seen (
     peer_id TEXT PRIMARY KEY, last_sync REAL NOT NULL, direction TEXT NOT NULL
 );
@@ -59,6 +65,14 @@ class Seen:
     ino: int
     ctime_ns: int
     xattrs_known: bool = True  # False for a row from before xattrs were kept: read them at the next scan
+
+
+# What a scan compares a path's stat with (no entry is made for an unchanged path), as a plain
+# row (a million of them are read per scan): path, kind, deleted, settled (live, and nothing
+# in its entry waits for a look: a file's blake3, a link's leader, xattrs), then size (0 for
+# a directory), mtime_ns, ino, ctime_ns, mode.
+StatRow = tuple[str, str, int, int, int, int, int, int, int]
+KIND, DELETED, SETTLED = 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -109,10 +123,23 @@ class Manifest:
                                     ("signatures", "format", "TEXT NOT NULL DEFAULT ''"),
                                     ("signatures", "engine", "TEXT NOT NULL DEFAULT ''"),
                                     ("files", "link", "TEXT"),  # hard links (rsync -H)
-                                    ("files", "xattrs", "TEXT")):  # JSON {name: base64}; '': none; NULL: not read yet
+                                    ("files", "xattrs", "TEXT"),  # JSON {name: base64}; '': none; NULL: not read yet
+                                    ("files", "seq", "INTEGER NOT NULL DEFAULT 0")):  # when it last changed
             have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
             if column not in have:
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+        self._db.execute("CREATE INDEX IF NOT EXISTS files_by_seq ON files (seq)")
+        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('index_id', ?)", (_new_index_id(),))
+        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('sequence', '0')")
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The connection, for the stores that keep their tables here (take `lock` around it)."""
+        return self._db
+
+    @property
+    def lock(self) -> threading.RLock:
+        return self._lock
 
     def close(self) -> None:
         with self._lock:
@@ -128,28 +155,104 @@ class Manifest:
         return Seen(Entry(r[0], r[1], r[2], r[3], r[4], r[7], r[8], version, bool(r[10]), r[11], xattrs), r[5], r[6],
                     r[12] is not None)
 
+    @classmethod
+    def row_entry(cls, r: tuple) -> Entry:
+        """An entry from a row in this table's layout (`_COLS`)."""
+        return cls._seen(r).entry
+
     def seen(self) -> dict[str, Seen]:
         """Every path we know, tombstones included."""
         with self._lock:
             rows = self._db.execute(f"SELECT {self._COLS} FROM files").fetchall()
         return {r[0]: self._seen(r) for r in rows}
 
+    def stat_rows(self, xattrs: bool = True) -> dict[str, StatRow]:
+        """Every path we know, with only what tells a scan it is unchanged (`xattrs`: we keep them)."""
+        xattrs_known = "xattrs IS NOT NULL" if xattrs else "1"
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT path, kind, deleted, deleted = 0 AND {xattrs_known} AND (kind = 'dir' OR "
+                "(kind = 'file' AND blake3 IS NOT NULL AND link IS NULL)), size, mtime_ns, ino, ctime_ns, mode "
+                "FROM files").fetchall()
+        return {r[0]: r for r in rows}
+
+    def all_entries(self) -> dict[str, Entry]:
+        with self._lock:
+            rows = self._db.execute(f"SELECT {self._COLS} FROM files").fetchall()
+        return {r[0]: self._seen(r).entry for r in rows}
+
+    def seen_of(self, paths: Iterable[str]) -> dict[str, Seen]:
+        """The rows of these paths (those we have)."""
+        out: dict[str, Seen] = {}
+        with self._lock:
+            for chunk in _chunks(list(paths)):
+                q = f"SELECT {self._COLS} FROM files WHERE path IN ({','.join('?' * len(chunk))})"
+                out.update((r[0], self._seen(r)) for r in self._db.execute(q, chunk))
+        return out
+
     def get(self, path: str) -> Seen | None:
         with self._lock:
             r = self._db.execute(f"SELECT {self._COLS} FROM files WHERE path=?", (path,)).fetchone()
         return self._seen(r) if r else None
 
+    def entries(self, paths: Iterable[str]) -> dict[str, Entry]:
+        """The recorded entries of these paths (those we have a row for)."""
+        return {p: s.entry for p, s in self.seen_of(paths).items()}
+
     def record(self, rows: Iterable[Seen], removed: Iterable[str] = ()) -> None:
-        """Store what a scan (or a commit) saw, in one transaction."""
-        with self._lock, self._tx():
+        """Store what a scan (or a commit) saw, in one transaction, each row under
+        the next sequence number. A row removed outright (not a tombstone) cannot be
+        told to a peer that holds our index: the index gets a new ID, so each peer
+        asks for all of it once."""
+        with self._lock, self.tx():
+            seq = int(self._db.execute("SELECT value FROM meta WHERE key='sequence'").fetchone()[0])
+            values = []
+            for s in rows:
+                seq += 1
+                values.append((s.entry.path, s.entry.kind, s.entry.size, s.entry.mtime_ns, s.entry.mode, s.ino,
+                               s.ctime_ns, s.entry.blake3, s.entry.target, json.dumps(vv.to_wire(s.entry.version)),
+                               int(s.entry.deleted), s.entry.link,
+                               json.dumps(xattrs_to_wire(s.entry.xattrs)) if s.entry.xattrs else "", seq))
             self._db.executemany(
-                f"INSERT OR REPLACE INTO files ({self._COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [(s.entry.path, s.entry.kind, s.entry.size, s.entry.mtime_ns, s.entry.mode, s.ino, s.ctime_ns,
-                  s.entry.blake3, s.entry.target, json.dumps(vv.to_wire(s.entry.version)), int(s.entry.deleted),
-                  s.entry.link, json.dumps(xattrs_to_wire(s.entry.xattrs)) if s.entry.xattrs else "") for s in rows])
+                f"INSERT OR REPLACE INTO files ({self._COLS}, seq) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", values)
+            self._db.execute("UPDATE meta SET value=? WHERE key='sequence'", (str(seq),))
             gone = [(p,) for p in removed]
-            self._db.executemany("DELETE FROM files WHERE path=?", gone)
-            self._db.executemany("DELETE FROM signatures WHERE path=?", gone)
+            if gone:
+                self._db.executemany("DELETE FROM files WHERE path=?", gone)
+                self._db.executemany("DELETE FROM signatures WHERE path=?", gone)
+                self._db.execute("UPDATE meta SET value=? WHERE key='index_id'", (_new_index_id(),))
+
+    def index_state(self) -> tuple[str, int]:
+        """Our index's ID and the highest sequence number recorded in it."""
+        with self._lock:
+            meta = dict(self._db.execute("SELECT key, value FROM meta WHERE key IN ('index_id', 'sequence')"))
+        return meta["index_id"], int(meta["sequence"])
+
+    def since(self, sequence: int, top: int, batch: int = 4096) -> Iterator[list[Entry]]:
+        """Every entry recorded after `sequence` (-1: all) up to `top`, in sequence order, a
+        batch at a time: a whole index is never one list in memory. Rows recorded while
+        this runs are left to the next ask (their numbers are past `top`)."""
+        last = sequence
+        while True:
+            with self._lock:
+                rows = self._db.execute(f"SELECT {self._COLS}, seq FROM files WHERE seq > ? AND seq <= ? "
+                                        "ORDER BY seq LIMIT ?", (last, top, batch)).fetchall()
+            if not rows:
+                return
+            last = rows[-1][-1]
+            yield [self._seen(r).entry for r in rows]
+
+    def changed_since(self, sequence: int) -> list[str]:
+        """The paths recorded after `sequence`."""
+        with self._lock:
+            return [r[0] for r in self._db.execute("SELECT path FROM files WHERE seq > ?", (sequence,))]
+
+    def live_files(self) -> tuple[int, int]:
+        """How many regular files we hold (by the last scan), and their bytes."""
+        with self._lock:
+            n, size = self._db.execute("SELECT COUNT(*), TOTAL(size) FROM files WHERE kind='file' AND deleted=0"
+                                       ).fetchone()
+        return int(n), int(size)
 
     # -- signatures --------------------------------------------------------
     def signature(self, path: str, blake3: str, fmt: str) -> tuple[int, bytes] | None:
@@ -208,7 +311,7 @@ class Manifest:
         return next((p for p in self.partials() if p.path == path), None)
 
     def begin_partial(self, p: Partial) -> None:
-        with self._lock, self._tx():
+        with self._lock, self.tx():
             self._db.execute("DELETE FROM partial_segments WHERE path=?", (p.path,))
             self._db.execute("INSERT OR REPLACE INTO partials VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                              (p.path, p.target_blake3, p.replaces, p.size, p.mtime_ns, p.mode,
@@ -216,12 +319,12 @@ class Manifest:
 
     def segments_done(self, path: str, idxs: Iterable[int]) -> None:
         """Called only after the segments' bytes are verified and fsynced."""
-        with self._lock, self._tx():
+        with self._lock, self.tx():
             self._db.executemany("INSERT OR IGNORE INTO partial_segments VALUES (?,?)", [(path, i) for i in idxs])
             self._db.execute("UPDATE partials SET updated=? WHERE path=?", (time.time(), path))
 
     def drop_partial(self, path: str) -> None:
-        with self._lock, self._tx():
+        with self._lock, self.tx():
             self._db.execute("DELETE FROM partial_segments WHERE path=?", (path,))
             self._db.execute("DELETE FROM partials WHERE path=?", (path,))
 
@@ -255,8 +358,19 @@ class Manifest:
         with self._lock:
             return {r[0]: (r[1], r[2]) for r in self._db.execute("SELECT * FROM peers_seen")}
 
-    def _tx(self) -> "_Tx":
+    def tx(self) -> "_Tx":
+        """One write transaction (inside `lock`)."""
         return _Tx(self._db)
+
+
+def _new_index_id() -> str:
+    return secrets.token_hex(8)
+
+
+def _chunks(items: list[str], size: int = 500) -> Iterator[list[str]]:
+    """Under SQLite's limit on bound parameters."""
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
 
 
 class _Tx:

@@ -42,7 +42,8 @@ class TreeOps(LocalState):
             else:  # meta
                 if cur is None or not cur.same_content(e):
                     raise TransferFailed(f"{e.path}: changed here since the index was sent")
-                self.safe.set_meta(e.path, e.mode, e.mtime_ns, self.attrs_of(e))
+                if e.kind != SYMLINK:  # a symlink's metadata is not kept: its meta is a new version only
+                    self.safe.set_meta(e.path, e.mode, e.mtime_ns, self.attrs_of(e))
             self.record(e)
             return FileResult(e.path, True)
         except TransferFailed as err:

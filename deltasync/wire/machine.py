@@ -29,6 +29,7 @@ from .messages import (
     Error,
     FileList,
     Hello,
+    IndexMark,
     Message,
     RequestFile,
     RequestFileList,
@@ -104,6 +105,7 @@ class Greeted(Effect):
 @dataclass(frozen=True)
 class SendIndex(Effect):
     dry_run: bool
+    held: IndexMark | None = None  # the client's copy of our index: send what changed since (see FileList)
 
 
 @dataclass(frozen=True)
@@ -382,7 +384,7 @@ class Conversation:
         elif isinstance(m, Hello):
             out.append(Greet(m) if self.role == SERVER else Greeted(m))
         elif isinstance(m, RequestFileList):
-            out.append(SendIndex(m.dry_run))
+            out.append(SendIndex(m.dry_run, m.held))
         elif isinstance(m, FileList):
             out.append(IndexPart(m))
         elif isinstance(m, RequestSignature):

@@ -29,7 +29,8 @@ from .framing import (
     json_chunks,
 )
 
-FEATURES = ("zstd", "sparse")  # we read zstd-compressed bodies, and segments with holes
+INDEX_DELTA = "index-delta"  # a client keeps a copy of the server's index and asks only for what changed
+FEATURES = ("zstd", "sparse", INDEX_DELTA)  # we read zstd-compressed bodies and segments with holes
 COMPRESS = "compress"  # the client asks the server to compress what it sends
 OPS = {"mkdir": DIR, "symlink": SYMLINK, "copy": FILE, "hardlink": FILE, "meta": None,
        "delete": None}  # op -> the kind it makes
@@ -114,19 +115,44 @@ class Bye(Message):
 
 
 @dataclass(frozen=True)
+class IndexMark:
+    """Where a copy of an index stands: the index's ID and its sequence number."""
+
+    index_id: str
+    sequence: int
+
+    @classmethod
+    def from_wire(cls, index_id: Any, sequence: Any, what: str) -> "IndexMark":
+        if not (isinstance(index_id, str) and len(index_id) <= 64 and index_id.isascii()):
+            raise ProtocolError(f"{what}: index_id must be a short ASCII string")
+        return cls(index_id, limits.check_int(sequence, 0, limits.MAX_SEQUENCE, f"{what}: sequence"))
+
+
+@dataclass(frozen=True)
 class RequestFileList(Message):
     ACTION: ClassVar[str] = "request_file_list"
     dry_run: bool = False  # the client only looks: the server changes nothing, not even its manifest
+    # the copy of the server's index the client keeps ('' and 0: none yet): the server then sends what
+    # changed since (or all of it, marked full), with its own mark; without it, the whole index unmarked
+    held: IndexMark | None = None
+
+    def parts(self, compress: bool = False) -> tuple[bytes, bytes]:
+        marks = {"index_id": self.held.index_id, "sequence": self.held.sequence} if self.held else {}
+        return encode_parts(self.ACTION, dry_run=self.dry_run, **marks)
 
     @classmethod
     def from_frame(cls, f: Frame) -> "RequestFileList":
-        return cls(f.get("dry_run") is True)
+        held = f.get("index_id")
+        return cls(f.get("dry_run") is True,
+                   None if held is None else IndexMark.from_wire(held, f.get("sequence"), "request_file_list"))
 
 
 @dataclass(frozen=True)
 class FileList(Message):
     """One part of an index. Ours is cut by bytes (`chunked`), so no frame can
-    break the body limit whatever the entries hold."""
+    break the body limit whatever the entries hold. An index asked for with a
+    held mark begins with a part of its own giving the server's mark and
+    whether the entries are all of it (`full`) or only what changed since."""
 
     ACTION: ClassVar[str] = "send_file_list"
     entries: tuple[Entry, ...] = ()
@@ -134,17 +160,28 @@ class FileList(Message):
     more: bool = False
     size: int = 0  # the body's bytes as received (the index's total is bounded)
     ignore: tuple[str, ...] = ()  # (a part of its own) the server's ignore patterns: the client leaves those paths
+    mark: IndexMark | None = None  # (a part of its own) the server's index ID and sequence
+    full: bool = True  # with `mark`: the entries are the whole index, not what changed since the held mark
     _encoded: tuple[bytes, bytes] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def chunked(cls, entries: Iterable[Entry], partials: Iterable[PartialInfo],
-                ignore: Iterable[str] = ()) -> Iterator["FileList"]:
-        chunks = [(b"ignore", c) for c in json_chunks(ignore, limits.INDEX_CHUNK_BYTES)]
-        chunks += [(b"entries", c) for c in json_chunks((e.to_wire() for e in entries), limits.INDEX_CHUNK_BYTES)]
-        chunks += [(b"partials", c) for c in json_chunks((p.to_wire() for p in partials),
-                                                         limits.INDEX_CHUNK_BYTES)]
-        for i, (key, items) in enumerate(chunks or [(b"entries", [])]):
-            yield cls(more=i + 1 < len(chunks), _encoded=(key, json_array(items)))
+    def chunked(cls, entries: Iterable[Entry], partials: Iterable[PartialInfo], ignore: Iterable[str] = (),
+                mark: IndexMark | None = None, full: bool = True) -> Iterator["FileList"]:
+        """The parts, made as they are sent: entries may come from a generator (a whole index is never
+        one list in memory)."""
+        def parts() -> Iterator[tuple[bytes, bytes]]:
+            if mark is not None:
+                yield b"index", json_body({"id": mark.index_id, "sequence": mark.sequence, "full": full})
+            for key, items in ((b"ignore", ignore), (b"entries", (e.to_wire() for e in entries)),
+                               (b"partials", (p.to_wire() for p in partials))):
+                for c in json_chunks(items, limits.INDEX_CHUNK_BYTES):
+                    yield key, json_array(c)
+
+        ahead = next(it := parts(), (b"entries", b"[]"))
+        for following in it:
+            yield cls(more=True, _encoded=ahead)
+            ahead = following
+        yield cls(more=False, _encoded=ahead)
 
     def parts(self, compress: bool = False) -> tuple[bytes, bytes]:
         if self._encoded is not None:
@@ -164,9 +201,15 @@ class FileList(Message):
         ignore = body.get("ignore") or []
         if not all(isinstance(p, str) and len(p) <= limits.MAX_PATH_CHARS for p in ignore):
             raise ProtocolError("send_file_list: ignore patterns must be strings")
+        mark, full = None, True
+        if "index" in body:
+            head = body["index"]
+            if not isinstance(head, dict) or type(head.get("full")) is not bool:
+                raise ProtocolError("send_file_list: index must be an object with id, sequence and full")
+            mark, full = IndexMark.from_wire(head.get("id"), head.get("sequence"), "send_file_list"), head["full"]
         partials = (PartialInfo.from_wire(d) for d in body.get("partials") or [])
         return cls(tuple(Entry.from_wire(d) for d in body.get("entries", [])),
-                   tuple(p for p in partials if p is not None), f["more"], len(f.body), tuple(ignore))
+                   tuple(p for p in partials if p is not None), f["more"], len(f.body), tuple(ignore), mark, full)
 
 
 # -- files, small and whole ------------------------------------------------------

@@ -1,0 +1,113 @@
+"""Our copy of each peer's index, and how far our last session with it got.
+
+A peer sends its whole index once; after that only the entries it recorded
+since the sequence number we say we hold (Syncthing's delta indexes). The copy
+lives in the folder's manifest database, so the next session plans against it
+without the peer sending what did not change. Beside it, per peer: up to which
+of *our* sequence numbers the last complete session settled everything, and
+the paths it left unsettled (failed, blocked, held) -- the next session looks
+at those again, and at nothing else that did not change.
+"""
+from __future__ import annotations
+
+import json
+from typing import Iterable
+
+from ..core import version as vv
+from ..core.entry import Entry, xattrs_to_wire
+from .manifest import Manifest
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS peer_index (
+    peer_id TEXT PRIMARY KEY, index_id TEXT NOT NULL, sequence INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS peer_files (
+    peer_id TEXT NOT NULL, path TEXT NOT NULL, kind TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+    mode INTEGER NOT NULL, blake3 TEXT, target TEXT, version TEXT NOT NULL, deleted INTEGER NOT NULL, link TEXT,
+    xattrs TEXT NOT NULL, PRIMARY KEY (peer_id, path)
+);
+CREATE INDEX IF NOT EXISTS peer_files_by_content ON peer_files (peer_id, blake3);
+CREATE TABLE IF NOT EXISTS peer_settled (
+    peer_id TEXT PRIMARY KEY, shape TEXT NOT NULL, sequence INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS peer_unsettled (
+    peer_id TEXT NOT NULL, path TEXT NOT NULL, PRIMARY KEY (peer_id, path)
+);
+"""
+# read back in Manifest's row layout (no inode or ctime: a peer's stat is none of ours)
+_COLS = "path, kind, size, mtime_ns, mode, 0, 0, blake3, target, version, deleted, link, xattrs"
+
+
+class PeerIndex:
+    def __init__(self, manifest: Manifest, peer_id: str) -> None:
+        self.manifest = manifest
+        self.peer = peer_id
+        with manifest.lock:
+            manifest.db.executescript(_SCHEMA)
+
+    def held(self) -> tuple[str, int] | None:
+        """The peer's index ID and the sequence we hold it up to, if we hold a copy."""
+        with self.manifest.lock:
+            r = self.manifest.db.execute("SELECT index_id, sequence FROM peer_index WHERE peer_id=?",
+                                         (self.peer,)).fetchone()
+        return (r[0], r[1]) if r else None
+
+    def take(self, index_id: str, sequence: int, entries: Iterable[Entry], full: bool) -> None:
+        """What the peer sent: its whole index (`full`: it replaces our copy) or what changed."""
+        db = self.manifest.db
+        rows = [(self.peer, e.path, e.kind, e.size, e.mtime_ns, e.mode, e.blake3, e.target,
+                 json.dumps(vv.to_wire(e.version)), int(e.deleted), e.link,
+                 json.dumps(xattrs_to_wire(e.xattrs)) if e.xattrs else "") for e in entries]
+        with self.manifest.lock, self.manifest.tx():
+            if full:
+                db.execute("DELETE FROM peer_files WHERE peer_id=?", (self.peer,))
+                db.execute("DELETE FROM peer_settled WHERE peer_id=?", (self.peer,))
+            db.executemany("INSERT OR REPLACE INTO peer_files VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            db.execute("INSERT OR REPLACE INTO peer_index VALUES (?,?,?)", (self.peer, index_id, sequence))
+
+    def entries(self, paths: Iterable[str] | None = None) -> dict[str, Entry]:
+        """Our copy of the peer's entries for these paths (None: all of them)."""
+        db, out = self.manifest.db, {}
+        with self.manifest.lock:
+            if paths is None:
+                rows = db.execute(f"SELECT {_COLS} FROM peer_files WHERE peer_id=?", (self.peer,)).fetchall()
+            else:
+                rows = []
+                wanted = list(paths)
+                for i in range(0, len(wanted), 500):
+                    chunk = wanted[i : i + 500]
+                    rows += db.execute(f"SELECT {_COLS} FROM peer_files WHERE peer_id=? AND path IN "
+                                       f"({','.join('?' * len(chunk))})", (self.peer, *chunk)).fetchall()
+        for r in rows:
+            out[r[0]] = Manifest.row_entry(r)
+        return out
+
+    def holding(self, contents: Iterable[str]) -> dict[str, str]:
+        """For each content (blake3), a path where the peer holds it as a live file, if any."""
+        db, out = self.manifest.db, {}
+        with self.manifest.lock:
+            for b3 in set(contents):
+                r = db.execute("SELECT path FROM peer_files WHERE peer_id=? AND blake3=? AND deleted=0 AND size>0 "
+                               "ORDER BY path LIMIT 1", (self.peer, b3)).fetchone()
+                if r is not None:
+                    out[b3] = r[0]
+        return out
+
+    def settled(self, shape: str) -> tuple[int, set[str]] | None:
+        """Our sequence up to which the last complete session of this `shape` settled
+        everything, and the paths it left unsettled; None: look at everything."""
+        db = self.manifest.db
+        with self.manifest.lock:
+            r = db.execute("SELECT shape, sequence FROM peer_settled WHERE peer_id=?", (self.peer,)).fetchone()
+            if r is None or r[0] != shape:
+                return None
+            left = {p for (p,) in db.execute("SELECT path FROM peer_unsettled WHERE peer_id=?", (self.peer,))}
+        return r[1], left
+
+    def settle(self, shape: str, sequence: int, unsettled: Iterable[str]) -> None:
+        """A session of `shape` completed: everything we recorded up to `sequence` is settled but `unsettled`."""
+        db = self.manifest.db
+        with self.manifest.lock, self.manifest.tx():
+            db.execute("DELETE FROM peer_unsettled WHERE peer_id=?", (self.peer,))
+            db.executemany("INSERT OR IGNORE INTO peer_unsettled VALUES (?,?)", [(self.peer, p) for p in unsettled])
+            db.execute("INSERT OR REPLACE INTO peer_settled VALUES (?,?,?)", (self.peer, shape, sequence))
