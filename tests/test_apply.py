@@ -202,3 +202,26 @@ def test_small_files_are_staged_then_committed_together(rx):
     for p, d in files.items():
         assert (rx.folder.root / p).read_bytes() == d
     assert list(rx.folder.tmp.iterdir()) == []
+
+
+def test_a_file_deleted_here_after_the_peer_planned_is_not_brought_back(rx):
+    """The mesh race: our index went to a peer without `f`; we then took `f` from a third
+    peer and it was deleted here (a tombstone). The peer's plan says `f` is new here -- the
+    disk agrees (nothing there) -- but the record is newer than the plan: refused."""
+    from deltasync.core.entry import FILE, Entry
+    from deltasync.store.manifest import Seen
+
+    ticket = rx.registry.open("peer", "server")
+    ticket.planned_at = rx.manifest.index_state()[1]  # the index the peer planned against
+    rx.manifest.record([Seen(Entry("f", FILE, version=(("third", 2),), deleted=True), 0, 0)])
+    data = b"the peer's copy of f"
+    meta = {"path": "f", "size": len(data), "mtime_ns": 7, "mode": 0o644, "blake3": hashing.of_bytes(data),
+            "replaces": None}
+    staged = []
+    results = rx.stage_small(wire("send_file", data, files=[meta]), staged, ticket)
+    results += rx.commit_small(staged)
+    assert len(results) == 1 and not results[0].ok and "changed here" in results[0].error
+    assert not (rx.folder.root / "f").exists()
+    ticket.planned_at = rx.manifest.index_state()[1]  # a plan made after the delete: it is the peer's to make
+    results = rx.stage_small(wire("send_file", data, files=[meta]), staged, ticket) + rx.commit_small(staged)
+    assert [r.ok for r in results] == [True] and (rx.folder.root / "f").read_bytes() == data

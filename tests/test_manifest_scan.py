@@ -1,6 +1,8 @@
 import os
 import time
 
+import pytest
+
 from deltasync.config import Folder
 from deltasync.core.entry import FILE, SYMLINK
 from deltasync.fs.ignore import Ignore
@@ -79,3 +81,75 @@ def test_fixture_copy_is_identical_to_shared():
     if not shared.exists():
         pytest.skip("../shared/scenario/fixture.py not beside this checkout")
     assert FIXTURE.read_bytes() == shared.read_bytes()
+
+
+def _touch_randomly(root, rng):
+    """Random edits; returns the paths a watcher would report (what changed, by its name)."""
+    import shutil
+
+    seen = set()
+    for _ in range(rng.randint(1, 6)):
+        files = sorted(p for p in root.rglob("*") if ".deltasync" not in p.parts and p.is_file())
+        dirs = sorted(p for p in root.rglob("*") if ".deltasync" not in p.parts and p.is_dir()
+                      and not p.is_symlink())
+        op = rng.choice(["new", "edit", "delete", "rename", "mkdir", "rmdir", "chmod", "symlink", "newdir"])
+        where = rng.choice([root, *dirs])
+        if op == "new" or not files:
+            p = where / f"n{rng.randrange(10**6)}"
+            p.write_text("x" * rng.randint(0, 99))
+        elif op == "edit":
+            p = rng.choice(files)
+            p.write_text(f"edit {rng.random()}")
+        elif op == "delete":
+            p = rng.choice(files)
+            p.unlink()
+        elif op == "rename":
+            src = rng.choice(files)
+            p = where / f"m{rng.randrange(10**6)}"
+            src.rename(p)
+            seen.add(src.relative_to(root).as_posix())
+        elif op == "mkdir":
+            p = where / f"d{rng.randrange(1000)}"
+            p.mkdir(exist_ok=True)
+        elif op == "newdir":  # a directory moved in whole: the watcher names the directory only
+            p = where / f"tree{rng.randrange(1000)}"
+            (p / "inner").mkdir(parents=True, exist_ok=True)
+            (p / "inner" / "f").write_text("deep")
+        elif op == "rmdir" and dirs:
+            p = rng.choice(dirs)
+            shutil.rmtree(p)
+        elif op == "symlink":
+            p = where / f"l{rng.randrange(1000)}"
+            if not p.exists() and not p.is_symlink():
+                os.symlink("target", p)
+        else:
+            p = rng.choice(files)
+            os.chmod(p, rng.choice([0o600, 0o640, 0o755]))
+        seen.add(p.relative_to(root).as_posix())
+    return seen
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_look_at_what_changed_finds_what_a_whole_walk_finds(tmp_path, seed):
+    """The oracle for `within`: after random edits, looking only at the paths a watcher
+    reported gives the same index (and the same changes) as walking everything."""
+    import random
+
+    rng = random.Random(seed)
+    root = tmp_path / "f"
+    (root / "a" / "b").mkdir(parents=True)
+    for i in range(20):
+        (root / ("a/b" if i % 3 == 0 else "a" if i % 3 == 1 else "")).joinpath(f"f{i}").write_text(str(i))
+    whole, part = Manifest(tmp_path / "whole.db"), Manifest(tmp_path / "part.db")
+    try:
+        scan(root, whole, me="me")
+        scan(root, part, me="me")
+        for _ in range(8):
+            touched = _touch_randomly(root, rng)
+            w = scan(root, whole, me="me")
+            p = scan(root, part, me="me", within=touched)
+            assert p.partial
+            assert p.entries == w.entries and p.changed == w.changed, touched
+    finally:
+        whole.close()
+        part.close()

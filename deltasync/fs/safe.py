@@ -68,6 +68,21 @@ def open_dir(name: str, dir_fd: int, create_mode: int | None = None) -> int:
         return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
 
 
+def open_dir_at(root: Path, rel: str) -> int:
+    """The directory at `rel` under `root`, opened component by component without following
+    a link (FileNotFoundError, NotADirectoryError or ELOOP when it is not a directory there)."""
+    fd = os.open(root, _DIR_FLAGS)
+    try:
+        for part in rel.split("/") if rel else ():
+            sub = open_dir(part, fd)
+            os.close(fd)
+            fd = sub
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def check_relpath(path: object, max_len: int = MAX_PATH) -> tuple[str, ...]:
     """Validate a peer's path; return its components or raise UnsafePath."""
     if not isinstance(path, str) or not path:

@@ -3,13 +3,14 @@
 manifest last saw them, so a no-change scan of a big tree costs one stat each."""
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import ssl
 import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
 
 from .. import hashing, identity
 from ..core import version as vv
@@ -19,12 +20,13 @@ from ..errors import UsageError
 from ..store.manifest import DELETED, KIND, SETTLED, Manifest, Seen, StatRow
 from . import xattrs
 from .ignore import Ignore
-from .safe import DIR_FLAGS, is_reserved
+from .safe import DIR_FLAGS, has_reserved, is_reserved, open_dir_at
 
 if TYPE_CHECKING:
     from ..config import Folder
 
 log = logging.getLogger(__name__)
+MAX_WITHIN = 10_000  # changed paths a scan looks at one by one; past this, a whole walk is cheaper
 
 
 @dataclass
@@ -43,6 +45,7 @@ class ScanResult:
     nested: dict[str, str] = field(default_factory=dict)  # folder path -> peer ID of a shared folder inside ours
     changed: list[str] = field(default_factory=list)
     ignore: Ignore = field(default_factory=Ignore)  # the rules it followed (a peer's index is filtered by them too)
+    partial: bool = False  # it looked at some paths only: `present` lists those, the manifest the rest
     _all: dict[str, Entry] | None = field(default=None, repr=False)
 
     @property
@@ -50,9 +53,18 @@ class ScanResult:
         """The whole index, path -> entry (read from the manifest once, on first use)."""
         if self._all is None:
             stored = self.manifest.all_entries()
-            self._all = {p: self.fresh.get(p) or stored[p] for p in sorted(self.present) if p in self.fresh
-                         or p in stored}
+            if self.partial:
+                stored.update(self.fresh)
+                self._all = {p: e for p, e in sorted(stored.items()) if not self._hidden(p, e)}
+            else:
+                self._all = {p: self.fresh.get(p) or stored[p] for p in sorted(self.present) if p in self.fresh
+                             or p in stored}
         return self._all
+
+    def _hidden(self, path: str, e: Entry) -> bool:
+        """(partial) A recorded path the index leaves out: ignored now, or not readable this time."""
+        return path in self.skipped or any(path.startswith(s + "/") for s in self.skipped) or \
+            self.ignore(path, e.kind == DIR)
 
     def pick(self, paths: set[str] | None) -> dict[str, Entry]:
         """The index's entries of these paths (None: all)."""
@@ -60,6 +72,10 @@ class ScanResult:
             return self.entries
         if self._all is not None:
             return {p: self._all[p] for p in paths if p in self._all}
+        if self.partial:
+            stored = self.manifest.entries(p for p in paths if p not in self.fresh)
+            return {p: e for p in paths if (e := self.fresh.get(p) or stored.get(p)) is not None  # type: ignore
+                    and not self._hidden(p, e)}
         wanted = [p for p in paths if p in self.present]
         stored = self.manifest.entries(p for p in wanted if p not in self.fresh)
         return {p: self.fresh.get(p) or stored[p] for p in wanted if p in self.fresh or p in stored}
@@ -135,7 +151,7 @@ def _unchanged(st: os.stat_result, row: StatRow | None) -> bool:
 
 
 def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None, me: str = "local",
-         record: bool = True, keep_xattrs: bool = True) -> ScanResult:
+         record: bool = True, keep_xattrs: bool = True, within: Iterable[str] | None = None) -> ScanResult:
     """Index the folder. The index holds live paths and tombstones (deleted
     paths we knew, with a bumped version); `me` is our key in version vectors.
     `changed` lists the paths that are new, changed or deleted since the last
@@ -144,10 +160,48 @@ def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None, me: str =
     The walk goes from directory descriptor to directory descriptor with
     O_NOFOLLOW, so a directory swapped for a symlink mid-walk is refused by the
     kernel, never followed: the index lists nothing outside the folder. What
-    cannot be read is listed in `errors` (and never taken for a delete)."""
+    cannot be read is listed in `errors` (and never taken for a delete).
+
+    `within` (what a watcher saw change) looks at those paths only -- each, what
+    is inside it, and its directories' own entries -- and leaves the rest of
+    the index as the manifest has it; a hard-linked file among them, or too
+    many paths, make it a whole walk."""
     ignore = ignore or Ignore.for_folder(root)
-    known = manifest.stat_rows(keep_xattrs)
-    result = ScanResult(manifest, ignore=ignore)
+    if within is not None:
+        tops = _tops(within)
+        if tops is None:
+            within = None
+        else:
+            ancestors = {a for t in tops for a in _ancestors(t)} - set(tops)
+            try:
+                return _scan(root, manifest, ignore, me, record, keep_xattrs, tops, ancestors)
+            except _WholeWalk:
+                within = None
+    return _scan(root, manifest, ignore, me, record, keep_xattrs, None, set())
+
+
+def _tops(paths: Iterable[str]) -> list[str] | None:
+    """The paths to look at, none inside another; None: look at everything."""
+    picked = sorted({p.strip("/") for p in paths})
+    if len(picked) > MAX_WITHIN or "" in picked or "." in picked or any(p.startswith("..") or "/../" in p for p in picked):
+        return None
+    tops: list[str] = []
+    for p in picked:  # sorted: a directory comes before what is inside it
+        if not (tops and p.startswith(tops[-1] + "/")) and not has_reserved(p):
+            tops.append(p)
+    return tops
+
+
+def _ancestors(path: str) -> list[str]:
+    parts = path.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _scan(root: Path, manifest: Manifest, ignore: Ignore, me: str, record: bool, keep_xattrs: bool,
+          within: list[str] | None, ancestors: set[str]) -> ScanResult:
+    tops = within or []
+    known = manifest.stat_rows(keep_xattrs, None if within is None else [*tops, *ancestors], ancestors)
+    result = ScanResult(manifest, ignore=ignore, partial=within is not None)
     fresh, present = result.fresh, result.present
     rows: list[Seen] = []
     segments: list[tuple[str, int, bytes]] = []
@@ -180,6 +234,8 @@ def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None, me: str =
                          version=_version(Entry(path, SYMLINK, target=target), old, me))
         if not stat.S_ISREG(mode):
             return None  # fifos, sockets, devices are not synced
+        if st.st_nlink > 1 and within is not None:
+            raise _WholeWalk()  # which name of a hard-linked file leads is decided in walk order
         same = bool(old and old.entry.kind == FILE and old.entry.blake3
                     and (old.entry.size, old.entry.mtime_ns, old.ino, old.ctime_ns) == _stat_fields(st))
         if same and old is not None and (old.xattrs_known or not keep_xattrs):
@@ -211,21 +267,25 @@ def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None, me: str =
                            old, me)
         return Entry(path, FILE, st.st_size, st.st_mtime_ns, fmode, digest, version=version, link=link, xattrs=found)
 
-    def visit(dfd: int, rel: str) -> list[tuple[str, str]]:
-        """Index one directory's entries; return its subdirectories (name, path) to walk."""
-        try:
-            with os.scandir(dfd) as it:
-                listing = sorted(it, key=lambda d: d.name)
-        except OSError as err:
-            result.skip(rel, f"cannot list: {err.strerror}")
-            return []
+    def visit(dfd: int, rel: str, only: str | None = None) -> list[tuple[str, str]]:
+        """Index one directory's entries (or only the one named `only`: gone is deleted);
+        return its subdirectories (name, path) to walk."""
+        listing: list[tuple[str, os.DirEntry[str] | None]]
+        if only is not None:
+            listing = [(only, None)]
+        else:
+            try:
+                with os.scandir(dfd) as it:
+                    listing = sorted(((d.name, d) for d in it), key=lambda nd: nd[0])
+            except OSError as err:
+                result.skip(rel, f"cannot list: {err.strerror}")
+                return []
         subdirs = []
         looked: list[tuple[str, str, os.stat_result | None]] = []  # in name order: (name, path, stat or None)
-        for de in listing:
-            name = de.name
+        for name, de in listing:
             path = f"{rel}/{name}" if rel else name
             if is_reserved(name):
-                if rel and de.is_dir(follow_symlinks=False):
+                if rel and de is not None and de.is_dir(follow_symlinks=False):
                     result.nested[rel] = _folder_id(dfd, name)
                 continue
             try:
@@ -235,11 +295,17 @@ def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None, me: str =
                             "name is not valid UTF-8; not synced")
                 continue
             try:
-                st = de.stat(follow_symlinks=False)
+                st = de.stat(follow_symlinks=False) if de is not None else \
+                    os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            except FileNotFoundError:
+                if de is None:
+                    continue  # gone: a tombstone, below
+                raise
             except OSError as err:
                 result.skip(path, f"cannot read: {err.strerror or err}")
                 continue
-            if ignore.own(path, stat.S_ISDIR(st.st_mode), name):
+            is_dir = stat.S_ISDIR(st.st_mode)
+            if ignore.own(path, is_dir, name) if de is not None else ignore(path, is_dir):
                 continue
             looked.append((name, path, None if _unchanged(st, known.get(path)) else st))
         olds = manifest.seen_of([path for _, path, st in looked if st is not None and path in known])
@@ -275,26 +341,41 @@ def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None, me: str =
         subdirs.reverse()  # the walk pops from the end: name order, O(1) a directory
         return subdirs
 
-    # depth-first, holding one descriptor per level of the current path only
-    top = os.open(root, DIR_FLAGS)
-    stack: list[tuple[int, list[tuple[str, str]]]] = [(top, visit(top, ""))]
-    while stack:
-        dfd, todo = stack[-1]
-        if not todo:
-            os.close(dfd)
-            stack.pop()
-            continue
-        name, path = todo.pop()
-        try:
-            sub = os.open(name, DIR_FLAGS, dir_fd=dfd)
-        except OSError as err:  # swapped for a symlink or a file since it was listed, or gone
-            present.discard(path)
-            if fresh.pop(path, None) is not None:
-                rows[:] = [r for r in rows if r.entry.path != path]
-                result.changed = [p for p in result.changed if p != path]
-            result.skip(path, f"cannot enter: {err.strerror}")
-            continue
-        stack.append((sub, visit(sub, path)))
+    def walk(stack: list[tuple[int, list[tuple[str, str]]]]) -> None:
+        """Depth-first, holding one descriptor per level of the current path only."""
+        while stack:
+            dfd, todo = stack[-1]
+            if not todo:
+                os.close(dfd)
+                stack.pop()
+                continue
+            name, path = todo.pop()
+            try:
+                sub = os.open(name, DIR_FLAGS, dir_fd=dfd)
+            except OSError as err:  # swapped for a symlink or a file since it was listed, or gone
+                present.discard(path)
+                if fresh.pop(path, None) is not None:
+                    rows[:] = [r for r in rows if r.entry.path != path]
+                    result.changed = [p for p in result.changed if p != path]
+                result.skip(path, f"cannot enter: {err.strerror}")
+                continue
+            stack.append((sub, visit(sub, path)))
+
+    if within is None:
+        top = os.open(root, DIR_FLAGS)
+        walk([(top, visit(top, ""))])
+    else:
+        for path in sorted(set(tops) | ancestors):
+            parent, _, name = path.rpartition("/")
+            try:
+                dfd = open_dir_at(root, parent)
+            except OSError as err:
+                if isinstance(err, (FileNotFoundError, NotADirectoryError)) or err.errno == errno.ELOOP:
+                    continue  # its directory is gone (or is no directory now): a tombstone, below
+                result.skip(path, f"cannot enter: {err.strerror or err}")
+                continue
+            subdirs = visit(dfd, parent, only=name)
+            walk([(dfd, subdirs if path in tops else [])])  # an ancestor's own entry only
 
     skipped = tuple(s + "/" for s in result.skipped)
     everything_skipped = "" in result.skipped
@@ -321,13 +402,39 @@ def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None, me: str =
     return result
 
 
+class Unscanned:
+    """What changed since the folder was last scanned, as a watcher reports it: the next scan
+    looks at those paths only. None: at everything (at start, and for the safety rescan that
+    catches what a watcher can miss)."""
+
+    def __init__(self) -> None:
+        self._paths: set[str] | None = None
+
+    def add(self, paths: Iterable[str]) -> None:
+        if self._paths is not None:
+            self._paths.update(paths)
+
+    def forget(self) -> None:
+        """Walk everything next time (a scan that took the paths failed, or it is time for the safety net)."""
+        self._paths = None
+
+    def take(self) -> set[str] | None:
+        """For the scan about to run: what it must look at; from now on, changes are for the next one."""
+        paths, self._paths = self._paths, set()
+        return paths
+
+
 class _Unstable(Exception):
     """A file changed while we hashed it."""
 
 
+class _WholeWalk(Exception):
+    """A look at some paths met what only a walk of the whole folder decides."""
+
+
 def scan_folder(folder: "Folder", manifest: Manifest, excludes: list[str] | None = None,
-                record: bool = True) -> ScanResult:
+                record: bool = True, within: Iterable[str] | None = None) -> ScanResult:
     """Our folder's index as every command takes it: its `.deltasyncignore` plus
     `excludes`, and our own key in version vectors."""
     return scan(folder.root, manifest, Ignore.for_folder(folder.root, excludes), folder.short_id, record,
-                bool(folder.config().setting("xattrs")))
+                bool(folder.config().setting("xattrs")), within)

@@ -25,7 +25,7 @@ from ..core.plan import PartialInfo, Plan, SyncPlan, Transfer, make_plan, plan_s
 from ..core.result import FileResult
 from ..errors import DeltasyncError, ProtocolError
 from ..fs.ignore import Ignore
-from ..fs.scan import scan_folder
+from ..fs.scan import Unscanned, scan_folder
 from ..progress import Progress
 from ..store.manifest import Manifest
 from ..store.peer_index import PeerIndex
@@ -205,8 +205,10 @@ async def session(folder: Folder, target: str, mode: str = "push", delete: bool 
                   excludes: list[str] | None = None, bwlimit: float | None = None,
                   progress: Progress | None = None, compress: bool = False, keep_signatures: bool = False,
                   update: bool = False, max_delete: int | None = None, itemized: Callable[[str], None] | None = None,
-                  connect: Connect = _tls, workers: Workers | None = None) -> Report:
-    """One session with the peer at `target` (HOST:PORT or a peer name)."""
+                  connect: Connect = _tls, workers: Workers | None = None, unscanned: Unscanned | None = None
+                  ) -> Report:
+    """One session with the peer at `target` (HOST:PORT or a peer name). With `unscanned` (watch),
+    our scan looks only at what changed since the last one."""
     progress = progress or Progress()
     workers = workers or Workers()
     started = time.monotonic()
@@ -219,7 +221,8 @@ async def session(folder: Folder, target: str, mode: str = "push", delete: bool 
     # rows recorded from here on (by our scan, or by a session with another peer) are looked at next time too
     before = manifest.index_state()[1]
     # our scan runs while we connect and the peer scans: the two overlap
-    scanning = asyncio.ensure_future(workers.run(scan_folder, folder, manifest, excludes, not dry_run))
+    within = unscanned.take() if unscanned is not None and not dry_run else None
+    scanning = asyncio.ensure_future(workers.run(scan_folder, folder, manifest, excludes, not dry_run, within))
     try:
         transport = await connect(folder, address, expect, float(cfg.setting("idle_timeout")))
         report = Report(_say=itemized)
@@ -229,7 +232,7 @@ async def session(folder: Folder, target: str, mode: str = "push", delete: bool 
         driver.start()
         try:
             await _converse(driver, folder, manifest, receiver, report, mode, delete, dry_run, update, progress,
-                            scanning, excludes, max_delete, before)
+                            scanning, excludes, max_delete, before, within)
         except (OSError, DeltasyncError) as e:
             why = driver.failure()  # the peer's own account (its error) says more than our broken pipe
             if why is not None and why is not e and isinstance(why, DeltasyncError):
@@ -255,8 +258,9 @@ async def session(folder: Folder, target: str, mode: str = "push", delete: bool 
     finally:
         if not scanning.done():  # never close the manifest under a running scan
             await asyncio.wait([scanning])
-        if not scanning.cancelled():
-            scanning.exception()  # retrieved: a failed scan was already raised, or the session failed first
+        failed = scanning.cancelled() or scanning.exception() is not None  # (retrieved: raised already, or moot)
+        if failed and unscanned is not None and within is not None:
+            unscanned.forget()  # what it was to look at is looked at, with everything, next time
         receiver.close()
         manifest.close()
         if workers.threads:
@@ -266,7 +270,7 @@ async def session(folder: Folder, target: str, mode: str = "push", delete: bool 
 async def _converse(d: Driver, folder: Folder, manifest: Manifest, receiver: Receiver, report: Report, mode: str,
                     delete: bool, dry_run: bool, update: bool, progress: Progress,
                     scanning: "asyncio.Future", excludes: list[str] | None, max_delete: int | None,
-                    before: int) -> None:
+                    before: int, within: set[str] | None) -> None:
     peer = d.channel.peer.id
     await d.say(Hello.ours(folder.peer_id, d.conv.want_compress))
     greeting = await d.wait(d.greeted)
@@ -275,6 +279,8 @@ async def _converse(d: Driver, folder: Folder, manifest: Manifest, receiver: Rec
     await d.say(RequestFileList(dry_run, IndexMark(*held) if cache is not None else None))
     scanned = await scanning
     scanned.refuse_nesting(peer, "the peer's")
+    if d.ticket is not None and not dry_run:  # what we pull was planned against what our scan saw
+        d.ticket.planned_at = manifest.index_state()[1]
     for path, why in scanned.errors:
         report.fail(path, why)
     if not dry_run:  # cache our versions' signatures while the network works (see Pusher._signature)
@@ -356,7 +362,7 @@ async def _converse(d: Driver, folder: Folder, manifest: Manifest, receiver: Rec
             await Puller(d, receiver, report).run(sp)
             _record_merged(manifest, sp.merged)
             if push_plan is not None:  # plan the push half on what we hold now (conflict copies too)
-                now = await d.workers.run(scan_folder, folder, manifest, excludes)
+                now = await d.workers.run(scan_folder, folder, manifest, excludes, True, within)
                 if scope.paths is not None:
                     assert cache is not None and settled is not None
                     grown = await d.workers.run(widen, {*scope.paths, *manifest.changed_since(settled[0])}, now,

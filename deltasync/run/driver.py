@@ -220,6 +220,8 @@ class Driver:
         elif isinstance(e, mc.SendIndex):
             offer = await self.host.index(e.dry_run, e.held)
             self.ignored = offer.ignored
+            if offer.mark is not None and self.ticket is not None:
+                self.ticket.planned_at = offer.mark.sequence
             for part in FileList.chunked(offer.entries, offer.partials, offer.ignore, offer.mark, offer.full):
                 await self.say(part)
         elif isinstance(e, mc.Serve):

@@ -24,7 +24,7 @@ from ..core.entry import DIR
 from ..core.plan import PartialInfo
 from ..core.result import FileResult
 from ..errors import DeltasyncError, PeerUnreachable, redact
-from ..fs.scan import ScanResult, scan_folder
+from ..fs.scan import ScanResult, Unscanned, scan_folder
 from ..progress import Lines
 from ..store.manifest import Manifest
 from ..store.receiver import Receiver
@@ -67,8 +67,10 @@ def partials_of(manifest: Manifest) -> list[PartialInfo]:
 
 
 class Server:
-    def __init__(self, folder: Folder, workers: Workers | None = None, excludes: list[str] | None = None) -> None:
+    def __init__(self, folder: Folder, workers: Workers | None = None, excludes: list[str] | None = None,
+                 unscanned: Unscanned | None = None) -> None:
         self.folder = folder
+        self.unscanned = unscanned  # (watch) what changed since our last scan: a scan looks at that only
         self.excludes = excludes  # beside .deltasyncignore (watch --exclude): told to every client
         self.config = folder.config()
         self.workers = workers or Workers()
@@ -83,7 +85,14 @@ class Server:
 
     async def scan(self, record: bool = True) -> ScanResult:
         async with self._scan_lock:
-            return await self.workers.run(scan_folder, self.folder, self.manifest, self.excludes, record)
+            within = self.unscanned.take() if self.unscanned is not None and record else None
+            try:
+                return await self.workers.run(scan_folder, self.folder, self.manifest, self.excludes, record,
+                                              within)
+            except BaseException:
+                if self.unscanned is not None and within is not None:
+                    self.unscanned.forget()
+                raise
 
     async def shutdown(self) -> None:
         """Stop sessions; each leaves its in-flight files as resumable partials."""

@@ -5,6 +5,9 @@ when something changed and has settled (size and mtime unchanged for
 `settle_seconds`, so a big file being written is sent once), when a peer was
 unreachable (retried with backoff), and every `rescan_seconds` as a safety
 net. On start it syncs with every peer to catch up in both directions.
+Between those walks of the whole folder, a scan -- ours, or our server's
+for a peer -- looks only at the paths the watcher saw change, so a change in
+a big tree costs about that change.
 Events are logged as JSON lines when `--json` is given.
 """
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 from ..config import Folder
 from ..errors import DeltasyncError, PeerBusy
 from ..fs.safe import has_reserved
+from ..fs.scan import Unscanned
 from ..progress import Ticker
 from .client import session
 from .report import said
@@ -71,9 +75,10 @@ class Watcher:
         self.settle = float(cfg.setting("settle_seconds"))
         self.rescan = float(cfg.setting("rescan_seconds"))
         self.pending: set[str] = set()
+        self.unscanned = Unscanned()  # what changed since a scan last looked: the next one looks at that only
         self.wake = asyncio.Event()
         self.stop = asyncio.Event()
-        self.server = Server(folder, excludes=excludes)
+        self.server = Server(folder, excludes=excludes, unscanned=self.unscanned)
 
     def event(self, kind: str, **fields: Any) -> None:
         if self.as_json:
@@ -92,7 +97,9 @@ class Watcher:
 
         async for changes in awatch(root, stop_event=self.stop, debounce=400, step=50, recursive=True,
                                     watch_filter=wanted):
-            self.pending.update(os.path.relpath(p, root) for _c, p in changes)
+            paths = {os.path.relpath(p, root).replace(os.sep, "/") for _c, p in changes}
+            self.pending.update(paths)
+            self.unscanned.add(paths)
             self.wake.set()
 
     async def settled(self) -> None:
@@ -117,7 +124,7 @@ class Watcher:
                 ticker = Ticker(lambda done, size, rate: self.event(
                     "progress", peer=peer, bytes_done=done, bytes_total=size, rate=round(rate)))
                 r = await session(self.folder, peer, "sync", excludes=self.excludes, bwlimit=self.bwlimit,
-                                  progress=ticker, keep_signatures=True)
+                                  progress=ticker, keep_signatures=True, unscanned=self.unscanned)
                 moved = r.files_total - r.files_unchanged
                 if moved or r.conflicts or reason == "start":
                     self.event("synced", peer=peer, reason=reason, sent=r.files_sent_whole + r.files_sent_delta,
@@ -150,6 +157,8 @@ class Watcher:
             self.wake.clear()
             if reason == "change":
                 await self.settled()
+            else:  # the safety net: a walk of everything, for what events can miss
+                self.unscanned.forget()
             self.pending.clear()
             ok = await self.sync_all(reason)
             # jitter, so two peers that crossed do not cross again in step

@@ -20,6 +20,9 @@ class Ticket:
     peer: str = ""
     role: str = "server"
     paths: set[str] = field(default_factory=set)
+    # the sequence our index had when the peer's plan was made from it (ours, as a server; as a
+    # client, after our scan): a file recorded since changed after that plan, and is not overwritten
+    planned_at: int | None = None
 
 
 class Registry:
@@ -53,6 +56,11 @@ class Registry:
             if path in self._claims:
                 raise TransferFailed(f"{path}: another session is writing it")
             self._claims[path] = ticket
+
+    def holder(self, path: str) -> Ticket | None:
+        """The session writing `path` now, if one claimed it."""
+        with self._lock:
+            return self._claims.get(path)
 
     def release(self, path: str) -> None:
         with self._lock:

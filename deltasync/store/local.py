@@ -98,9 +98,19 @@ class LocalState:
         have = cur.blake3 if cur is not None and cur.kind == FILE else None
         if cur is not None and cur.kind != FILE:
             raise TransferFailed(f"{path}: is a {cur.kind} here, not a file")
-        if have != replaces:
+        if have != replaces or self._recorded_since_plan(path):
             raise TransferFailed(f"{path}: changed here since the index was sent; not overwritten")
         return cur
+
+    def _recorded_since_plan(self, path: str) -> bool:
+        """Did we record `path` after the sender's plan was made? Its disk may look as planned
+        (a file deleted here meanwhile is absent, as it was), but its record is newer: a
+        delete made or taken here since must not be undone by a plan that never saw it."""
+        ticket = self.registry.holder(path)
+        if ticket is None or ticket.planned_at is None:
+            return False
+        seq = self.manifest.sequence_of(path)
+        return seq is not None and seq > ticket.planned_at
 
     def record(self, entry: Entry) -> None:
         """Remember what we just wrote, with the version it came with, so the

@@ -166,14 +166,23 @@ class Manifest:
             rows = self._db.execute(f"SELECT {self._COLS} FROM files").fetchall()
         return {r[0]: self._seen(r) for r in rows}
 
-    def stat_rows(self, xattrs: bool = True) -> dict[str, StatRow]:
-        """Every path we know, with only what tells a scan it is unchanged (`xattrs`: we keep them)."""
+    def stat_rows(self, xattrs: bool = True, within: list[str] | None = None,
+                  exact: set[str] = frozenset()) -> dict[str, StatRow]:  # type: ignore[assignment]
+        """Every path we know (or those in `within` and inside them, but for `exact` ones), with
+        only what tells a scan it is unchanged (`xattrs`: we keep them)."""
         xattrs_known = "xattrs IS NOT NULL" if xattrs else "1"
+        q = (f"SELECT path, kind, deleted, deleted = 0 AND {xattrs_known} AND (kind = 'dir' OR "
+             "(kind = 'file' AND blake3 IS NOT NULL AND link IS NULL)), size, mtime_ns, ino, ctime_ns, mode "
+             "FROM files")
         with self._lock:
-            rows = self._db.execute(
-                f"SELECT path, kind, deleted, deleted = 0 AND {xattrs_known} AND (kind = 'dir' OR "
-                "(kind = 'file' AND blake3 IS NOT NULL AND link IS NULL)), size, mtime_ns, ino, ctime_ns, mode "
-                "FROM files").fetchall()
+            if within is None:
+                rows = self._db.execute(q).fetchall()
+            else:
+                rows = []
+                for p in within:  # '0' follows '/': the range is exactly what is inside
+                    rows += self._db.execute(q + " WHERE path = ?", (p,)).fetchall()
+                    if p not in exact:
+                        rows += self._db.execute(q + " WHERE path > ? AND path < ?", (p + "/", p + "0")).fetchall()
         return {r[0]: r for r in rows}
 
     def all_entries(self) -> dict[str, Entry]:
@@ -221,6 +230,12 @@ class Manifest:
                 self._db.executemany("DELETE FROM files WHERE path=?", gone)
                 self._db.executemany("DELETE FROM signatures WHERE path=?", gone)
                 self._db.execute("UPDATE meta SET value=? WHERE key='index_id'", (_new_index_id(),))
+
+    def sequence_of(self, path: str) -> int | None:
+        """When `path` was last recorded (None: never, or its row was removed)."""
+        with self._lock:
+            r = self._db.execute("SELECT seq FROM files WHERE path=?", (path,)).fetchone()
+        return r[0] if r else None
 
     def index_state(self) -> tuple[str, int]:
         """Our index's ID and the highest sequence number recorded in it."""
