@@ -219,9 +219,9 @@ def test_a_file_deleted_here_after_the_peer_planned_is_not_brought_back(rx):
             "replaces": None}
     staged = []
     results = rx.stage_small(wire("send_file", data, files=[meta]), staged, ticket)
-    results += rx.commit_small(staged)
+    results += rx.commit_small(staged, ticket)
     assert len(results) == 1 and not results[0].ok and "changed here" in results[0].error
     assert not (rx.folder.root / "f").exists()
     ticket.planned_at = rx.manifest.index_state()[1]  # a plan made after the delete: it is the peer's to make
-    results = rx.stage_small(wire("send_file", data, files=[meta]), staged, ticket) + rx.commit_small(staged)
+    results = rx.stage_small(wire("send_file", data, files=[meta]), staged, ticket) + rx.commit_small(staged, ticket)
     assert [r.ok for r in results] == [True] and (rx.folder.root / "f").read_bytes() == data

@@ -3,6 +3,7 @@ import time
 
 import pytest
 
+from deltasync import hashing
 from deltasync.config import Folder
 from deltasync.core.entry import FILE, SYMLINK
 from deltasync.fs.ignore import Ignore
@@ -150,6 +151,11 @@ def test_a_look_at_what_changed_finds_what_a_whole_walk_finds(tmp_path, seed):
             p = scan(root, part, me="me", within=touched)
             assert p.partial
             assert p.entries == w.entries and p.changed == w.changed, touched
+            on_disk = {q.relative_to(root).as_posix(): q for q in root.rglob("*") if ".deltasync" not in q.parts}
+            live = {q: e for q, e in w.entries.items() if not e.deleted}
+            assert set(live) == set(on_disk), touched  # and every other path it knew is a tombstone
+            assert all(e.blake3 == hashing.of_bytes(on_disk[q].read_bytes()) for q, e in live.items()
+                       if e.kind == FILE)
     finally:
         whole.close()
         part.close()

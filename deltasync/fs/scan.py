@@ -33,11 +33,12 @@ MAX_WITHIN = 10_000  # changed paths a scan looks at one by one; past this, a wh
 class ScanResult:
     """What a scan found. Entries it made (new, changed or newly deleted paths)
     are in `fresh`; the rest of the index is the manifest's rows, read only
-    when asked for (`entries`, `pick`): an unchanged file costs its stat."""
+    when asked for (`entries`, `pick`), less what the index leaves out now
+    (ignored paths, and what could not be read this time): an unchanged file
+    costs its stat, and no scan holds more than one directory's rows."""
 
     manifest: Manifest
     fresh: dict[str, Entry] = field(default_factory=dict)
-    present: set[str] = field(default_factory=set)  # every path in the index: live ones and tombstones
     hashed_files: int = 0
     hashed_bytes: int = 0
     skipped: list[str] = field(default_factory=list)  # not indexed this time: never taken for deleted
@@ -45,7 +46,7 @@ class ScanResult:
     nested: dict[str, str] = field(default_factory=dict)  # folder path -> peer ID of a shared folder inside ours
     changed: list[str] = field(default_factory=list)
     ignore: Ignore = field(default_factory=Ignore)  # the rules it followed (a peer's index is filtered by them too)
-    partial: bool = False  # it looked at some paths only: `present` lists those, the manifest the rest
+    partial: bool = False  # it looked at what a watcher saw change, not at everything
     _all: dict[str, Entry] | None = field(default=None, repr=False)
 
     @property
@@ -53,18 +54,16 @@ class ScanResult:
         """The whole index, path -> entry (read from the manifest once, on first use)."""
         if self._all is None:
             stored = self.manifest.all_entries()
-            if self.partial:
-                stored.update(self.fresh)
-                self._all = {p: e for p, e in sorted(stored.items()) if not self._hidden(p, e)}
-            else:
-                self._all = {p: self.fresh.get(p) or stored[p] for p in sorted(self.present) if p in self.fresh
-                             or p in stored}
+            stored.update(self.fresh)
+            self._all = {p: e for p, e in sorted(stored.items()) if not self._hidden(p, e)}
         return self._all
 
     def _hidden(self, path: str, e: Entry) -> bool:
-        """(partial) A recorded path the index leaves out: ignored now, or not readable this time."""
-        return path in self.skipped or any(path.startswith(s + "/") for s in self.skipped) or \
-            self.ignore(path, e.kind == DIR)
+        """A recorded path the index leaves out: ignored now, or not readable this time."""
+        if self.skipped and (path in self.skipped or "" in self.skipped
+                             or any(path.startswith(s + "/") for s in self.skipped)):
+            return True
+        return bool(self.ignore.lines) and self.ignore(path, e.kind == DIR)
 
     def pick(self, paths: set[str] | None) -> dict[str, Entry]:
         """The index's entries of these paths (None: all)."""
@@ -72,13 +71,9 @@ class ScanResult:
             return self.entries
         if self._all is not None:
             return {p: self._all[p] for p in paths if p in self._all}
-        if self.partial:
-            stored = self.manifest.entries(p for p in paths if p not in self.fresh)
-            return {p: e for p in paths if (e := self.fresh.get(p) or stored.get(p)) is not None  # type: ignore
-                    and not self._hidden(p, e)}
-        wanted = [p for p in paths if p in self.present]
-        stored = self.manifest.entries(p for p in wanted if p not in self.fresh)
-        return {p: self.fresh.get(p) or stored[p] for p in wanted if p in self.fresh or p in stored}
+        stored = self.manifest.entries(p for p in paths if p not in self.fresh)
+        stored.update((p, self.fresh[p]) for p in paths if p in self.fresh)
+        return {p: e for p, e in stored.items() if not self._hidden(p, e)}
 
     def refuse_nesting(self, peer_id: str, whose: str) -> None:
         """A peer whose folder lies inside ours would receive our tree into itself, again
@@ -200,10 +195,11 @@ def _ancestors(path: str) -> list[str]:
 def _scan(root: Path, manifest: Manifest, ignore: Ignore, me: str, record: bool, keep_xattrs: bool,
           within: list[str] | None, ancestors: set[str]) -> ScanResult:
     tops = within or []
-    known = manifest.stat_rows(keep_xattrs, None if within is None else [*tops, *ancestors], ancestors)
     result = ScanResult(manifest, ignore=ignore, partial=within is not None)
-    fresh, present = result.fresh, result.present
+    fresh = result.fresh
     rows: list[Seen] = []
+    missing: list[str] = []  # recorded, live, and not found now: tombstones
+    emptied: list[str] = []  # recorded directories gone or now something else: what was inside goes too
     segments: list[tuple[str, int, bytes]] = []
     inodes: dict[tuple[int, int], str] = {}  # hard-linked files: (device, inode) -> its first path
 
@@ -282,6 +278,9 @@ def _scan(root: Path, manifest: Manifest, ignore: Ignore, me: str, record: bool,
                 return []
         subdirs = []
         looked: list[tuple[str, str, os.stat_result | None]] = []  # in name order: (name, path, stat or None)
+        here = f"{rel}/{only}" if only is not None and rel else only
+        known = manifest.stat_rows_in(rel, keep_xattrs) if here is None else manifest.stat_rows_of([here], keep_xattrs)
+        handled: set[str] = set()  # found, ignored, or not readable: no tombstone
         for name, de in listing:
             path = f"{rel}/{name}" if rel else name
             if is_reserved(name):
@@ -306,12 +305,13 @@ def _scan(root: Path, manifest: Manifest, ignore: Ignore, me: str, record: bool,
                 continue
             is_dir = stat.S_ISDIR(st.st_mode)
             if ignore.own(path, is_dir, name) if de is not None else ignore(path, is_dir):
+                handled.add(path)
                 continue
             looked.append((name, path, None if _unchanged(st, known.get(path)) else st))
         olds = manifest.seen_of([path for _, path, st in looked if st is not None and path in known])
         for name, path, st in looked:
             if st is None:  # as recorded
-                present.add(path)
+                handled.add(path)
                 if known[path][KIND] == DIR:
                     subdirs.append((name, path))
                 continue
@@ -320,16 +320,21 @@ def _scan(root: Path, manifest: Manifest, ignore: Ignore, me: str, record: bool,
                 e = entry_for(dfd, name, path, st, old)
             except _Unstable:
                 result.skip(path, "changing while it was read; it goes with the next sync")
+                handled.add(path)
                 continue
             except OSError as err:
                 result.skip(path, f"cannot read: {err.strerror or err}")
+                handled.add(path)
                 continue
             except (ValueError, OverflowError) as err:  # one odd entry never stops the scan
                 result.skip(path, f"cannot index: {err}")
+                handled.add(path)
                 continue
             if e is None:
-                continue
-            present.add(path)
+                continue  # a fifo, socket or device now: what was recorded there is gone
+            handled.add(path)
+            if old is not None and old.entry.kind == DIR and not old.entry.deleted and e.kind != DIR:
+                emptied.append(path)
             if old is None or old.entry != e or (old.ino, old.ctime_ns) != (st.st_ino, st.st_ctime_ns) \
                     or not old.xattrs_known:
                 fresh[path] = e
@@ -338,6 +343,12 @@ def _scan(root: Path, manifest: Manifest, ignore: Ignore, me: str, record: bool,
                     result.changed.append(path)
             if e.kind == DIR:
                 subdirs.append((name, path))
+        for path, row in known.items():
+            if path not in handled and not row[DELETED] and path not in result.skipped \
+                    and not ignore(path, row[KIND] == DIR):
+                missing.append(path)
+                if row[KIND] == DIR:
+                    emptied.append(path)
         subdirs.reverse()  # the walk pops from the end: name order, O(1) a directory
         return subdirs
 
@@ -353,7 +364,6 @@ def _scan(root: Path, manifest: Manifest, ignore: Ignore, me: str, record: bool,
             try:
                 sub = os.open(name, DIR_FLAGS, dir_fd=dfd)
             except OSError as err:  # swapped for a symlink or a file since it was listed, or gone
-                present.discard(path)
                 if fresh.pop(path, None) is not None:
                     rows[:] = [r for r in rows if r.entry.path != path]
                     result.changed = [p for p in result.changed if p != path]
@@ -378,20 +388,16 @@ def _scan(root: Path, manifest: Manifest, ignore: Ignore, me: str, record: bool,
             walk([(dfd, subdirs if path in tops else [])])  # an ancestor's own entry only
 
     skipped = tuple(s + "/" for s in result.skipped)
-    everything_skipped = "" in result.skipped
-    missing = []
-    for path, row in known.items():
-        if path in present or everything_skipped or path in result.skipped or path.startswith(skipped):
-            continue
-        if row[DELETED]:
-            present.add(path)  # a tombstone we keep
-        elif not ignore(path, row[KIND] == DIR):
-            missing.append(path)
-    for path, old in manifest.seen_of(missing).items():
+    olds = manifest.seen_of(missing)
+    for d in emptied:
+        olds.update((p, old) for p, old in manifest.seen_under(d).items() if not old.entry.deleted
+                    and not p.startswith(skipped) and not ignore(p, old.entry.kind == DIR))
+    for path, old in sorted(olds.items()):
+        if path in fresh:
+            continue  # found again (a directory's contents moved in whole)
         tomb = Entry(path, old.entry.kind, 0, old.entry.mtime_ns, 0,
                      version=vv.bump(old.entry.version, me), deleted=True)
         fresh[path] = tomb
-        present.add(path)
         rows.append(Seen(tomb, 0, 0))
         result.changed.append(path)
     result.changed.sort()

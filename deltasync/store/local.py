@@ -86,9 +86,11 @@ class LocalState:
             digest = hashed[0]
         return Entry(path, FILE, st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode), digest)
 
-    def expect(self, path: str, replaces: str | None, incoming: Entry | None = None) -> Entry | None:
-        """Check that `path` still holds what the sender planned against. If it
-        already holds exactly the incoming content, record its version and
+    def expect(self, path: str, replaces: str | None, incoming: Entry | None = None,
+               since_plan: bool = True) -> Entry | None:
+        """Check that `path` still holds what the sender planned against (and, with
+        `since_plan`, that we recorded nothing there since: `recorded_since_plan`). If
+        it already holds exactly the incoming content, record its version and
         raise AlreadyPresent: two sessions crossed, and nothing is lost."""
         cur = self.current(path)
         if incoming is not None and cur is not None and cur.kind == FILE and cur.blake3 == incoming.blake3 \
@@ -98,19 +100,17 @@ class LocalState:
         have = cur.blake3 if cur is not None and cur.kind == FILE else None
         if cur is not None and cur.kind != FILE:
             raise TransferFailed(f"{path}: is a {cur.kind} here, not a file")
-        if have != replaces or self._recorded_since_plan(path):
+        if have != replaces or since_plan and path in self.recorded_since_plan([path], self.registry.holder(path)):
             raise TransferFailed(f"{path}: changed here since the index was sent; not overwritten")
         return cur
 
-    def _recorded_since_plan(self, path: str) -> bool:
-        """Did we record `path` after the sender's plan was made? Its disk may look as planned
-        (a file deleted here meanwhile is absent, as it was), but its record is newer: a
+    def recorded_since_plan(self, paths: list[str], ticket: Ticket | None) -> set[str]:
+        """Those of `paths` we recorded after the sender's plan was made. Their disk may look as
+        planned (a file deleted here meanwhile is absent, as it was), but the record is newer: a
         delete made or taken here since must not be undone by a plan that never saw it."""
-        ticket = self.registry.holder(path)
-        if ticket is None or ticket.planned_at is None:
-            return False
-        seq = self.manifest.sequence_of(path)
-        return seq is not None and seq > ticket.planned_at
+        if ticket is None or ticket.planned_at is None or not paths:
+            return set()
+        return {p for p, seq in self.manifest.sequences_of(paths).items() if seq > ticket.planned_at}
 
     def record(self, entry: Entry) -> None:
         """Remember what we just wrote, with the version it came with, so the

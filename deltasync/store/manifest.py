@@ -124,11 +124,18 @@ class Manifest:
                                     ("signatures", "engine", "TEXT NOT NULL DEFAULT ''"),
                                     ("files", "link", "TEXT"),  # hard links (rsync -H)
                                     ("files", "xattrs", "TEXT"),  # JSON {name: base64}; '': none; NULL: not read yet
-                                    ("files", "seq", "INTEGER NOT NULL DEFAULT 0")):  # when it last changed
-            have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+                                    ("files", "seq", "INTEGER NOT NULL DEFAULT 0"),  # when it last changed
+                                    ("files", "parent", "TEXT")):  # its directory ('' at the top): a scan reads
+            have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}  # one directory's rows at a time
             if column not in have:
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+        if self._db.execute("SELECT 1 FROM files WHERE parent IS NULL LIMIT 1").fetchone():
+            with self.tx():
+                self._db.executemany("UPDATE files SET parent=? WHERE path=?", [
+                    (p.rpartition("/")[0], p) for (p,) in self._db.execute(
+                        "SELECT path FROM files WHERE parent IS NULL").fetchall()])
         self._db.execute("CREATE INDEX IF NOT EXISTS files_by_seq ON files (seq)")
+        self._db.execute("CREATE INDEX IF NOT EXISTS files_by_parent ON files (parent)")
         self._db.execute("INSERT OR IGNORE INTO meta VALUES ('index_id', ?)", (_new_index_id(),))
         self._db.execute("INSERT OR IGNORE INTO meta VALUES ('sequence', '0')")
 
@@ -166,24 +173,33 @@ class Manifest:
             rows = self._db.execute(f"SELECT {self._COLS} FROM files").fetchall()
         return {r[0]: self._seen(r) for r in rows}
 
-    def stat_rows(self, xattrs: bool = True, within: list[str] | None = None,
-                  exact: set[str] = frozenset()) -> dict[str, StatRow]:  # type: ignore[assignment]
-        """Every path we know (or those in `within` and inside them, but for `exact` ones), with
-        only what tells a scan it is unchanged (`xattrs`: we keep them)."""
-        xattrs_known = "xattrs IS NOT NULL" if xattrs else "1"
-        q = (f"SELECT path, kind, deleted, deleted = 0 AND {xattrs_known} AND (kind = 'dir' OR "
-             "(kind = 'file' AND blake3 IS NOT NULL AND link IS NULL)), size, mtime_ns, ino, ctime_ns, mode "
-             "FROM files")
+    def _stat_query(self, xattrs: bool) -> str:
+        known = "xattrs IS NOT NULL" if xattrs else "1"
+        return (f"SELECT path, kind, deleted, deleted = 0 AND {known} AND (kind = 'dir' OR "
+                "(kind = 'file' AND blake3 IS NOT NULL AND link IS NULL)), size, mtime_ns, ino, ctime_ns, mode "
+                "FROM files")
+
+    def stat_rows_in(self, directory: str, xattrs: bool = True) -> dict[str, StatRow]:
+        """The paths we know directly in `directory` ('' : the top), with only what tells a scan
+        it is unchanged (`xattrs`: we keep them). A scan holds one directory's at a time."""
         with self._lock:
-            if within is None:
-                rows = self._db.execute(q).fetchall()
-            else:
-                rows = []
-                for p in within:  # '0' follows '/': the range is exactly what is inside
-                    rows += self._db.execute(q + " WHERE path = ?", (p,)).fetchall()
-                    if p not in exact:
-                        rows += self._db.execute(q + " WHERE path > ? AND path < ?", (p + "/", p + "0")).fetchall()
+            rows = self._db.execute(self._stat_query(xattrs) + " WHERE parent = ?", (directory,)).fetchall()
         return {r[0]: r for r in rows}
+
+    def stat_rows_of(self, paths: list[str], xattrs: bool = True) -> dict[str, StatRow]:
+        out: dict[str, StatRow] = {}
+        with self._lock:
+            for chunk in _chunks(paths):
+                q = self._stat_query(xattrs) + f" WHERE path IN ({','.join('?' * len(chunk))})"
+                out.update((r[0], r) for r in self._db.execute(q, chunk))
+        return out
+
+    def seen_under(self, directory: str) -> dict[str, Seen]:
+        """The rows of every path inside `directory`, at any depth."""
+        with self._lock:  # '0' follows '/': the range is exactly what is inside
+            rows = self._db.execute(f"SELECT {self._COLS} FROM files WHERE path > ? AND path < ?",
+                                    (directory + "/", directory + "0")).fetchall()
+        return {r[0]: self._seen(r) for r in rows}
 
     def all_entries(self) -> dict[str, Entry]:
         with self._lock:
@@ -221,9 +237,11 @@ class Manifest:
                 values.append((s.entry.path, s.entry.kind, s.entry.size, s.entry.mtime_ns, s.entry.mode, s.ino,
                                s.ctime_ns, s.entry.blake3, s.entry.target, json.dumps(vv.to_wire(s.entry.version)),
                                int(s.entry.deleted), s.entry.link,
-                               json.dumps(xattrs_to_wire(s.entry.xattrs)) if s.entry.xattrs else "", seq))
+                               json.dumps(xattrs_to_wire(s.entry.xattrs)) if s.entry.xattrs else "", seq,
+                               s.entry.path.rpartition("/")[0]))
             self._db.executemany(
-                f"INSERT OR REPLACE INTO files ({self._COLS}, seq) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", values)
+                f"INSERT OR REPLACE INTO files ({self._COLS}, seq, parent) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                values)
             self._db.execute("UPDATE meta SET value=? WHERE key='sequence'", (str(seq),))
             gone = [(p,) for p in removed]
             if gone:
@@ -231,11 +249,14 @@ class Manifest:
                 self._db.executemany("DELETE FROM signatures WHERE path=?", gone)
                 self._db.execute("UPDATE meta SET value=? WHERE key='index_id'", (_new_index_id(),))
 
-    def sequence_of(self, path: str) -> int | None:
-        """When `path` was last recorded (None: never, or its row was removed)."""
+    def sequences_of(self, paths: list[str]) -> dict[str, int]:
+        """When each of `paths` was last recorded (those we have a row for)."""
+        out: dict[str, int] = {}
         with self._lock:
-            r = self._db.execute("SELECT seq FROM files WHERE path=?", (path,)).fetchone()
-        return r[0] if r else None
+            for chunk in _chunks(paths):
+                out.update(self._db.execute(f"SELECT path, seq FROM files WHERE path IN ({','.join('?' * len(chunk))})",
+                                            chunk).fetchall())
+        return out
 
     def index_state(self) -> tuple[str, int]:
         """Our index's ID and the highest sequence number recorded in it."""

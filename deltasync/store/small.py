@@ -37,7 +37,7 @@ class SmallFiles(LocalState):
             try:
                 if hashing.of_bytes(data) != e.blake3:
                     raise TransferFailed(f"{e.path}: blake3 mismatch, not applied")
-                self.expect(e.path, f.replaces, e)
+                self.expect(e.path, f.replaces, e, since_plan=False)  # checked at the commit, all at once
                 staged.append((e, f.replaces, safe.write_aside(self.folder.tmp, tmp_name(), [data], e.mode,
                                                                e.mtime_ns, fsync=False, attrs=self.attrs_of(e),
                                                                path=e.path)))
@@ -62,9 +62,12 @@ class SmallFiles(LocalState):
             if staged:
                 safe.make_durable(self.folder.tmp, [tmp for _, _, tmp in staged])
             rows: list[Seen] = []
+            late = self.recorded_since_plan([e.path for e, _, _ in staged], ticket)
             for e, replaces, tmp in staged:
                 try:
-                    self.expect(e.path, replaces, e)
+                    self.expect(e.path, replaces, e, since_plan=False)
+                    if e.path in late:
+                        raise TransferFailed(f"{e.path}: changed here since the index was sent; not overwritten")
                 except AlreadyPresent:
                     results.append(FileResult(e.path, True))
                     continue
