@@ -166,7 +166,7 @@ def prepare(work: Path, scale: float, kind: str) -> tuple[Path, Path]:
             sh([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import fixture; "
                 "fixture.write_random(sys.argv[2], 4 << 30, seed=4)", str(HERE), str(pristine / "huge.bin")])
         elif kind in FILES:
-            n = FILES[kind]
+            n = max(100, round(FILES[kind] * scale))  # --scale shrinks these trees too
             for i in range(n):
                 p = pristine / f"d{i % (n // 100):04d}" / f"f{i:07d}.bin"
                 if i < n // 100:

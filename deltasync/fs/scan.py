@@ -20,7 +20,7 @@ from ..errors import UsageError
 from ..store.manifest import DELETED, KIND, SETTLED, Manifest, Seen, StatRow
 from . import xattrs
 from .ignore import Ignore
-from .safe import DIR_FLAGS, has_reserved, is_reserved, open_dir_at
+from .safe import DIR_FLAGS, TMP_PREFIX, has_reserved, is_reserved, open_dir_at
 
 if TYPE_CHECKING:
     from ..config import Folder
@@ -281,32 +281,33 @@ def _scan(root: Path, manifest: Manifest, ignore: Ignore, me: str, record: bool,
         here = f"{rel}/{only}" if only is not None and rel else only
         known = manifest.stat_rows_in(rel, keep_xattrs) if here is None else manifest.stat_rows_of([here], keep_xattrs)
         handled: set[str] = set()  # found, ignored, or not readable: no tombstone
+        rules = bool(ignore.lines)
         for name, de in listing:
             path = f"{rel}/{name}" if rel else name
             if is_reserved(name):
                 if rel and de is not None and de.is_dir(follow_symlinks=False):
                     result.nested[rel] = _folder_id(dfd, name)
                 continue
-            try:
-                path.encode("utf-8")
-            except UnicodeEncodeError:
-                result.skip(path.encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
-                            "name is not valid UTF-8; not synced")
-                continue
+            if not name.isascii():
+                try:
+                    path.encode("utf-8")
+                except UnicodeEncodeError:
+                    result.skip(path.encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
+                                "name is not valid UTF-8; not synced")
+                    continue
             try:
                 st = de.stat(follow_symlinks=False) if de is not None else \
                     os.stat(name, dir_fd=dfd, follow_symlinks=False)
-            except FileNotFoundError:
-                if de is None:
-                    continue  # gone: a tombstone, below
-                raise
             except OSError as err:
+                if de is None and isinstance(err, FileNotFoundError):
+                    continue  # gone: a tombstone, below
                 result.skip(path, f"cannot read: {err.strerror or err}")
                 continue
-            is_dir = stat.S_ISDIR(st.st_mode)
-            if ignore.own(path, is_dir, name) if de is not None else ignore(path, is_dir):
-                handled.add(path)
-                continue
+            if rules or de is None or name.startswith(TMP_PREFIX):
+                is_dir = stat.S_ISDIR(st.st_mode)
+                if ignore.own(path, is_dir, name) if de is not None else ignore(path, is_dir):
+                    handled.add(path)
+                    continue
             looked.append((name, path, None if _unchanged(st, known.get(path)) else st))
         olds = manifest.seen_of([path for _, path, st in looked if st is not None and path in known])
         for name, path, st in looked:

@@ -293,7 +293,8 @@ async def _converse(d: Driver, folder: Folder, manifest: Manifest, receiver: Rec
     settled: tuple[int, set[str]] | None = None
     if cache is not None and listing.mark is not None:
         mark = listing.mark
-        await d.workers.run(cache.take, mark.index_id, mark.sequence, listing.entries.values(), listing.full)
+        await d.workers.run(cache.take, mark.index_id, mark.sequence, listing.entries.values(), listing.full,
+                            d.conv.max_index_entries)
         settled = await d.workers.run(cache.settled, kept)
         if settled is not None:
             since, unsettled = settled

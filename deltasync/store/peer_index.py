@@ -15,6 +15,7 @@ from typing import Iterable
 
 from ..core import version as vv
 from ..core.entry import Entry, xattrs_to_wire
+from ..errors import ProtocolError
 from .manifest import Manifest
 
 _SCHEMA = """
@@ -52,8 +53,10 @@ class PeerIndex:
                                          (self.peer,)).fetchone()
         return (r[0], r[1]) if r else None
 
-    def take(self, index_id: str, sequence: int, entries: Iterable[Entry], full: bool) -> None:
-        """What the peer sent: its whole index (`full`: it replaces our copy) or what changed."""
+    def take(self, index_id: str, sequence: int, entries: Iterable[Entry], full: bool, most: int) -> None:
+        """What the peer sent: its whole index (`full`: it replaces our copy) or what changed. Our
+        copy holds at most `most` entries, however many sessions a peer sends new ones in: past
+        that, the copy is dropped (the next session asks for all of it) and the session fails."""
         db = self.manifest.db
         rows = [(self.peer, e.path, e.kind, e.size, e.mtime_ns, e.mode, e.blake3, e.target,
                  json.dumps(vv.to_wire(e.version)), int(e.deleted), e.link,
@@ -64,6 +67,12 @@ class PeerIndex:
                 db.execute("DELETE FROM peer_settled WHERE peer_id=?", (self.peer,))
             db.executemany("INSERT OR REPLACE INTO peer_files VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
             db.execute("INSERT OR REPLACE INTO peer_index VALUES (?,?,?)", (self.peer, index_id, sequence))
+            held = db.execute("SELECT COUNT(*) FROM peer_files WHERE peer_id=?", (self.peer,)).fetchone()[0]
+        if held > most:
+            with self.manifest.lock, self.manifest.tx():
+                for table in ("peer_files", "peer_index", "peer_settled", "peer_unsettled"):
+                    db.execute(f"DELETE FROM {table} WHERE peer_id=?", (self.peer,))
+            raise ProtocolError(f"peer index has more than {most} entries")
 
     def entries(self, paths: Iterable[str] | None = None) -> dict[str, Entry]:
         """Our copy of the peer's entries for these paths (None: all of them)."""

@@ -58,6 +58,7 @@ class SmallFiles(LocalState):
         file is at `file_done`: what changed here since the file was staged (an edit,
         a delete) is not overwritten."""
         results: list[FileResult] = []
+        placed: set[Path] = set()  # renamed into place: nothing left to remove
         try:
             if staged:
                 safe.make_durable(self.folder.tmp, [tmp for _, _, tmp in staged])
@@ -76,6 +77,7 @@ class SmallFiles(LocalState):
                     continue
                 try:
                     kept = self.safe.replace(tmp, e.path, durable=False, keep=self.keeper(e.path, ticket, "replaced"))
+                    placed.add(tmp)
                     row = self.seen_row(e)
                     if row is not None:
                         rows.append(row)
@@ -85,12 +87,13 @@ class SmallFiles(LocalState):
             self.manifest.record(rows)
             self.sync_dirs({os.path.dirname(r.path) for r in results if r.ok})
         finally:
-            self.drop_small(staged)
+            self.drop_small(staged, placed)
         return results
 
-    def drop_small(self, staged: Staged) -> None:
-        """Forget staged files (a session that ended before their commit)."""
+    def drop_small(self, staged: Staged, placed: set[Path] | frozenset[Path] = frozenset()) -> None:
+        """Forget staged files (a session that ended before their commit; or committed: `placed`)."""
         for e, _, tmp in staged:
-            tmp.unlink(missing_ok=True)
+            if tmp not in placed:
+                tmp.unlink(missing_ok=True)
             self.registry.release(e.path)
         staged.clear()

@@ -13,17 +13,19 @@ from conftest import ROOT, netns_available
 def test_bench_smoke(tmp_path):
     out = tmp_path / "bench.json"
     args = [sys.executable, str(ROOT / "bench" / "bench.py"), "--scale", "0.01", "--runs", "1",
-            "--cases", "full,regions,nochange", "--work", str(tmp_path / "work"), "--out", str(out),
+            "--cases", "full,regions,nochange,files10k_one", "--work", str(tmp_path / "work"), "--out", str(out),
             "--prefix", "dss"]
     if not netns_available():
         args.append("--loopback")
     p = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout + p.stderr
     rows = json.loads(out.read_text())["rows"]
-    assert [r["case"] for r in rows] == ["full", "regions", "nochange"]
+    assert [r["case"] for r in rows] == ["full", "regions", "nochange", "files10k_one"]
     for r in rows:
         for tool in ("rsync", "deltasync"):
             assert r[tool]["seconds"] > 0 and r[tool]["rss_sender_kib"] > 0
     # a change of 10% crosses as a delta, for both tools: far less than the full push
     assert rows[1]["deltasync"]["bytes"] < rows[0]["deltasync"]["bytes"] / 2
     assert "ratio" in p.stdout
+    # one file of a returning user's tree changed: about that file crosses, not the tree's index
+    assert rows[3]["deltasync"]["bytes"] < 32 * 1024, rows[3]

@@ -169,3 +169,28 @@ def test_changes_on_both_sides_converge_round_after_round(primed, seed):
             converse(a, b, "sync")  # a conflict copy made on this side travels in the next one
         assert same(a, b) and _modes(a.root) == _modes(b.root), (seed, rnd, mode)
         assert r.paths_compared is not None  # the changes only, never the whole tree again
+
+
+def test_our_copy_of_a_peers_index_is_bounded_across_sessions(primed):
+    """A peer may send new entries session after session; our copy holds at most
+    `max_index_entries`: past that it is dropped and the session fails, nothing else."""
+    from deltasync.errors import ProtocolError
+    from deltasync.store.peer_index import PeerIndex
+
+    a, b = primed
+    cfg = a.config()
+    cfg.folder["max_index_entries"] = len(tree_digest(b.root)) + 3
+    a.save_config(cfg)
+    for i in range(5):  # each one alone is a small delta
+        (b.root / f"more{i}").write_text(str(i))
+    with pytest.raises(ProtocolError, match="more than"):
+        converse(a, b)
+    m = Manifest(a.db)
+    try:
+        assert PeerIndex(m, b.peer_id).held() is None  # dropped: the next session asks for all of it
+    finally:
+        m.close()
+    cfg.folder["max_index_entries"] = 1000
+    a.save_config(cfg)
+    r = converse(a, b, "sync")
+    assert r.paths_compared is None and same(a, b)
