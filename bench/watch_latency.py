@@ -84,9 +84,10 @@ def main(argv: list[str]) -> int:
             procs.append(subprocess.Popen(hosts.on(side, [*DS, "watch", str(folder), "--listen", addr, "--json"]),
                                           stdout=open(logs[side], "a"), stderr=subprocess.STDOUT, text=True))
         t = time.monotonic()
-        while time.monotonic() - t < 1800 and not all('"reason": "start"' in logs[s].read_text() for s in "ab"):
-            time.sleep(0.5)  # the first sessions compare everything, once
-        quiet(logs["a"], 0)
+        while time.monotonic() - t < 1800 and not any('"event": "synced"' in logs[s].read_text() for s in "ab"):
+            time.sleep(0.5)  # the first sessions compare everything, once (two that cross retry)
+        for side in "ab":
+            quiet(logs[side], 0, idle=5)
         first = time.monotonic() - t
         rng = random.Random(7)
         files = sorted(src.glob("d*/f*.bin"))
