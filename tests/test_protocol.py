@@ -151,3 +151,27 @@ def test_a_burst_of_compressed_frames_is_not_expanded_at_once():
         assert len(inflate(f).body) == MAX_BODY - 1
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert grown_mib < 200
+
+
+@pytest.mark.parametrize("header", [{"index_id": 7, "sequence": 1}, {"index_id": "x" * 65, "sequence": 1},
+                                    {"index_id": "ab", "sequence": -1}, {"index_id": "ab", "sequence": 1 << 63},
+                                    {"index_id": "ab", "sequence": "3"}, {"index_id": "é", "sequence": 1}])
+def test_an_index_mark_out_of_range_is_refused(header):
+    from conftest import wire
+
+    with pytest.raises(ProtocolError):
+        wire("request_file_list", **header)
+
+
+def test_an_index_part_is_checked_and_read():
+    from conftest import wire
+
+    body = json.dumps({"index": {"id": "ab12", "sequence": 9, "full": False}}).encode()
+    part = wire("send_file_list", body, more=True)
+    assert part.mark is not None and (part.mark.index_id, part.mark.sequence, part.full) == ("ab12", 9, False)
+    for bad in ({"id": "ab", "sequence": 9}, {"id": "ab", "sequence": 2 ** 62 + 1, "full": True}, []):
+        with pytest.raises(ProtocolError):
+            wire("send_file_list", json.dumps({"index": bad}).encode(), more=True)
+    held = wire("request_file_list", index_id="", sequence=0)
+    assert held.held is not None and held.held.index_id == "" and not held.dry_run
+    assert wire("request_file_list").held is None
