@@ -242,6 +242,17 @@ def table(rows: list[dict], rate: str | None, netns: bool) -> str:
     return "\n".join(out)
 
 
+def compiled() -> None:
+    """deltasync's modules byte-compiled, as an installed copy is: a source tree run with
+    PYTHONDONTWRITEBYTECODE=1 would otherwise compile each changed module at every start."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("deltasync")
+    if spec is not None and spec.submodule_search_locations:
+        subprocess.run([sys.executable, "-m", "compileall", "-q", spec.submodule_search_locations[0]],
+                       capture_output=True)
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", type=float, default=1.0)
@@ -258,6 +269,7 @@ def main(argv: list[str]) -> int:
     a = ap.parse_args(argv)
     if not shutil.which("rsync"):
         raise SystemExit("rsync is not installed: apt-get install rsync")
+    compiled()
     hosts = Hosts(a.prefix, a.rate, a.loopback)
     rows = []
     try:

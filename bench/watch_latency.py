@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import random
 import shutil
 import statistics
@@ -26,7 +25,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench import DS, Hosts, prepare, run_rsync, sh  # noqa: E402
+from bench import DS, Hosts, compiled, prepare, run_rsync, sh  # noqa: E402
 
 
 def md5(p: Path) -> str | None:
@@ -60,6 +59,7 @@ def main(argv: list[str]) -> int:
     a = ap.parse_args(argv)
     import bench
 
+    compiled()
     kind = f"watch{a.files}"
     bench.FILES[kind] = a.files
     hosts = Hosts(a.prefix, None, a.loopback)
