@@ -53,7 +53,7 @@ class ScanResult:
     def entries(self) -> dict[str, Entry]:
         """The whole index, path -> entry (read from the manifest once, on first use)."""
         if self._all is None:
-            stored = self.manifest.all_entries()
+            stored = self.manifest.all_entries(self.fresh)
             stored.update(self.fresh)
             self._all = {p: e for p, e in sorted(stored.items()) if not self._hidden(p, e)}
         return self._all

@@ -11,6 +11,7 @@ One `Manifest` may be shared by threads: every call takes the lock.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import secrets
 import sqlite3
@@ -201,10 +202,14 @@ class Manifest:
                                     (directory + "/", directory + "0")).fetchall()
         return {r[0]: self._seen(r) for r in rows}
 
-    def all_entries(self) -> dict[str, Entry]:
+    def all_entries(self, but: dict[str, Entry] | set[str] = frozenset()) -> dict[str, Entry]:  # type: ignore
+        """Every recorded entry, but for the paths in `but` (a scan's fresh ones: not made twice)."""
         with self._lock:
-            rows = self._db.execute(f"SELECT {self._COLS} FROM files").fetchall()
-        return {r[0]: self._seen(r).entry for r in rows}
+            cur = self._db.execute(f"SELECT {self._COLS} FROM files")
+            out: dict[str, Entry] = {}
+            while rows := cur.fetchmany(4096):
+                out.update((r[0], self._seen(r).entry) for r in rows if r[0] not in but)
+        return out
 
     def seen_of(self, paths: Iterable[str]) -> dict[str, Seen]:
         """The rows of these paths (those we have)."""
@@ -231,17 +236,18 @@ class Manifest:
         asks for all of it once."""
         with self._lock, self.tx():
             seq = int(self._db.execute("SELECT value FROM meta WHERE key='sequence'").fetchone()[0])
-            values = []
-            for s in rows:
-                seq += 1
-                values.append((s.entry.path, s.entry.kind, s.entry.size, s.entry.mtime_ns, s.entry.mode, s.ino,
-                               s.ctime_ns, s.entry.blake3, s.entry.target, json.dumps(vv.to_wire(s.entry.version)),
-                               int(s.entry.deleted), s.entry.link,
-                               json.dumps(xattrs_to_wire(s.entry.xattrs)) if s.entry.xattrs else "", seq,
-                               s.entry.path.rpartition("/")[0]))
-            self._db.executemany(
-                f"INSERT OR REPLACE INTO files ({self._COLS}, seq, parent) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                values)
+            rows = iter(rows)
+            while batch := list(itertools.islice(rows, 4096)):  # a first scan's rows, a batch at a time
+                values = []
+                for s in batch:
+                    seq += 1
+                    values.append((s.entry.path, s.entry.kind, s.entry.size, s.entry.mtime_ns, s.entry.mode, s.ino,
+                                   s.ctime_ns, s.entry.blake3, s.entry.target, json.dumps(vv.to_wire(s.entry.version)),
+                                   int(s.entry.deleted), s.entry.link,
+                                   json.dumps(xattrs_to_wire(s.entry.xattrs)) if s.entry.xattrs else "", seq,
+                                   s.entry.path.rpartition("/")[0]))
+                self._db.executemany(f"INSERT OR REPLACE INTO files ({self._COLS}, seq, parent) "
+                                     "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", values)
             self._db.execute("UPDATE meta SET value=? WHERE key='sequence'", (str(seq),))
             gone = [(p,) for p in removed]
             if gone:
