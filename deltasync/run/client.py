@@ -309,8 +309,13 @@ async def _converse(d: Driver, folder: Folder, manifest: Manifest, receiver: Rec
         """What the peer ignores we leave alone too, there and here: never sent, fetched nor deleted."""
         return {p: e for p, e in entries.items() if not theirs(p, e.kind == "dir")} if listing.ignore else entries
 
-    remote = ours_to_sync({p: e for p, e in scope.remote.items() if not scanned.ignore(p, e.kind == "dir")})
-    local = ours_to_sync(await d.workers.run(scanned.pick, scope.paths))
+    def shared(entries: dict[str, Entry]) -> dict[str, Entry]:
+        """The peer's entries we sync: neither side ignores them."""
+        return ours_to_sync({p: e for p, e in entries.items() if not scanned.ignore(p, e.kind == "dir")})
+
+    remote = shared(scope.remote)
+    picked = await d.workers.run(scanned.pick, scope.paths)
+    local = ours_to_sync(picked)
     elsewhere: dict[str, str] = {}
     if scope.paths is not None and cache is not None:  # content the peer holds outside the paths compared
         wanted = [e.blake3 for e in local.values() if e.kind == FILE and not e.deleted and e.size > 0
@@ -330,7 +335,7 @@ async def _converse(d: Driver, folder: Folder, manifest: Manifest, receiver: Rec
         report.conflicts = [{"path": c.path, "copy": c.copy, "loser": c.loser} for c in sp.conflicts]
     if scope.paths is not None:  # the files outside the paths compared are the same on both sides
         files, size = manifest.live_files()
-        inside = [e for e in scanned.pick(scope.paths).values() if e.kind == FILE and not e.deleted]
+        inside = [e for e in picked.values() if e.kind == FILE and not e.deleted]
         first = sp.pull if sp is not None else push_plan
         assert first is not None
         first.unchanged += max(0, files - len(inside))
@@ -368,8 +373,7 @@ async def _converse(d: Driver, folder: Folder, manifest: Manifest, receiver: Rec
                     assert cache is not None and settled is not None
                     grown = await d.workers.run(widen, {*scope.paths, *manifest.changed_since(settled[0])}, now,
                                                 cache)
-                    scope, remote = grown, ours_to_sync({p: e for p, e in grown.remote.items()
-                                                         if not scanned.ignore(p, e.kind == "dir")})
+                    scope, remote = grown, shared(grown.remote)
                 local = ours_to_sync(await d.workers.run(now.pick, scope.paths))
                 push_plan = settle(plan_sync(local, remote, folder.short_id, peer[:12], None, listing.partials,
                                              pull=False).push)
