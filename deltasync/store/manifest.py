@@ -190,7 +190,7 @@ class Manifest:
     def stat_rows_of(self, paths: list[str], xattrs: bool = True) -> dict[str, StatRow]:
         out: dict[str, StatRow] = {}
         with self._lock:
-            for chunk in _chunks(paths):
+            for chunk in in_chunks(paths):
                 q = self._stat_query(xattrs) + f" WHERE path IN ({','.join('?' * len(chunk))})"
                 out.update((r[0], r) for r in self._db.execute(q, chunk))
         return out
@@ -215,7 +215,7 @@ class Manifest:
         """The rows of these paths (those we have)."""
         out: dict[str, Seen] = {}
         with self._lock:
-            for chunk in _chunks(list(paths)):
+            for chunk in in_chunks(list(paths)):
                 q = f"SELECT {self._COLS} FROM files WHERE path IN ({','.join('?' * len(chunk))})"
                 out.update((r[0], self._seen(r)) for r in self._db.execute(q, chunk))
         return out
@@ -259,7 +259,7 @@ class Manifest:
         """When each of `paths` was last recorded (those we have a row for)."""
         out: dict[str, int] = {}
         with self._lock:
-            for chunk in _chunks(paths):
+            for chunk in in_chunks(paths):
                 out.update(self._db.execute(f"SELECT path, seq FROM files WHERE path IN ({','.join('?' * len(chunk))})",
                                             chunk).fetchall())
         return out
@@ -409,8 +409,8 @@ def _new_index_id() -> str:
     return secrets.token_hex(8)
 
 
-def _chunks(items: list[str], size: int = 500) -> Iterator[list[str]]:
-    """Under SQLite's limit on bound parameters."""
+def in_chunks(items: list[str], size: int = 500) -> Iterator[list[str]]:
+    """Values for `IN (...)`, a few hundred at a time: under SQLite's limit on bound parameters."""
     for i in range(0, len(items), size):
         yield items[i : i + size]
 

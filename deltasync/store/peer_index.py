@@ -16,7 +16,7 @@ from typing import Iterable
 from ..core import version as vv
 from ..core.entry import Entry, xattrs_to_wire
 from ..errors import ProtocolError
-from .manifest import Manifest
+from .manifest import Manifest, in_chunks
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS peer_index (
@@ -82,9 +82,7 @@ class PeerIndex:
                 rows = db.execute(f"SELECT {_COLS} FROM peer_files WHERE peer_id=?", (self.peer,)).fetchall()
             else:
                 rows = []
-                wanted = list(paths)
-                for i in range(0, len(wanted), 500):
-                    chunk = wanted[i : i + 500]
+                for chunk in in_chunks(list(paths)):
                     rows += db.execute(f"SELECT {_COLS} FROM peer_files WHERE peer_id=? AND path IN "
                                        f"({','.join('?' * len(chunk))})", (self.peer, *chunk)).fetchall()
         for r in rows:
