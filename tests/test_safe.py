@@ -1,3 +1,4 @@
+import contextlib
 import os
 
 import pytest
@@ -21,20 +22,49 @@ def test_ordinary_paths_accepted(path):
     assert safe.check_relpath(path) == tuple(path.split("/"))
 
 
-def test_symlinked_parent_is_never_followed(tmp_path):
+@pytest.mark.parametrize("batched", [False, True], ids=["walk", "batch"])
+def test_symlinked_parent_is_never_followed(tmp_path, batched):
     root, outside = tmp_path / "root", tmp_path / "outside"
     root.mkdir()
     outside.mkdir()
     os.symlink(outside, root / "link")
-    s = safe.SafeRoot(root)
-    tmp = safe.write_aside(tmp_path, "t", [b"evil"], 0o644, 1)
-    with pytest.raises(UnsafePath):
-        s.replace(tmp, "link/x")
-    with pytest.raises(UnsafePath):
-        s.mkdir("link/d", 0o755)
-    with pytest.raises(UnsafePath):
-        s.open_read("link")
+    with safe.SafeRoot(root).batch() if batched else contextlib.nullcontext(safe.SafeRoot(root)) as s:
+        tmp = safe.write_aside(tmp_path, "t", [b"evil"], 0o644, 1)
+        with pytest.raises(UnsafePath):
+            s.replace(tmp, "link/x")
+        with pytest.raises(UnsafePath):
+            s.mkdir("link/d", 0o755)
+        with pytest.raises(UnsafePath):
+            s.open_read("link")
+        with pytest.raises(UnsafePath):
+            with s.directory("link"):
+                pass
     assert list(outside.iterdir()) == []
+
+
+def test_a_batch_walks_to_each_directory_once_and_lets_its_fds_go(tmp_path, monkeypatch):
+    root = tmp_path / "root"
+    root.mkdir()
+    monkeypatch.setattr(safe._Batch, "MAX_FDS", 8)
+    opened = []
+    real_open = safe.open_dir
+    monkeypatch.setattr(safe, "open_dir", lambda name, fd, mode=None: opened.append(name) or real_open(name, fd, mode))
+    fds_before = len(os.listdir("/proc/self/fd"))
+    with safe.SafeRoot(root).batch() as s:
+        for i in range(40):
+            s.replace(safe.write_aside(tmp_path, "t", [b"%d" % i], 0o644, 1), f"a/d{i % 20}/f{i}")
+        assert len(s.fds) <= 8 + 1  # bounded: let go between walks, never inside one
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("f*")) == sorted(
+        f"a/d{i % 20}/f{i}" for i in range(40))
+    assert len(opened) < 40 * 2  # without the cache: two directories walked for every file
+    # a directory replaced by a symlink after the batch walked to it is not followed either
+    with safe.SafeRoot(root).batch() as s:
+        s.lstat("a/d0/f0")
+        os.rename(root / "a" / "d0", tmp_path / "moved")
+        os.symlink(tmp_path / "elsewhere", root / "a" / "d0")
+        s.replace(safe.write_aside(tmp_path, "t", [b"late"], 0o644, 1), "a/d0/late")
+    assert (tmp_path / "moved" / "late").read_bytes() == b"late" and not (tmp_path / "elsewhere").exists()
 
 
 def test_replace_is_atomic_and_keeps_metadata(tmp_path):

@@ -4,7 +4,8 @@
 | --- | --- | --- |
 | `copy_range` | `copy_file_range(2)`: in the kernel, reflinked where the filesystem can | `pread`/`pwrite` in 1 MiB pieces |
 | `datasync` | `fdatasync(2)` | `fsync(2)` (macOS has no fdatasync) |
-| `syncfs` | `syncfs(2)` of the folder's filesystem | not available: callers fsync each file |
+| `ordered_journal` | ext4 or XFS (`fstatfs(2)`): a directory's fsync commits the journal up to it | False: callers fdatasync each file |
+| `start_writeback`, `wait_written` | `sync_file_range(2)`: start a file's writeback; wait until it is written | nothing: `fdatasync` does both |
 | `punch_hole` | `fallocate(2)` `PUNCH_HOLE`: a zero range gives its space back | not available: it stays allocated |
 | `tune_malloc` | glibc keeps freed big buffers for reuse, in one arena | nothing |
 | `background_thread` | the calling thread runs only when a core is idle (`SCHED_IDLE`) | nothing: normal priority |
@@ -85,6 +86,7 @@ def _libc() -> Any:
 
     libc = ctypes.CDLL(None, use_errno=True)
     libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+    libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
     return libc
 
 
@@ -99,15 +101,47 @@ def _punch_none(_fd: int, _offset: int, _length: int) -> bool:
     return False
 
 
-def _syncfs_linux(dir_fd: int) -> bool:
-    try:
-        return bool(_libc().syncfs(dir_fd) == 0)
-    except (OSError, AttributeError):
-        return False
+EXT4_MAGIC, XFS_MAGIC = 0xEF53, 0x58465342
+SFR_WAIT_BEFORE, SFR_WRITE, SFR_WAIT_AFTER = 1, 2, 4
+_journals: dict[int, bool] = {}
 
 
-def _syncfs_none(_dir_fd: int) -> bool:
+def _ordered_linux(dir_fd: int) -> bool:
+    """Is this an ext4 or XFS filesystem? Both keep one journal committed in order, so the fsync
+    of a directory commits every metadata change made before it (a written-back file's size
+    and blocks among them). Asked once per device."""
+    dev = os.fstat(dir_fd).st_dev
+    if dev not in _journals:
+        import ctypes
+
+        buf = ctypes.create_string_buffer(256)  # struct statfs; f_type (a long) comes first
+        ok = _libc().fstatfs(dir_fd, buf) == 0
+        _journals[dev] = ok and ctypes.c_long.from_buffer(buf).value in (EXT4_MAGIC, XFS_MAGIC)
+    return _journals[dev]
+
+
+def _ordered_none(_dir_fd: int) -> bool:
     return False
+
+
+def _sfr(fd: int, flags: int) -> None:
+    if _libc().sync_file_range(fd, 0, 0, flags) != 0:
+        import ctypes
+
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+def _start_linux(fd: int) -> None:
+    _sfr(fd, SFR_WRITE)
+
+
+def _wait_linux(fd: int) -> None:
+    _sfr(fd, SFR_WAIT_BEFORE | SFR_WRITE | SFR_WAIT_AFTER)
+
+
+def _no_writeback(_fd: int) -> None:
+    pass
 
 
 def background_thread() -> None:
@@ -140,18 +174,22 @@ def tune_malloc() -> None:
 
 copy_range: Callable[[int, int, int, int], int]
 datasync: Callable[[int], None]
-syncfs: Callable[[int], bool]
+ordered_journal: Callable[[int], bool]
+start_writeback: Callable[[int], None]
+wait_written: Callable[[int], None]
 punch_hole: Callable[[int, int, int], bool]  # give a zero range's space back (False: it stays allocated)
 PORTABLE = False
 
 
 def use(portable: bool) -> None:
     """Pick the implementations (at import, from the platform and DELTASYNC_PORTABLE)."""
-    global copy_range, datasync, syncfs, punch_hole, PORTABLE
+    global copy_range, datasync, ordered_journal, start_writeback, wait_written, punch_hole, PORTABLE
     linux = not portable and hasattr(os, "copy_file_range")
     copy_range = _copy_kernel if linux else _copy_portable
     datasync = os.fdatasync if not portable and hasattr(os, "fdatasync") else os.fsync
-    syncfs = _syncfs_linux if not portable and os.uname().sysname == "Linux" else _syncfs_none
+    sfr = not portable and os.uname().sysname == "Linux"
+    ordered_journal = _ordered_linux if sfr else _ordered_none
+    start_writeback, wait_written = (_start_linux, _wait_linux) if sfr else (_no_writeback, _no_writeback)
     punch_hole = _punch_linux if not portable and os.uname().sysname == "Linux" else _punch_none
     PORTABLE = portable or not linux
 

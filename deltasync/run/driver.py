@@ -110,14 +110,22 @@ class Driver:
         await self.channel.send(*self.conv.send(m))
 
     async def verdict(self, r: FileResult) -> None:
-        """A file's verdict, decided here: to the client's report, or in an `ack` to it."""
-        self.progress.file_done(r.path, r.ok)
-        self.verdicts[r.ok] += 1
-        ack = self.conv.verdict(r.path, r.ok, r.whole, r.kept, redact(r.error, self.root) if r.error else None)
-        if ack is not None:
-            await self.say(ack)
-        else:
-            self.host.result(r, remote=False)
+        await self.verdicts_of([r])
+
+    async def verdicts_of(self, results: list[FileResult]) -> None:
+        """Files' verdicts, decided here: to the client's report, or in `ack`s to it -- a batch's
+        acks in one write, not a TLS record and a system call each."""
+        frames: list[bytes] = []
+        for r in results:
+            self.progress.file_done(r.path, r.ok)
+            self.verdicts[r.ok] += 1
+            ack = self.conv.verdict(r.path, r.ok, r.whole, r.kept, redact(r.error, self.root) if r.error else None)
+            if ack is not None:
+                frames.extend(self.conv.send(ack))
+            else:
+                self.host.result(r, remote=False)
+        if frames:
+            await self.channel.send(b"".join(frames))
 
     # -- receiving -------------------------------------------------------------
     def start(self) -> asyncio.Task[None]:
@@ -180,11 +188,9 @@ class Driver:
             self.data_received += len(e.message.body)
             for f in e.message.files:
                 self.progress.advance(f.entry.path, f.entry.size)
-            for r in await run(intake.stage, e.message):
-                await self.verdict(r)
+            await self.verdicts_of(await run(intake.stage, e.message))
         elif isinstance(e, mc.Commit):
-            for r in await run(intake.commit):
-                await self.verdict(r)
+            await self.verdicts_of(await run(intake.commit))
         elif isinstance(e, mc.Begin):
             r = await run(intake.begin, e.message)
             if r is not None:
@@ -202,8 +208,7 @@ class Driver:
         elif isinstance(e, mc.Abandon):
             await run(intake.abandon, e.path)
         elif isinstance(e, mc.Apply):
-            for r in await run(intake.apply, e.message):
-                await self.verdict(r)
+            await self.verdicts_of(await run(intake.apply, e.message))
         elif isinstance(e, mc.Sign):
             await self.say(await run(intake.sign, e.message))
         else:

@@ -3,6 +3,7 @@ it still holds what our index told the sender (``replaces``). A file edited
 here meanwhile is never overwritten or deleted, so nothing is lost."""
 from __future__ import annotations
 
+import itertools
 import os
 import stat
 import uuid
@@ -19,10 +20,23 @@ from .manifest import Manifest, Seen
 from .versions import Versions
 
 
+_names = itertools.count()
+_prefix = ""
+
+
+def _new_prefix() -> None:
+    global _prefix
+    _prefix = f"{os.getpid()}-{uuid.uuid4().hex[:16]}"  # this process's: with a counter, every name is new
+
+
+_new_prefix()
+os.register_at_fork(after_in_child=_new_prefix)
+
+
 def tmp_name(suffix: str = "") -> str:
     """Temp and partial files carry their writer's PID: one whose writer is gone
     (killed mid-write) is an orphan and is cleaned, whatever its age."""
-    return f"{os.getpid()}-{uuid.uuid4().hex}{suffix}"
+    return f"{_prefix}{next(_names):x}{suffix}"
 
 
 def writer_alive(name: str) -> bool:
@@ -61,15 +75,17 @@ class LocalState:
         """The extended attributes to give what we write for `e` (None: we keep none)."""
         return e.xattrs if self.keep_xattrs else None
 
-    def current(self, path: str) -> Entry | None:
-        """The entry at `path` as it is on disk now (hashing only if its stat moved)."""
-        st = self.safe.lstat(path)
+    def current(self, path: str, root: safe.SafeRoot | None = None) -> Entry | None:
+        """The entry at `path` as it is on disk now (hashing only if its stat moved); `root`: a
+        batch of `self.safe` whose directories are open already."""
+        root = root or self.safe
+        st = root.lstat(path)
         if st is None:
             return None
         if stat.S_ISDIR(st.st_mode):
             return Entry(path, DIR, 0, st.st_mtime_ns, stat.S_IMODE(st.st_mode))
         if stat.S_ISLNK(st.st_mode):
-            with self.safe.parent(path) as (fd, name):
+            with root.parent(path) as (fd, name):
                 return Entry(path, SYMLINK, target=os.readlink(name, dir_fd=fd))
         if not stat.S_ISREG(st.st_mode):
             return Entry(path, "other")
@@ -79,7 +95,7 @@ class LocalState:
                 == (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)):
             digest: str | None = seen.entry.blake3
         else:
-            with self.safe.open_read(path) as f:  # through the folder, never through a symlink
+            with root.open_read(path) as f:  # through the folder, never through a symlink
                 hashed = hash_fd(f.fileno(), st)
             if hashed is None:
                 raise TransferFailed(f"{path}: changing here right now")
@@ -87,15 +103,15 @@ class LocalState:
         return Entry(path, FILE, st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode), digest)
 
     def expect(self, path: str, replaces: str | None, incoming: Entry | None = None,
-               since_plan: bool = True) -> Entry | None:
+               since_plan: bool = True, root: safe.SafeRoot | None = None) -> Entry | None:
         """Check that `path` still holds what the sender planned against (and, with
         `since_plan`, that we recorded nothing there since: `recorded_since_plan`). If
         it already holds exactly the incoming content, record its version and
         raise AlreadyPresent: two sessions crossed, and nothing is lost."""
-        cur = self.current(path)
+        cur = self.current(path, root)
         if incoming is not None and cur is not None and cur.kind == FILE and cur.blake3 == incoming.blake3 \
                 and replaces != cur.blake3:
-            self.record(replace(incoming, mtime_ns=cur.mtime_ns, mode=cur.mode))
+            self.record(replace(incoming, mtime_ns=cur.mtime_ns, mode=cur.mode), root)
             raise AlreadyPresent(path)
         have = cur.blake3 if cur is not None and cur.kind == FILE else None
         if cur is not None and cur.kind != FILE:
@@ -112,15 +128,15 @@ class LocalState:
             return set()
         return {p for p, seq in self.manifest.sequences_of(paths).items() if seq > ticket.planned_at}
 
-    def record(self, entry: Entry) -> None:
+    def record(self, entry: Entry, root: safe.SafeRoot | None = None) -> None:
         """Remember what we just wrote, with the version it came with, so the
         next scan neither rehashes it nor takes it for a local change."""
-        row = self.seen_row(entry)
+        row = self.seen_row(entry, root)
         if row is not None:
             self.manifest.record([row])
 
-    def seen_row(self, entry: Entry) -> Seen | None:
-        st = self.safe.lstat(entry.path)
+    def seen_row(self, entry: Entry, root: safe.SafeRoot | None = None) -> Seen | None:
+        st = (root or self.safe).lstat(entry.path)
         if st is None:
             return None
         link = entry.kind == SYMLINK
@@ -133,10 +149,9 @@ class LocalState:
         peer = ticket.peer if ticket is not None else ""
         return lambda fd, name: self.versions.keep(fd, name, path, peer, reason, move)
 
-    def sync_dirs(self, dirs: set[str]) -> None:
+    def sync_dirs(self, dirs: set[str], root: safe.SafeRoot | None = None) -> None:
+        """Make the renames into these directories durable (reached without following a link)."""
+        root = root or self.safe
         for d in dirs:
-            fd = os.open(self.folder.root / d if d else self.folder.root, os.O_RDONLY | os.O_DIRECTORY)
-            try:
+            with root.directory(d) as fd:
                 os.fsync(fd)
-            finally:
-                os.close(fd)

@@ -24,71 +24,79 @@ class SmallFiles(LocalState):
         """Verify one frame's files and write them aside (not yet durable, not yet
         in place); the ones that failed or were here already come back."""
         results: list[FileResult] = []
+        view = memoryview(m.body)
         offset = 0
-        for f in m.files:
-            e = f.entry
-            data = memoryview(m.body)[offset : offset + e.size]
-            offset += e.size
-            try:
-                self.registry.claim(e.path, ticket)
-            except TransferFailed as err:
-                results.append(FileResult.failed(e.path, str(err)))
-                continue
-            try:
-                if hashing.of_bytes(data) != e.blake3:
-                    raise TransferFailed(f"{e.path}: blake3 mismatch, not applied")
-                self.expect(e.path, f.replaces, e, since_plan=False)  # checked at the commit, all at once
-                staged.append((e, f.replaces, safe.write_aside(self.folder.tmp, tmp_name(), [data], e.mode,
-                                                               e.mtime_ns, fsync=False, attrs=self.attrs_of(e),
-                                                               path=e.path)))
-            except AlreadyPresent:
-                results.append(FileResult(e.path, True))
-                self.registry.release(e.path)
-            except (TransferFailed, OSError, ValueError, OverflowError) as err:
-                results.append(FileResult.failed(e.path, why(e.path, err)))
-                self.registry.release(e.path)
-            except BaseException:
-                self.registry.release(e.path)
-                raise
+        with self.safe.batch() as root:
+            for f in m.files:
+                e = f.entry
+                data = view[offset : offset + e.size]
+                offset += e.size
+                try:
+                    self.registry.claim(e.path, ticket)
+                except TransferFailed as err:
+                    results.append(FileResult.failed(e.path, str(err)))
+                    continue
+                try:
+                    if hashing.of_bytes(data) != e.blake3:
+                        raise TransferFailed(f"{e.path}: blake3 mismatch, not applied")
+                    self.expect(e.path, f.replaces, e, since_plan=False, root=root)  # again at the commit
+                    staged.append((e, f.replaces, safe.write_aside(self.folder.tmp, tmp_name(), [data], e.mode,
+                                                                   e.mtime_ns, fsync=False, attrs=self.attrs_of(e),
+                                                                   path=e.path)))
+                except AlreadyPresent:
+                    results.append(FileResult(e.path, True))
+                    self.registry.release(e.path)
+                except (TransferFailed, OSError, ValueError, OverflowError) as err:
+                    results.append(FileResult.failed(e.path, why(e.path, err)))
+                    self.registry.release(e.path)
+                except BaseException:
+                    self.registry.release(e.path)
+                    raise
         return results
 
     def commit_small(self, staged: Staged, ticket: Ticket | None = None) -> list[FileResult]:
-        """Make staged files durable with one sync, rename them into place, and
+        """Make staged files durable together (`safe.make_durable`), rename them into place, and
         record them in one transaction. Each path is checked again first, as a big
         file is at `file_done`: what changed here since the file was staged (an edit,
         a delete) is not overwritten."""
         results: list[FileResult] = []
         placed: set[Path] = set()  # renamed into place: nothing left to remove
         try:
-            if staged:
-                safe.make_durable(self.folder.tmp, [tmp for _, _, tmp in staged])
-            rows: list[Seen] = []
-            late = self.recorded_since_plan([e.path for e, _, _ in staged], ticket)
-            for e, replaces, tmp in staged:
-                try:
-                    self.expect(e.path, replaces, e, since_plan=False)
-                    if e.path in late:
-                        raise TransferFailed(f"{e.path}: changed here since the index was sent; not overwritten")
-                except AlreadyPresent:
-                    results.append(FileResult(e.path, True))
-                    continue
-                except TransferFailed as err:
-                    results.append(FileResult.failed(e.path, str(err)))
-                    continue
-                try:
-                    kept = self.safe.replace(tmp, e.path, durable=False, keep=self.keeper(e.path, ticket, "replaced"))
-                    placed.add(tmp)
-                    row = self.seen_row(e)
-                    if row is not None:
-                        rows.append(row)
-                    results.append(FileResult(e.path, True, whole=True, kept=kept))
-                except (TransferFailed, OSError) as err:
-                    results.append(FileResult.failed(e.path, why(e.path, err)))
-            self.manifest.record(rows)
-            self.sync_dirs({os.path.dirname(r.path) for r in results if r.ok})
+            safe.make_durable([tmp for _, _, tmp in staged])
+            with self.safe.batch() as root:
+                self._place(staged, ticket, root, results, placed)
+                self.sync_dirs({os.path.dirname(r.path) for r in results if r.ok}, root)
         finally:
             self.drop_small(staged, placed)
         return results
+
+    def _place(self, staged: Staged, ticket: Ticket | None, root: safe.SafeRoot, results: list[FileResult],
+               placed: set[Path]) -> None:
+        """Rename the durable staged files into place and record them in one transaction."""
+        rows: list[Seen] = []
+        late = self.recorded_since_plan([e.path for e, _, _ in staged], ticket)
+        for e, replaces, tmp in staged:
+            try:
+                cur = self.expect(e.path, replaces, e, since_plan=False, root=root)
+                if e.path in late:
+                    raise TransferFailed(f"{e.path}: changed here since the index was sent; not overwritten")
+            except AlreadyPresent:
+                results.append(FileResult(e.path, True))
+                continue
+            except TransferFailed as err:
+                results.append(FileResult.failed(e.path, str(err)))
+                continue
+            try:
+                keep = self.keeper(e.path, ticket, "replaced") if cur is not None else None  # nothing to keep
+                kept = root.replace(tmp, e.path, durable=False, keep=keep)
+                placed.add(tmp)
+                row = self.seen_row(e, root)
+                if row is not None:
+                    rows.append(row)
+                results.append(FileResult(e.path, True, whole=True, kept=kept))
+            except (TransferFailed, OSError) as err:
+                results.append(FileResult.failed(e.path, why(e.path, err)))
+        self.manifest.record(rows)
 
     def drop_small(self, staged: Staged, placed: set[Path] | frozenset[Path] = frozenset()) -> None:
         """Forget staged files (a session that ended before their commit; or committed: `placed`)."""
