@@ -107,6 +107,44 @@ def test_retention_by_age_count_and_size(rx):
     assert [k.size for k in capped.list()] == [1000]  # the newest stays
 
 
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("cap_mb", [0, 0.004, 0.02])
+def test_prune_in_sql_keeps_what_the_policy_keeps(rx, seed, cap_mb):
+    """The policy, by its words (newest first: past the age or the per-path count is doomed; of
+    the rest, the oldest go until the total fits), against the query that carries it out."""
+    import random
+
+    rng = random.Random(seed)
+    now = 1_000_000.0
+    policy = {"versions_keep_days": rng.choice([1, 3]), "versions_per_path": rng.randint(1, 4),
+              "versions_max_mb": cap_mb}
+    store = Versions(rx.folder.root, rx.manifest, policy)
+    vdir = rx.folder.root / ".deltasync" / "versions"
+    vdir.mkdir(exist_ok=True)
+    rows = []
+    for i in range(60):
+        kept = now - rng.uniform(0, 5 * 86400) if rng.random() < 0.8 else now - 86400 * 2  # ties too
+        path, size = f"p{rng.randint(0, 7)}", rng.randint(1, 900)
+        rx.manifest.add_version(path, f"v{i}", size, None, 1, 0o644, "{}", kept, "PEER", "replaced")
+        (vdir / f"v{i}").write_bytes(b"")
+    rows = sorted(rx.manifest.versions(), key=lambda r: (-r[8], -r[0]))  # newest first, as listed
+    count: dict[str, int] = {}
+    left, doomed = [], set()
+    for r in rows:
+        count[r[1]] = count.get(r[1], 0) + 1
+        old = now - r[8] > policy["versions_keep_days"] * 86400 or count[r[1]] > policy["versions_per_path"]
+        (doomed.add(r[2]) if old else left.append(r))
+    cap = int(policy["versions_max_mb"] * 1024 * 1024)
+    total = sum(r[3] for r in left)
+    while cap and left and total > cap:
+        r = left.pop()
+        doomed.add(r[2])
+        total -= r[3]
+    assert store.prune(now=now) == len(doomed)
+    assert {k.name for k in store.list()} == {r[2] for r in left}
+    assert set(os.listdir(vdir)) == {r[2] for r in left}
+
+
 def test_crash_between_link_and_rename_loses_nothing(rx, monkeypatch):
     root = rx.folder.root
     (root / "f").write_bytes(b"precious")

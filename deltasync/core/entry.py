@@ -49,7 +49,7 @@ def xattrs_from_wire(value: Any, what: str) -> Xattrs:
     return tuple(sorted(out))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     path: str
     kind: str

@@ -345,15 +345,18 @@ FLUSH_BATCH = 256  # files flushed together, so many fds stay open at once at mo
 FLUSH_THREADS = 8
 
 
-def make_durable(files: list[Path]) -> None:
+def make_durable(files: list[Path]) -> bool:
     """Flush files written without fsync, before they are renamed into place; the caller fsyncs
     the directories they land in after the renames. On ext4 and XFS every file's writeback is
     started first and then waited for (sync_file_range), and the fsync of a directory they land
     in commits their sizes and blocks with the journal (one commit for a batch, not one per
     file). Elsewhere each file gets its own fdatasync, several at once. Never syncfs(2): it
-    would flush every other program's dirty data too, and cost whatever that costs."""
+    would flush every other program's dirty data too, and cost whatever that costs.
+
+    True: the journal commits in order, so the fsync of the directory renamed into last commits
+    the renames into every other (and the files' metadata) as well."""
     if not files:
-        return
+        return False
     fd = os.open(files[0].parent, _DIR_FLAGS)
     try:
         ordered = native.ordered_journal(fd)
@@ -371,11 +374,12 @@ def make_durable(files: list[Path]) -> None:
             finally:
                 for fd in fds:
                     os.close(fd)
-        return
+        return True
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(min(FLUSH_THREADS, len(files))) as pool:
         list(pool.map(_datasync_path, files))
+    return False
 
 
 def _datasync_path(path: Path) -> None:

@@ -75,9 +75,11 @@ class LocalState:
         """The extended attributes to give what we write for `e` (None: we keep none)."""
         return e.xattrs if self.keep_xattrs else None
 
-    def current(self, path: str, root: safe.SafeRoot | None = None) -> Entry | None:
-        """The entry at `path` as it is on disk now (hashing only if its stat moved); `root`: a
-        batch of `self.safe` whose directories are open already."""
+    def current(self, path: str, root: safe.SafeRoot | None = None,
+                known: dict[str, Seen] | None = None) -> Entry | None:
+        """The entry at `path` as it is on disk now (hashing only if its stat moved). For a batch:
+        `root`, a batch of `self.safe` whose directories are open already; `known`, the manifest's
+        rows of its paths read at once (a path without one has none)."""
         root = root or self.safe
         st = root.lstat(path)
         if st is None:
@@ -89,7 +91,7 @@ class LocalState:
                 return Entry(path, SYMLINK, target=os.readlink(name, dir_fd=fd))
         if not stat.S_ISREG(st.st_mode):
             return Entry(path, "other")
-        seen = self.manifest.get(path)
+        seen = known.get(path) if known is not None else self.manifest.get(path)
         if (seen and seen.entry.kind == FILE and seen.entry.blake3 and
                 (seen.entry.size, seen.entry.mtime_ns, seen.ino, seen.ctime_ns)
                 == (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)):
@@ -103,12 +105,13 @@ class LocalState:
         return Entry(path, FILE, st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode), digest)
 
     def expect(self, path: str, replaces: str | None, incoming: Entry | None = None,
-               since_plan: bool = True, root: safe.SafeRoot | None = None) -> Entry | None:
+               since_plan: bool = True, root: safe.SafeRoot | None = None,
+               known: dict[str, Seen] | None = None) -> Entry | None:
         """Check that `path` still holds what the sender planned against (and, with
         `since_plan`, that we recorded nothing there since: `recorded_since_plan`). If
         it already holds exactly the incoming content, record its version and
         raise AlreadyPresent: two sessions crossed, and nothing is lost."""
-        cur = self.current(path, root)
+        cur = self.current(path, root, known)
         if incoming is not None and cur is not None and cur.kind == FILE and cur.blake3 == incoming.blake3 \
                 and replaces != cur.blake3:
             self.record(replace(incoming, mtime_ns=cur.mtime_ns, mode=cur.mode), root)
@@ -144,10 +147,13 @@ class LocalState:
                             mtime_ns=0 if link else st.st_mtime_ns, mode=0 if link else stat.S_IMODE(st.st_mode)),
                     st.st_ino, st.st_ctime_ns)
 
-    def keeper(self, path: str, ticket: Ticket | None, reason: str, move: bool = False) -> safe.Keeper:
-        """Keep the version at `path` before a peer's session replaces or deletes it."""
+    def keeper(self, path: str, ticket: Ticket | None, reason: str, move: bool = False,
+               known: dict[str, Seen] | None = None) -> safe.Keeper:
+        """Keep the version at `path` before a peer's session replaces or deletes it (`known`: as
+        `current` takes it)."""
         peer = ticket.peer if ticket is not None else ""
-        return lambda fd, name: self.versions.keep(fd, name, path, peer, reason, move)
+        seen = (lambda: known.get(path)) if known is not None else (lambda: self.manifest.get(path))
+        return lambda fd, name: self.versions.keep(fd, name, path, peer, reason, move, seen)
 
     def sync_dirs(self, dirs: set[str], root: safe.SafeRoot | None = None) -> None:
         """Make the renames into these directories durable (reached without following a link)."""

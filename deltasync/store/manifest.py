@@ -58,7 +58,7 @@ CREATE TABLE IF NOT EXISTS peers_seen (
 """
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Seen:
     """A manifest row: the entry plus the stat fields that tell us whether to rehash."""
 
@@ -386,6 +386,26 @@ class Manifest:
                 return self._db.execute(f"SELECT {cols} FROM versions ORDER BY kept DESC, id DESC").fetchall()
             return self._db.execute(f"SELECT {cols} FROM versions WHERE path=? ORDER BY kept DESC, id DESC",
                                     (path,)).fetchall()
+
+    def version_names(self) -> dict[str, int]:
+        """Every kept version's file name, with its row's id."""
+        with self._lock:
+            return dict(self._db.execute("SELECT name, id FROM versions"))
+
+    def doomed_versions(self, cutoff: float, per_path: int, max_bytes: int) -> list[tuple[int, str]]:
+        """(id, name) of the kept versions past the policy: kept before `cutoff`, past the
+        `per_path` newest of their path, or (`max_bytes` > 0) past the newest that fit in it."""
+        rows = ("SELECT id, name, size, kept, ROW_NUMBER() OVER (PARTITION BY path ORDER BY kept DESC, id DESC) "
+                "AS n FROM versions")
+        with self._lock:
+            doomed = self._db.execute(f"SELECT id, name FROM ({rows}) WHERE kept < ? OR n > ?",
+                                      (cutoff, per_path)).fetchall()
+            if max_bytes > 0:  # of the rest, newest first: those past the cap (a running total)
+                doomed += self._db.execute(
+                    f"SELECT id, name FROM (SELECT id, name, SUM(size) OVER (ORDER BY kept DESC, id DESC ROWS "
+                    f"UNBOUNDED PRECEDING) AS total FROM ({rows}) WHERE kept >= ? AND n <= ?) WHERE total > ?",
+                    (cutoff, per_path, max_bytes)).fetchall()
+        return doomed
 
     def drop_version(self, vid: int) -> None:
         with self._lock:

@@ -26,6 +26,7 @@ class SmallFiles(LocalState):
         results: list[FileResult] = []
         view = memoryview(m.body)
         offset = 0
+        known = self.manifest.seen_of(f.entry.path for f in m.files)
         with self.safe.batch() as root:
             for f in m.files:
                 e = f.entry
@@ -39,7 +40,7 @@ class SmallFiles(LocalState):
                 try:
                     if hashing.of_bytes(data) != e.blake3:
                         raise TransferFailed(f"{e.path}: blake3 mismatch, not applied")
-                    self.expect(e.path, f.replaces, e, since_plan=False, root=root)  # again at the commit
+                    self.expect(e.path, f.replaces, e, since_plan=False, root=root, known=known)  # again at commit
                     staged.append((e, f.replaces, safe.write_aside(self.folder.tmp, tmp_name(), [data], e.mode,
                                                                    e.mtime_ns, fsync=False, attrs=self.attrs_of(e),
                                                                    path=e.path)))
@@ -62,22 +63,25 @@ class SmallFiles(LocalState):
         results: list[FileResult] = []
         placed: set[Path] = set()  # renamed into place: nothing left to remove
         try:
-            safe.make_durable([tmp for _, _, tmp in staged])
+            ordered = safe.make_durable([tmp for _, _, tmp in staged])
             with self.safe.batch() as root:
-                self._place(staged, ticket, root, results, placed)
-                self.sync_dirs({os.path.dirname(r.path) for r in results if r.ok}, root)
+                dirs = self._place(staged, ticket, root, results, placed)
+                self.sync_dirs(set(dirs[-1:] if ordered else dirs), root)  # one journal: the last commits all
         finally:
             self.drop_small(staged, placed)
         return results
 
     def _place(self, staged: Staged, ticket: Ticket | None, root: safe.SafeRoot, results: list[FileResult],
-               placed: set[Path]) -> None:
-        """Rename the durable staged files into place and record them in one transaction."""
+               placed: set[Path]) -> list[str]:
+        """Rename the durable staged files into place and record them in one transaction; the
+        directories renamed into, in the order of the renames."""
         rows: list[Seen] = []
+        dirs: list[str] = []
         late = self.recorded_since_plan([e.path for e, _, _ in staged], ticket)
+        known = self.manifest.seen_of(e.path for e, _, _ in staged)
         for e, replaces, tmp in staged:
             try:
-                cur = self.expect(e.path, replaces, e, since_plan=False, root=root)
+                cur = self.expect(e.path, replaces, e, since_plan=False, root=root, known=known)
                 if e.path in late:
                     raise TransferFailed(f"{e.path}: changed here since the index was sent; not overwritten")
             except AlreadyPresent:
@@ -87,9 +91,10 @@ class SmallFiles(LocalState):
                 results.append(FileResult.failed(e.path, str(err)))
                 continue
             try:
-                keep = self.keeper(e.path, ticket, "replaced") if cur is not None else None  # nothing to keep
+                keep = self.keeper(e.path, ticket, "replaced", known=known) if cur is not None else None
                 kept = root.replace(tmp, e.path, durable=False, keep=keep)
                 placed.add(tmp)
+                dirs.append(os.path.dirname(e.path))
                 row = self.seen_row(e, root)
                 if row is not None:
                     rows.append(row)
@@ -97,6 +102,7 @@ class SmallFiles(LocalState):
             except (TransferFailed, OSError) as err:
                 results.append(FileResult.failed(e.path, why(e.path, err)))
         self.manifest.record(rows)
+        return dirs
 
     def drop_small(self, staged: Staged, placed: set[Path] | frozenset[Path] = frozenset()) -> None:
         """Forget staged files (a session that ended before their commit; or committed: `placed`)."""

@@ -21,12 +21,12 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..core import version as vv
 from ..errors import TransferFailed, UsageError
 from ..fs import safe
-from .manifest import Manifest
+from .manifest import Manifest, Seen
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +75,13 @@ class Versions:
         """The versions folder, opened without following links (made if absent)."""
         return safe.state_dir(self.root, "versions", create=True)
 
-    def keep(self, dfd: int, name: str, path: str, peer: str, reason: str, move: bool = False) -> str | None:
+    def keep(self, dfd: int, name: str, path: str, peer: str, reason: str, move: bool = False,
+             recorded: Callable[[], Seen | None] | None = None) -> str | None:
         """Keep the regular file `name` (in directory `dfd`, standing for `path`)
         before a peer replaces (`move=False`: hard link) or deletes it
         (`move=True`: renamed away). Returns the kept name, or None when there
-        is nothing to keep or versioning is off (then a delete is the caller's)."""
+        is nothing to keep or versioning is off (then a delete is the caller's). `recorded`: our
+        row of `path`, when the caller has read its batch's rows already."""
         if not self.on:
             return None
         try:
@@ -88,7 +90,7 @@ class Versions:
             return None
         if not stat.S_ISREG(st.st_mode):
             return None
-        seen = self.manifest.get(path)
+        seen = recorded() if recorded is not None else self.manifest.get(path)
         same = seen is not None and (seen.entry.size, seen.entry.mtime_ns, seen.ino) == (
             st.st_size, st.st_mtime_ns, st.st_ino)
         kept_name = f"{uuid.uuid4().hex}"
@@ -118,26 +120,11 @@ class Versions:
     def prune(self, now: float | None = None) -> int:
         """Drop versions past their age, past `versions_per_path`, and past the size cap (oldest first)."""
         now = time.time() if now is None else now
-        doomed: list[Kept] = []
-        left: list[Kept] = []
-        count: dict[str, int] = {}
-        for k in self.list():  # newest first
-            count[k.path] = count.get(k.path, 0) + 1
-            old = now - k.kept > self.keep_days * 86400 or count[k.path] > self.per_path
-            (doomed if old else left).append(k)
-        if self.max_bytes > 0:
-            total = sum(k.size for k in left)
-            while left and total > self.max_bytes:  # oldest first
-                k = left.pop()
-                doomed.append(k)
-                total -= k.size
-        for k in doomed:
-            self.drop(k)
+        doomed = self.manifest.doomed_versions(now - self.keep_days * 86400, self.per_path, self.max_bytes)
+        for vid, name in doomed:
+            self.manifest.drop_version(vid)
+            safe.unlink_state(self.root, "versions", name)
         return len(doomed)
-
-    def drop(self, k: Kept) -> None:
-        self.manifest.drop_version(k.id)
-        safe.unlink_state(self.root, "versions", k.name)
 
     def clean_orphans(self) -> int:
         """Files with no row (a crash between the link and the row) and rows with no file."""
@@ -147,13 +134,13 @@ class Versions:
             return 0
         try:
             names = set(os.listdir(vfd))
-            known = {k.name: k for k in self.list()}
+            known = self.manifest.version_names()
             gone = 0
             for n in names - known.keys():
                 os.unlink(n, dir_fd=vfd)
                 gone += 1
             for n in known.keys() - names:
-                self.manifest.drop_version(known[n].id)
+                self.manifest.drop_version(known[n])
                 gone += 1
             return gone
         finally:

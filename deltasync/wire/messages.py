@@ -213,7 +213,7 @@ class FileList(Message):
 
 
 # -- files, small and whole ------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SmallFile:
     entry: Entry
     replaces: str | None  # the content the receiver must still hold there (None: nothing)
