@@ -152,27 +152,34 @@ def empty_trash(work: Path) -> None:
         shutil.rmtree(trash, ignore_errors=True)
 
 
+def mirror(pristine: Path, d: Path) -> None:
+    """Make `d` hold exactly the pristine tree (its `.deltasync` kept), rewriting only what differs:
+    a returning user's case removes and creates no more than it changed."""
+    d.mkdir(exist_ok=True)
+    sh(["rsync", "-a", "--delete", "--exclude=/.deltasync", f"{pristine}/", f"{d}/"])
+
+
 def reset_targets(work: Path, pristine: Path, full: bool) -> None:
     """Both receivers start a case holding the pristine tree (or nothing, for `full`)."""
     for name in ("rsync_dst", "ds_dst"):
         d = work / name
+        if not full:
+            mirror(pristine, d)
+            continue
         for child in d.iterdir() if d.exists() else []:
             if child.name != ".deltasync":
                 discard(child, work)
-        if full:  # a receiver that has never seen anything: no manifest, no partials
-            meta = d / ".deltasync"
-            for f in [*meta.glob("manifest.db*"), *meta.glob("partial/*"), *meta.glob("tmp/*")]:
-                f.unlink()
-        else:
-            sh(["cp", "-a", f"{pristine}/.", str(d)])
+        meta = d / ".deltasync"  # a receiver that has never seen anything: no manifest, no partials
+        for f in [*meta.glob("manifest.db*"), *meta.glob("partial/*"), *meta.glob("tmp/*")]:
+            f.unlink()
 
 
 FILES = {"files10k": 10_000, "files100k": 100_000, "files1m": 1_000_000}  # trees of 1 KiB files, 100 a directory
 
 
-def prepare(work: Path, scale: float, kind: str) -> tuple[Path, Path]:
-    """The pristine tree of a kind of case (seed plan, a tree of small files, one 4 GiB file) and a fresh
-    source copy."""
+def prepare(work: Path, scale: float, kind: str, full: bool) -> tuple[Path, Path]:
+    """The pristine tree of a kind of case (seed plan, a tree of small files, one 4 GiB file) and the
+    source: a fresh copy (`full`: a first-time user, no manifest), else the last one made pristine again."""
     pristine = work / "pristine"
     if not pristine.exists():
         if kind == "huge":
@@ -189,9 +196,12 @@ def prepare(work: Path, scale: float, kind: str) -> tuple[Path, Path]:
         else:
             sh([sys.executable, str(FIXTURE), "seed", str(pristine), "--scale", str(scale)])
     src = work / "src"
-    if src.exists():
-        discard(src, work)
-    sh(["cp", "-a", str(pristine), str(src)])
+    if full or not src.exists():
+        if src.exists():
+            discard(src, work)
+        sh(["cp", "-a", str(pristine), str(src)])
+    else:
+        mirror(pristine, src)
     for name in ("src", "ds_dst"):
         if not (work / name / ".deltasync").exists():
             sh([*DS, "init", str(work / name)])
@@ -217,8 +227,8 @@ def case(name: str, hosts: Hosts, work: Path, scale: float, runs: int) -> dict:
     wdir.mkdir(parents=True, exist_ok=True)
     results: dict[str, list[dict]] = {"rsync": [], "deltasync": []}
     for run in range(runs):
-        pristine, src = prepare(wdir, scale, kind)
         full = name in ("full", "huge") or name.endswith("_initial")
+        pristine, src = prepare(wdir, scale, kind, full)
         reset_targets(wdir, pristine, full)
         if not full:  # a returning user: both sides' manifests have seen the pristine tree, and the
             run_deltasync(hosts, wdir, src)  # client's copy of the server's index is up to date (what the

@@ -58,6 +58,13 @@ def test_a_batch_walks_to_each_directory_once_and_lets_its_fds_go(tmp_path, monk
     assert sorted(p.relative_to(root).as_posix() for p in root.rglob("f*")) == sorted(
         f"a/d{i % 20}/f{i}" for i in range(40))
     assert len(opened) < 40 * 2  # without the cache: two directories walked for every file
+    # the files of a directory that is not there: looked for with one walk, and placed once it is made
+    opened.clear()
+    with safe.SafeRoot(root).batch() as s:
+        assert all(s.lstat(f"new/d/f{i}") is None for i in range(10))
+        assert len(opened) == 1
+        s.replace(safe.write_aside(tmp_path, "t", [b"n"], 0o644, 1), "new/d/f0")
+        assert s.lstat("new/d/f0") is not None and s.lstat("new/d/f1") is None
     # a directory replaced by a symlink after the batch walked to it is not followed either
     with safe.SafeRoot(root).batch() as s:
         s.lstat("a/d0/f0")

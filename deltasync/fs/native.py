@@ -108,8 +108,10 @@ _journals: dict[int, bool] = {}
 
 def _ordered_linux(dir_fd: int) -> bool:
     """Is this an ext4 or XFS filesystem? Both keep one journal committed in order, so the fsync
-    of a directory commits every metadata change made before it (a written-back file's size
-    and blocks among them). Asked once per device."""
+    of a directory commits every metadata change logged before it. And both end a page's
+    writeback only once the write's metadata is logged (the file's size, its blocks, an unwritten
+    extent converted: ext4's and XFS's end-of-I/O work runs first), so a file whose writeback
+    `wait_written` saw end is whole after that commit. Asked once per device."""
     dev = os.fstat(dir_fd).st_dev
     if dev not in _journals:
         import ctypes

@@ -258,12 +258,23 @@ class _Batch(SafeRoot):
         super().__init__(root, max_path)
         self.fds: dict[tuple[str, ...], int] = {}
         self.depth = 0  # walks in progress: fds are let go only between them
+        # directories found absent: the files of a new directory are not looked for one by one (until
+        # a walk that creates makes it; what a create does next is checked there, as for any path)
+        self.missing: set[tuple[str, ...]] = set()
 
     def _dir(self, parts: tuple[str, ...], create: bool) -> int:
         fd = self.fds.get(parts)
         if fd is None:
+            if not create and parts in self.missing:
+                raise FileNotFoundError(errno.ENOENT, "no such directory", "/".join(parts))
             if parts:
-                fd = open_dir(parts[-1], self._dir(parts[:-1], create), 0o755 if create else None)
+                parent = self._dir(parts[:-1], create)
+                try:
+                    fd = open_dir(parts[-1], parent, 0o755 if create else None)
+                except FileNotFoundError:
+                    self.missing.add(parts)
+                    raise
+                self.missing.difference_update(parts[:i] for i in range(1, len(parts) + 1))
             else:
                 fd = os.open(self.root, _DIR_FLAGS)
             self.fds[parts] = fd
