@@ -69,21 +69,28 @@ class FileSender:
         for m in SendChanges.grouped(ops):
             await self.say(m)
 
-    def _read_small(self, e: Entry) -> bytes:
-        with self.safe.open_read(e.path) as f:
-            data = f.read(e.size + 1)
-        if len(data) != e.size or hashing.of_bytes(data) != e.blake3:
-            raise SourceChanged(f"{e.path}: changed since it was scanned; run again")
-        return data
+    def _read_small(self, batch: list[tuple[Entry, str | None]]) -> list[bytes | Exception]:
+        """A frame's files read in one go on a worker (one hop, each directory walked to once);
+        each file's bytes, or why it cannot go."""
+        out: list[bytes | Exception] = []
+        with self.safe.batch() as root:
+            for e, _ in batch:
+                try:
+                    with root.open_read(e.path) as f:
+                        data = f.read(e.size + 1)
+                    if len(data) != e.size or hashing.of_bytes(data) != e.blake3:
+                        raise SourceChanged(f"{e.path}: changed since it was scanned; run again")
+                    out.append(data)
+                except (OSError, SourceChanged) as err:
+                    out.append(err)
+        return out
 
     async def small(self, batch: list[tuple[Entry, str | None]], dest: Callable[[str], str] = lambda p: p) -> None:
         """One `send_file` frame of whole files (each to `dest(path)` on the peer)."""
         files, chunks = [], []
-        for e, replaces in batch:
-            try:
-                data = await self.workers.run(self._read_small, e)
-            except (OSError, SourceChanged) as err:
-                await self.failed(FileResult.failed(dest(e.path), str(err)))
+        for (e, replaces), data in zip(batch, await self.workers.run(self._read_small, batch)):
+            if isinstance(data, Exception):
+                await self.failed(FileResult.failed(dest(e.path), str(data)))
                 continue
             files.append(SmallFile(replace(e, path=dest(e.path)), replaces))
             chunks.append(data)
