@@ -91,7 +91,7 @@ class LocalState:
                 return Entry(path, SYMLINK, target=os.readlink(name, dir_fd=fd))
         if not stat.S_ISREG(st.st_mode):
             return Entry(path, "other")
-        seen = known.get(path) if known is not None else self.manifest.get(path)
+        seen = self.recorded(path, known)
         if (seen and seen.entry.kind == FILE and seen.entry.blake3 and
                 (seen.entry.size, seen.entry.mtime_ns, seen.ino, seen.ctime_ns)
                 == (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)):
@@ -103,6 +103,10 @@ class LocalState:
                 raise TransferFailed(f"{path}: changing here right now")
             digest = hashed[0]
         return Entry(path, FILE, st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode), digest)
+
+    def recorded(self, path: str, known: dict[str, Seen] | None = None) -> Seen | None:
+        """Our manifest's row of `path`: from `known` (a batch's rows, read at once) when given."""
+        return known.get(path) if known is not None else self.manifest.get(path)
 
     def expect(self, path: str, replaces: str | None, incoming: Entry | None = None,
                since_plan: bool = True, root: safe.SafeRoot | None = None,
@@ -152,8 +156,8 @@ class LocalState:
         """Keep the version at `path` before a peer's session replaces or deletes it (`known`: as
         `current` takes it)."""
         peer = ticket.peer if ticket is not None else ""
-        seen = (lambda: known.get(path)) if known is not None else (lambda: self.manifest.get(path))
-        return lambda fd, name: self.versions.keep(fd, name, path, peer, reason, move, seen)
+        return lambda fd, name: self.versions.keep(fd, name, path, peer, reason, move,
+                                                   lambda: self.recorded(path, known))
 
     def sync_dirs(self, dirs: set[str], root: safe.SafeRoot | None = None) -> None:
         """Make the renames into these directories durable (reached without following a link)."""
