@@ -67,7 +67,7 @@ def main(argv: list[str]) -> int:
     work.mkdir(parents=True, exist_ok=True)
     procs: list[subprocess.Popen[str]] = []
     try:
-        pristine, src = prepare(work, 1.0, kind)
+        pristine, src = prepare(work, 1.0, kind, False)
         dst = work / "ds_dst"
         for d in (dst, work / "rsync_dst"):
             for child in d.iterdir() if d.exists() else []:

@@ -159,3 +159,38 @@ def test_a_look_at_what_changed_finds_what_a_whole_walk_finds(tmp_path, seed):
     finally:
         whole.close()
         part.close()
+
+
+def test_a_big_scan_records_in_batches_and_keeps_only_the_big_files(tmp_path, monkeypatch):
+    """With batches of two rows, a scan ends with the index a scan in one piece makes, fresh holds
+    only what it must (big files, and the last batch), and tombstones come out the same."""
+    from deltasync.core.limits import DELTA_MIN
+    from deltasync.fs import scan as scan_mod
+
+    def make(root):
+        for d in ("a", "a/b", "a.c", "z/y/x"):
+            (root / d).mkdir(parents=True, exist_ok=True)
+        for i, d in enumerate(("", "a", "a/b", "a.c", "z/y/x") * 3):
+            (root / d / f"f{i}").write_bytes(bytes([i]) * 100)
+        (root / "a" / "big").write_bytes(b"B" * DELTA_MIN)
+        os.utime(root, ns=(10**18, 10**18))
+
+    results = {}
+    for batch in (2, 10**9):
+        monkeypatch.setattr(scan_mod, "FLUSH_ROWS", batch)
+        folder, _, _ = Folder.init(tmp_path / str(batch))
+        make(folder.root)
+        m = Manifest(folder.db)
+        first = scan(folder.root, m)
+        for d in ("a/b", "z"):  # a directory gone: what was inside goes with it
+            import shutil
+            shutil.rmtree(folder.root / d)
+        second = scan(folder.root, m)
+        results[batch] = (first, second, m.all_entries())
+    (small1, small2, small_all), (one1, one2, one_all) = results[2], results[10**9]
+    assert {p: (e.kind, e.size, e.blake3) for p, e in small_all.items()} == \
+        {p: (e.kind, e.size, e.blake3) for p, e in one_all.items()}
+    assert {p for p, e in small_all.items() if e.deleted} == {p for p, e in one_all.items() if e.deleted} != set()
+    assert "a/big" in small1.fresh and len(small1.fresh) < len(one1.fresh)
+    assert small1.entries.keys() == one1.entries.keys() and small2.entries.keys() == one2.entries.keys()
+    assert sorted(small2.changed) == sorted(one2.changed)

@@ -143,10 +143,19 @@ def _parents(path: str) -> Iterable[str]:
         yield "/".join(parts[:i])
 
 
+@dataclass
+class Around:
+    """What the plan of one path range needs from outside it, when a tree too big to hold is
+    planned a range at a time (`core.streamed`, which also settles directory metadata)."""
+
+    blocked: set[str] = field(default_factory=set)  # blocked in earlier ranges: what is inside them is too
+    leaders: dict[str, Entry] = field(default_factory=dict)  # first names of hard links, wherever they are
+
+
 def make_plan(source: dict[str, Entry], target: dict[str, Entry],
               partials: dict[str, PartialInfo] | None = None, delete: bool = False,
               delta_min: int = DELTA_MIN, me: str = "local", update: bool = False,
-              elsewhere: dict[str, str] | None = None) -> Plan:
+              elsewhere: dict[str, str] | None = None, around: Around | None = None) -> Plan:
     """Make the target hold what the source holds.
 
     Files whose content matches but whose mode or mtime differ get a metadata
@@ -157,6 +166,8 @@ def make_plan(source: dict[str, Entry], target: dict[str, Entry],
     target is not one ours descends from is listed in `overwrites`. `elsewhere`
     names paths (by content) where the target holds files not in `target` (a
     plan of some paths only): new files with that content are copied from there.
+    With `around`, the plan is of one range of a tree's paths and leaves
+    directory metadata to its caller.
     """
     partials = partials or {}
     tombs = {p: e for p, e in source.items() if e.deleted}
@@ -164,7 +175,7 @@ def make_plan(source: dict[str, Entry], target: dict[str, Entry],
     target = {p: e for p, e in target.items() if not e.deleted}
     plan = Plan()
     touched: set[str] = set()
-    blocked_paths: set[str] = set()
+    blocked_paths: set[str] = set(around.blocked) if around is not None else set()
 
     if delete:
         # a delete carries the tombstone's version: ours if we have one, else the peer's, bumped by us
@@ -191,7 +202,8 @@ def make_plan(source: dict[str, Entry], target: dict[str, Entry],
             plan.blocked.append((path, f"is a {have.kind} on the peer (use --delete to replace it)"))
             blocked_paths.add(path)
             continue
-        leader = (source.get(src.link) or target.get(src.link)) if src.link is not None else None
+        leader = (source.get(src.link) or target.get(src.link) or (around.leaders.get(src.link) if around else None)) \
+            if src.link is not None else None
         if leader is not None and leader.kind == FILE and leader.blake3 == src.blake3:
             # a second name of a file: linked on the target once the first has landed (rsync -H)
             if have is not None and have.same_content(src) and have.link == src.link and have.version == src.version:
@@ -240,6 +252,8 @@ def make_plan(source: dict[str, Entry], target: dict[str, Entry],
                 else:
                     plan.large.append(Transfer(src, basis, replaces, basis_size=basis_size))
 
+    if around is not None:
+        return plan
     dirty_dirs = {d for p in touched for d in _parents(p)}
     for path in sorted(source, key=lambda p: (-p.count("/"), p)):
         src = source[path]

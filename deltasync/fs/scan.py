@@ -27,15 +27,23 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 MAX_WITHIN = 10_000  # changed paths a scan looks at one by one; past this, a whole walk is cheaper
+# a scan that records writes what it found a batch at a time, and keeps of it only the big files
+# (their signatures are made while the network works) and a bounded list of changed paths: a
+# first scan of a million files holds one batch, not the tree
+FLUSH_ROWS = 8192
+MAX_CHANGED_KEPT = 100_000
 
 
 @dataclass
 class ScanResult:
     """What a scan found. Entries it made (new, changed or newly deleted paths)
-    are in `fresh`; the rest of the index is the manifest's rows, read only
-    when asked for (`entries`, `pick`), less what the index leaves out now
-    (ignored paths, and what could not be read this time): an unchanged file
-    costs its stat, and no scan holds more than one directory's rows."""
+    are in `fresh` -- of a big scan that records, only the files of at least
+    DELTA_MIN and those of its last batch: the rest are in the manifest, like
+    the rest of the index, read only when asked for (`entries`, `pick`), less
+    what the index leaves out now (ignored paths, and what could not be read
+    this time): an unchanged file costs its stat, and no scan holds more than
+    one directory's rows. `changed` lists what changed (of a scan that records,
+    up to MAX_CHANGED_KEPT paths)."""
 
     manifest: Manifest
     fresh: dict[str, Entry] = field(default_factory=dict)
@@ -55,10 +63,10 @@ class ScanResult:
         if self._all is None:
             stored = self.manifest.all_entries(self.fresh)
             stored.update(self.fresh)
-            self._all = {p: e for p, e in sorted(stored.items()) if not self._hidden(p, e)}
+            self._all = {p: e for p, e in sorted(stored.items()) if not self.hidden(p, e)}
         return self._all
 
-    def _hidden(self, path: str, e: Entry) -> bool:
+    def hidden(self, path: str, e: Entry) -> bool:
         """A recorded path the index leaves out: ignored now, or not readable this time."""
         if self.skipped and (path in self.skipped or "" in self.skipped
                              or any(path.startswith(s + "/") for s in self.skipped)):
@@ -73,7 +81,7 @@ class ScanResult:
             return {p: self._all[p] for p in paths if p in self._all}
         stored = self.manifest.entries(p for p in paths if p not in self.fresh)
         stored.update((p, self.fresh[p]) for p in paths if p in self.fresh)
-        return {p: e for p, e in stored.items() if not self._hidden(p, e)}
+        return {p: e for p, e in stored.items() if not self.hidden(p, e)}
 
     def refuse_nesting(self, peer_id: str, whose: str) -> None:
         """A peer whose folder lies inside ours would receive our tree into itself, again
@@ -198,6 +206,9 @@ def _scan(root: Path, manifest: Manifest, ignore: Ignore, me: str, record: bool,
     result = ScanResult(manifest, ignore=ignore, partial=within is not None)
     fresh = result.fresh
     rows: list[Seen] = []
+    started = manifest.index_state()[1]  # rows recorded past this were found by this scan
+    flushed = False
+    listed: set[str] = set()  # directories listed, not entered yet: their rows wait (entering may fail)
     missing: list[str] = []  # recorded, live, and not found now: tombstones
     emptied: list[str] = []  # recorded directories gone or now something else: what was inside goes too
     segments: list[tuple[str, int, bytes]] = []
@@ -351,7 +362,21 @@ def _scan(root: Path, manifest: Manifest, ignore: Ignore, me: str, record: bool,
                 if row[KIND] == DIR:
                     emptied.append(path)
         subdirs.reverse()  # the walk pops from the end: name order, O(1) a directory
+        listed.update(path for _, path in subdirs)
         return subdirs
+
+    def flush() -> None:
+        """Record what was found so far (but directories not entered yet) and let it go."""
+        nonlocal flushed
+        done = [r for r in rows if r.entry.path not in listed]
+        rows[:] = [r for r in rows if r.entry.path in listed]
+        manifest.record(done)
+        flushed = True
+        for r in done:
+            if r.entry.kind != FILE or r.entry.size < DELTA_MIN or r.entry.deleted:
+                fresh.pop(r.entry.path, None)
+        if len(result.changed) > MAX_CHANGED_KEPT:
+            del result.changed[MAX_CHANGED_KEPT:]
 
     def walk(stack: list[tuple[int, list[tuple[str, str]]]]) -> None:
         """Depth-first, holding one descriptor per level of the current path only."""
@@ -362,6 +387,7 @@ def _scan(root: Path, manifest: Manifest, ignore: Ignore, me: str, record: bool,
                 stack.pop()
                 continue
             name, path = todo.pop()
+            listed.discard(path)
             try:
                 sub = os.open(name, DIR_FLAGS, dir_fd=dfd)
             except OSError as err:  # swapped for a symlink or a file since it was listed, or gone
@@ -371,6 +397,8 @@ def _scan(root: Path, manifest: Manifest, ignore: Ignore, me: str, record: bool,
                 result.skip(path, f"cannot enter: {err.strerror}")
                 continue
             stack.append((sub, visit(sub, path)))
+            if record and len(rows) >= FLUSH_ROWS:
+                flush()
 
     if within is None:
         top = os.open(root, DIR_FLAGS)
@@ -393,8 +421,9 @@ def _scan(root: Path, manifest: Manifest, ignore: Ignore, me: str, record: bool,
     for d in emptied:
         olds.update((p, old) for p, old in manifest.seen_under(d).items() if not old.entry.deleted
                     and not p.startswith(skipped) and not ignore(p, old.entry.kind == DIR))
+    again = {p for p, (seq, _, _) in manifest.sequences_of(list(olds)).items() if seq > started} if flushed else set()
     for path, old in sorted(olds.items()):
-        if path in fresh:
+        if path in fresh or path in again:
             continue  # found again (a directory's contents moved in whole)
         tomb = Entry(path, old.entry.kind, 0, old.entry.mtime_ns, 0,
                      version=vv.bump(old.entry.version, me), deleted=True)

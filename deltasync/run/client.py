@@ -19,17 +19,19 @@ from typing import Awaitable, Callable
 
 from .. import engine
 from ..config import Folder
-from ..core.entry import FILE, Entry
+from ..core.entry import DIR, FILE, Entry
 from ..core.limits import DELTA_MIN, REQUEST_BATCH
 from ..core.plan import PartialInfo, Plan, SyncPlan, Transfer, make_plan, plan_sync, steps
+from ..core.streamed import Streamed, ranges
 from ..core.result import FileResult
 from ..errors import DeltasyncError, ProtocolError
 from ..fs.ignore import Ignore
-from ..fs.scan import Unscanned, scan_folder
+from ..fs.scan import ScanResult, Unscanned, scan_folder
 from ..progress import Progress
 from ..store.manifest import Manifest
 from ..store.peer_index import PeerIndex
 from ..store.receiver import Receiver
+from ..store.spool import Spool
 from ..transports import tls
 from ..transports.base import Transport
 from ..wire import machine as mc
@@ -37,7 +39,7 @@ from ..wire.framing import Buffer
 from ..wire.messages import (INDEX_DELTA, Bye, FileRequest, Hello, IndexMark, Op, RequestFile, RequestFileList,
                              RequestSignature, SendFile)
 from .channel import Channel
-from .driver import Driver
+from .driver import MAX_CHANGED_PATHS, Driver, Listing
 from .report import Report
 from .scope import Scope, shape, widen
 from .sending import peer_signature
@@ -276,6 +278,7 @@ async def _converse(d: Driver, folder: Folder, manifest: Manifest, receiver: Rec
     greeting = await d.wait(d.greeted)
     cache = PeerIndex(manifest, peer) if greeting.wants(INDEX_DELTA) and not dry_run else None
     held = (cache.held() if cache is not None else None) or ("", 0)
+    d.listing.spool = cache  # the peer's index goes to our copy as it arrives
     await d.say(RequestFileList(dry_run, IndexMark(*held) if cache is not None else None))
     scanned = await scanning
     scanned.refuse_nesting(peer, "the peer's")
@@ -291,19 +294,31 @@ async def _converse(d: Driver, folder: Folder, manifest: Manifest, receiver: Rec
     kept = shape(excludes, scanned.ignore.lines, listing.ignore)
     scope = Scope(None, listing.entries)
     settled: tuple[int, set[str]] | None = None
+    streamed = False  # compare everything a range at a time (a push; a pull or sync holds it all)
     if cache is not None and listing.mark is not None:
         mark = listing.mark
-        await d.workers.run(cache.take, mark.index_id, mark.sequence, listing.entries.values(), listing.full,
-                            d.conv.max_index_entries)
+        await d.workers.run(cache.finish, mark.index_id, mark.sequence, d.conv.max_index_entries)
         settled = await d.workers.run(cache.settled, kept)
-        if settled is not None:
-            since, unsettled = settled
-            changed = await d.workers.run(manifest.changed_since, since)
-            scope = await d.workers.run(widen, {*changed, *listing.entries, *unsettled}, scanned, cache)
-        elif not listing.full:  # compare everything, against all of our copy
+        changed = None
+        if settled is not None and listing.paths is not None:
+            changed = await d.workers.run(manifest.changed_since, settled[0], MAX_CHANGED_PATHS)
+        if changed is not None and listing.paths is not None and settled is not None:
+            paths = {*changed, *listing.paths, *settled[1]}
+            if mode != "push" or len(paths) <= MAX_CHANGED_PATHS:
+                scope = await d.workers.run(widen, paths, scanned, cache)
+            else:
+                streamed = True
+        elif mode == "push":
+            streamed = True
+        else:
             scope = Scope(None, await d.workers.run(cache.entries))
-    report.index_entries = len(listing.entries)
+    report.index_entries = d.conv.index_entries
     report.paths_compared = None if scope.paths is None else len(scope.paths)
+    if streamed:
+        await _push_streamed(d, manifest, cache, scanned, theirs, listing.partials, report, progress,
+                             folder.short_id, delete, update, max_delete)
+        await _close(d, manifest, peer, mode, cache, listing, kept, before, report)
+        return
 
     def ours_to_sync(entries: dict[str, Entry]) -> dict[str, Entry]:
         """What the peer ignores we leave alone too, there and here: never sent, fetched nor deleted."""
@@ -320,8 +335,7 @@ async def _converse(d: Driver, folder: Folder, manifest: Manifest, receiver: Rec
     if scope.paths is not None and cache is not None:  # content the peer holds outside the paths compared
         wanted = [e.blake3 for e in local.values() if e.kind == FILE and not e.deleted and e.size > 0
                   and e.blake3 and (e.path not in remote or remote[e.path].size == 0)]
-        elsewhere = {b3: p for b3, p in (await d.workers.run(cache.holding, wanted)).items()
-                     if not scanned.ignore(p) and not theirs(p)}
+        elsewhere = await d.workers.run(cache.holding, wanted, lambda p: not scanned.ignore(p) and not theirs(p))
     sp: SyncPlan | None = None
     if mode == "push":
         push_plan: Plan | None = make_plan(local, remote, listing.partials, delete=delete, me=folder.short_id,
@@ -379,9 +393,88 @@ async def _converse(d: Driver, folder: Folder, manifest: Manifest, receiver: Rec
                                              pull=False).push)
         if push_plan is not None:
             await Pusher(d, manifest).run(push_plan)
+    await _close(d, manifest, peer, mode, cache if not dry_run else None, listing, kept, before, report, dry_run)
+
+
+async def _close(d: Driver, manifest: Manifest, peer: str, mode: str, cache: PeerIndex | None, listing: Listing,
+                 kept: str, before: int, report: Report, dry_run: bool = False) -> None:
+    """Bye, and (unless a dry run) what the next session starts from."""
     await d.say(Bye())
     await d.wait(d.closed)
     if not dry_run:
         manifest.mark_synced(peer, mode)
         if cache is not None and listing.mark is not None:  # everything we held before our scan is settled
             cache.settle(kept, before, report.unsettled)
+
+
+async def _push_streamed(d: Driver, manifest: Manifest, cache: PeerIndex, scanned: ScanResult, theirs: Ignore,
+                         partials: dict[str, PartialInfo], report: Report, progress: Progress, me: str,
+                         delete: bool, update: bool, max_delete: int | None) -> None:
+    """A push that compares everything, one path range of both indexes at a time
+    (`core.streamed`): each range's plan runs before the next is read, and what must
+    wait for the end waits in a spool on disk."""
+    run = d.workers.run
+    planner = Streamed(partials, delete, me, update)
+    spool = Spool(manifest)
+    pusher = Pusher(d, manifest)
+    deletes_left = max_delete
+    report.forget_done()
+
+    def theirs_too(path: str, is_dir: bool) -> bool:
+        return bool(theirs.lines) and theirs(path, is_dir)
+
+    def allowed(path: str) -> bool:
+        return not scanned.ignore(path) and not theirs_too(path, False)
+
+    def plan_range(ours: list[Entry], peers: list[Entry]) -> Plan:
+        local = {e.path: e for e in ours if not scanned.hidden(e.path, e) and not theirs_too(e.path, e.kind == DIR)}
+        remote = {e.path: e for e in peers if not scanned.ignore(e.path, e.kind == DIR)
+                  and not theirs_too(e.path, e.kind == DIR)}
+        wanted = [e.blake3 for e in local.values() if e.kind == FILE and not e.deleted and e.size > 0 and e.blake3
+                  and (e.path not in remote or remote[e.path].size == 0)]
+        elsewhere = cache.holding(wanted, allowed, stable=True) if wanted else {}
+        links = [e.link for e in local.values() if e.link and e.link not in local]
+        plan, later = planner.part(local, remote, elsewhere, manifest.entries(links) if links else {})
+        spool.add("delete", ((e, None) for e in later.deletes))
+        spool.add("create", ((e, None) for e in later.creations))
+        spool.add("hardlink", later.hardlinks)
+        spool.add("dir_meta", ((e, None) for e in later.dir_meta))
+        return plan
+
+    async def carry_out(plan: Plan) -> None:
+        nonlocal deletes_left
+        plan.cap_deletes(deletes_left)
+        if deletes_left is not None:
+            deletes_left -= len(plan.deletes)
+        report.count(plan)
+        await pusher.run(plan)
+
+    transport = d.channel.transport
+    progress.start(*manifest.live_files(), wire=lambda: transport.bytes_sent + transport.bytes_received)
+    pairs = ranges(manifest.after, cache.after)
+
+    async def next_plan() -> Plan | None:
+        pair = await run(next, pairs, None)
+        return None if pair is None else await run(plan_range, *pair)
+
+    ahead = asyncio.ensure_future(next_plan())  # the next range is planned while this one is sent
+    try:
+        while (plan := await ahead) is not None:
+            ahead = asyncio.ensure_future(next_plan())
+            await carry_out(plan)
+        spool.add("dir_meta", ((e, None) for e in planner.finish()))
+        for kind in ("delete", "create", "hardlink", "dir_meta"):
+            batches = spool.take(kind)
+            while (batch := await run(next, batches, None)) is not None:
+                entries = [e for e, _ in batch]
+                if kind == "create":  # what was a directory on the peer: gone now, so made anew
+                    links = [e.link for e in entries if e.link]
+                    plan = planner.made(entries, await run(manifest.entries, links) if links else {})
+                elif kind == "hardlink":
+                    plan = Plan(hardlinks=batch)
+                else:
+                    plan = Plan(deletes=entries) if kind == "delete" else Plan(dir_meta=entries)
+                await carry_out(plan)
+    finally:
+        await asyncio.gather(ahead, return_exceptions=True)  # (a session cut short: let its range finish)
+        spool.close()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Iterable, Protocol, TypeVar
 
 from ..core.entry import FILE, Entry
@@ -51,13 +51,29 @@ class Offer:
 
 @dataclass
 class Listing:
-    """(client) The index the server sent, as the `listed` future gives it."""
+    """(client) The index the server sent, as the `listed` future gives it. With a `spool` (our
+    copy of the peer's index) and the server's mark, its entries are stored there as they arrive,
+    not here: of a whole index nothing is kept, of what changed since our mark only the paths, up
+    to `MAX_CHANGED_PATHS` (past that, `paths` is None: compare everything)."""
 
     entries: dict[str, Entry]
     partials: dict[str, PartialInfo]
     ignore: list[str]
     mark: IndexMark | None
     full: bool
+    spool: "IndexSpool | None" = None
+    paths: set[str] | None = field(default_factory=set)
+
+
+class IndexSpool(Protocol):
+    """Where a client stores the peer's index as it arrives (`store.peer_index.PeerIndex`)."""
+
+    def start(self, full: bool) -> None: ...
+
+    def add(self, entries: Iterable[Entry]) -> None: ...
+
+
+MAX_CHANGED_PATHS = 20_000  # past this many changed paths a comparison of everything, a range at a time, is cheaper
 
 
 class Host(Protocol):
@@ -99,7 +115,7 @@ class Driver:
         self.signatures: asyncio.Queue[Signature] = asyncio.Queue()
         self.answered = asyncio.Condition()
         self.requests_answered = 0
-        self._listing = Listing({}, {}, [], None, True)
+        self.listing = Listing({}, {}, [], None, True)  # (client) set its spool before asking for the index
         self.ignored: Callable[[str], bool] = lambda path: True  # (server) nothing is served before the index
         self.pump_task: asyncio.Task[None] | None = None
         self.data_received = 0  # file data and delta bodies that came in (--stats' literal data, received)
@@ -237,12 +253,22 @@ class Driver:
         elif isinstance(e, mc.Greeted):
             self.greeted.set_result(e.hello)
         elif isinstance(e, mc.IndexPart):
-            got, part = self._listing, e.part
-            got.entries.update((x.path, x) for x in part.entries)
-            got.partials.update((p.path, p) for p in part.partials)
-            got.ignore.extend(part.ignore)
+            got, part = self.listing, e.part
             if part.mark is not None:
                 got.mark, got.full = part.mark, part.full
+                if got.spool is not None:
+                    await self.workers.run(got.spool.start, part.full)
+            if got.spool is not None and got.mark is not None:
+                if part.entries:
+                    await self.workers.run(got.spool.add, part.entries)
+                if got.paths is not None and not got.full:
+                    got.paths.update(x.path for x in part.entries)
+                    if len(got.paths) > MAX_CHANGED_PATHS:
+                        got.paths = None
+            else:
+                got.entries.update((x.path, x) for x in part.entries)
+            got.partials.update((p.path, p) for p in part.partials)
+            got.ignore.extend(part.ignore)
             if not part.more:
                 self.listed.set_result(got)
         elif isinstance(e, mc.SignatureReady):

@@ -56,6 +56,9 @@ class Report:
     _items: dict[str, list[tuple[dict[str, Any], bool]]] = field(default_factory=dict, repr=False)  # by path, in order
     _overwrites: set[str] = field(default_factory=set, repr=False)
     _unsettled: set[str] = field(default_factory=set, repr=False)  # failed, blocked, skipped or held: look again
+    # a push of a whole tree in ranges lets a file's outcome go once its verdict is in: a million
+    # planned paths are not held to the end (each path is planned once in such a push)
+    _forget_done: bool = field(default=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         d = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
@@ -144,6 +147,13 @@ class Report:
             self.overwritten.append({"path": r.path, "kept": kept})
             log.warning("%s: overwrote a newer version on the peer, %s", r.path,
                         f"kept there as {kept}" if kept else "not kept (versioning is off there)")
+        if self._forget_done:
+            self._outcome.pop(r.path, None)
+            self._overwrites.discard(r.path)
+
+    def forget_done(self) -> None:
+        """From now on, a file's outcome is let go once its verdict is in (see `_forget_done`)."""
+        self._forget_done = True
 
 
 def said(path: str, why: str) -> str:

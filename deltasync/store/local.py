@@ -130,10 +130,13 @@ class LocalState:
     def recorded_since_plan(self, paths: list[str], ticket: Ticket | None) -> set[str]:
         """Those of `paths` we recorded after the sender's plan was made. Their disk may look as
         planned (a file deleted here meanwhile is absent, as it was), but the record is newer: a
-        delete made or taken here since must not be undone by a plan that never saw it."""
+        delete made or taken here since must not be undone by a plan that never saw it. (The delete
+        of a directory or a link is not undone by a file made at its path: it is how a push replaces
+        one with the other, deleting the old kind first, in the same session.)"""
         if ticket is None or ticket.planned_at is None or not paths:
             return set()
-        return {p for p, seq in self.manifest.sequences_of(paths).items() if seq > ticket.planned_at}
+        return {p for p, (seq, kind, deleted) in self.manifest.sequences_of(paths).items()
+                if seq > ticket.planned_at and not (deleted and kind != FILE)}
 
     def record(self, entry: Entry, root: safe.SafeRoot | None = None) -> None:
         """Remember what we just wrote, with the version it came with, so the

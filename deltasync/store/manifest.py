@@ -211,6 +211,14 @@ class Manifest:
                 out.update((r[0], self._seen(r).entry) for r in rows if r[0] not in but)
         return out
 
+    def after(self, path: str, limit: int) -> list[Entry]:
+        """The next `limit` recorded entries past `path`, in path order (a comparison of
+        everything reads the index so, a page at a time)."""
+        with self._lock:
+            rows = self._db.execute(f"SELECT {self._COLS} FROM files WHERE path > ? ORDER BY path LIMIT ?",
+                                    (path, limit)).fetchall()
+        return [self._seen(r).entry for r in rows]
+
     def seen_of(self, paths: Iterable[str]) -> dict[str, Seen]:
         """The rows of these paths (those we have)."""
         out: dict[str, Seen] = {}
@@ -255,13 +263,14 @@ class Manifest:
                 self._db.executemany("DELETE FROM signatures WHERE path=?", gone)
                 self._db.execute("UPDATE meta SET value=? WHERE key='index_id'", (_new_index_id(),))
 
-    def sequences_of(self, paths: list[str]) -> dict[str, int]:
-        """When each of `paths` was last recorded (those we have a row for)."""
-        out: dict[str, int] = {}
+    def sequences_of(self, paths: list[str]) -> dict[str, tuple[int, str, bool]]:
+        """When each of `paths` was last recorded (those we have a row for), and as what: its kind,
+        and whether it is a tombstone."""
+        out: dict[str, tuple[int, str, bool]] = {}
         with self._lock:
             for chunk in in_chunks(paths):
-                out.update(self._db.execute(f"SELECT path, seq FROM files WHERE path IN ({','.join('?' * len(chunk))})",
-                                            chunk).fetchall())
+                q = f"SELECT path, seq, kind, deleted FROM files WHERE path IN ({','.join('?' * len(chunk))})"
+                out.update((p, (seq, kind, bool(deleted))) for p, seq, kind, deleted in self._db.execute(q, chunk))
         return out
 
     def index_state(self) -> tuple[str, int]:
@@ -284,10 +293,12 @@ class Manifest:
             last = rows[-1][-1]
             yield [self._seen(r).entry for r in rows]
 
-    def changed_since(self, sequence: int) -> list[str]:
-        """The paths recorded after `sequence`."""
+    def changed_since(self, sequence: int, most: int = -2) -> list[str] | None:
+        """The paths recorded after `sequence`; None if there are more than `most` (-2: no bound)."""
         with self._lock:
-            return [r[0] for r in self._db.execute("SELECT path FROM files WHERE seq > ?", (sequence,))]
+            paths = [r[0] for r in self._db.execute("SELECT path FROM files WHERE seq > ? LIMIT ?",
+                                                    (sequence, most + 1))]
+        return paths if most < 0 or len(paths) <= most else None
 
     def live_files(self) -> tuple[int, int]:
         """How many regular files we hold (by the last scan), and their bytes."""

@@ -11,7 +11,7 @@ at those again, and at nothing else that did not change.
 from __future__ import annotations
 
 import json
-from typing import Iterable
+from typing import Callable, Iterable
 
 from ..core import version as vv
 from ..core.entry import Entry, xattrs_to_wire
@@ -53,26 +53,36 @@ class PeerIndex:
                                          (self.peer,)).fetchone()
         return (r[0], r[1]) if r else None
 
-    def take(self, index_id: str, sequence: int, entries: Iterable[Entry], full: bool, most: int) -> None:
-        """What the peer sent: its whole index (`full`: it replaces our copy) or what changed. Our
-        copy holds at most `most` entries, however many sessions a peer sends new ones in: past
-        that, the copy is dropped (the next session asks for all of it) and the session fails."""
-        db = self.manifest.db
+    def start(self, full: bool) -> None:
+        """An index begins to arrive: a whole one (`full`) replaces our copy, which is gone until
+        `finish` (a session cut short leaves no mark, so the next one asks for all of it)."""
+        if full:
+            self._drop(("peer_files", "peer_index", "peer_settled"))
+
+    def add(self, entries: Iterable[Entry]) -> None:
+        """One part of what the peer sent, stored as it arrives: no index is one dict in memory."""
         rows = [(self.peer, e.path, e.kind, e.size, e.mtime_ns, e.mode, e.blake3, e.target,
                  json.dumps(vv.to_wire(e.version)), int(e.deleted), e.link,
                  json.dumps(xattrs_to_wire(e.xattrs)) if e.xattrs else "") for e in entries]
         with self.manifest.lock, self.manifest.tx():
-            if full:
-                db.execute("DELETE FROM peer_files WHERE peer_id=?", (self.peer,))
-                db.execute("DELETE FROM peer_settled WHERE peer_id=?", (self.peer,))
-            db.executemany("INSERT OR REPLACE INTO peer_files VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            self.manifest.db.executemany("INSERT OR REPLACE INTO peer_files VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+
+    def finish(self, index_id: str, sequence: int, most: int) -> None:
+        """The index arrived whole: we hold it up to `sequence`. Our copy holds at most `most`
+        entries, however many sessions a peer sends new ones in: past that, the copy is dropped
+        (the next session asks for all of it) and the session fails."""
+        db = self.manifest.db
+        with self.manifest.lock, self.manifest.tx():
             db.execute("INSERT OR REPLACE INTO peer_index VALUES (?,?,?)", (self.peer, index_id, sequence))
             held = db.execute("SELECT COUNT(*) FROM peer_files WHERE peer_id=?", (self.peer,)).fetchone()[0]
         if held > most:
-            with self.manifest.lock, self.manifest.tx():
-                for table in ("peer_files", "peer_index", "peer_settled", "peer_unsettled"):
-                    db.execute(f"DELETE FROM {table} WHERE peer_id=?", (self.peer,))
+            self._drop(("peer_files", "peer_index", "peer_settled", "peer_unsettled"))
             raise ProtocolError(f"peer index has more than {most} entries")
+
+    def _drop(self, tables: tuple[str, ...]) -> None:
+        with self.manifest.lock, self.manifest.tx():
+            for table in tables:
+                self.manifest.db.execute(f"DELETE FROM {table} WHERE peer_id=?", (self.peer,))
 
     def entries(self, paths: Iterable[str] | None = None) -> dict[str, Entry]:
         """Our copy of the peer's entries for these paths (None: all of them)."""
@@ -89,15 +99,30 @@ class PeerIndex:
             out[r[0]] = Manifest.row_entry(r)
         return out
 
-    def holding(self, contents: Iterable[str]) -> dict[str, str]:
-        """For each content (blake3), a path where the peer holds it as a live file, if any."""
-        db, out = self.manifest.db, {}
+    def after(self, path: str, limit: int) -> list[Entry]:
+        """The next `limit` entries of our copy past `path`, in path order (a comparison of
+        everything reads it so, a page at a time)."""
         with self.manifest.lock:
-            for b3 in set(contents):
-                r = db.execute("SELECT path FROM peer_files WHERE peer_id=? AND blake3=? AND deleted=0 AND size>0 "
-                               "ORDER BY path LIMIT 1", (self.peer, b3)).fetchone()
-                if r is not None:
-                    out[b3] = r[0]
+            rows = self.manifest.db.execute(f"SELECT {_COLS} FROM peer_files WHERE peer_id=? AND path > ? "
+                                            "ORDER BY path LIMIT ?", (self.peer, path, limit)).fetchall()
+        return [Manifest.row_entry(r) for r in rows]
+
+    def holding(self, contents: Iterable[str], allowed: Callable[[str], bool],
+                stable: bool = False) -> dict[str, str]:
+        """For each content (blake3), the first `allowed` path where the peer holds it as a live
+        file, if any. `stable`: only where it will still hold it while a plan runs in parts (we
+        hold the same there, or nothing live: a delete waits for the end)."""
+        db, out = self.manifest.db, {}
+        keep = (" AND NOT EXISTS (SELECT 1 FROM files f WHERE f.path = p.path AND f.deleted = 0 "
+                "AND f.blake3 IS NOT p.blake3)") if stable else ""
+        with self.manifest.lock:
+            for chunk in in_chunks(sorted(set(contents))):
+                rows = db.execute(f"SELECT blake3, path FROM peer_files p WHERE peer_id=? AND deleted=0 AND size>0 "
+                                  f"AND blake3 IN ({','.join('?' * len(chunk))}){keep} ORDER BY path",
+                                  (self.peer, *chunk)).fetchall()
+                for b3, path in rows:
+                    if b3 not in out and allowed(path):
+                        out[b3] = path
         return out
 
     def settled(self, shape: str) -> tuple[int, set[str]] | None:

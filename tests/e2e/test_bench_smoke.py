@@ -29,3 +29,15 @@ def test_bench_smoke(tmp_path):
     assert "ratio" in p.stdout
     # one file of a returning user's tree changed: about that file crosses, not the tree's index
     assert rows[3]["deltasync"]["bytes"] < 32 * 1024, rows[3]
+
+
+@pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync not installed (apt-get install rsync)")
+def test_watch_latency_smoke(tmp_path):
+    """bench/watch_latency.py, tiny and on loopback: one change under two real watchers reaches the peer."""
+    out = tmp_path / "watch.json"
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "watch_latency.py"), "--files", "200", "--runs", "1",
+                        "--loopback", "--work", str(tmp_path / "work"), "--out", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    result = json.loads(out.read_text())
+    assert result["files"] == 200 and len(result["runs"]) == 1 and result["median_latency"] > 0

@@ -194,3 +194,22 @@ def test_our_copy_of_a_peers_index_is_bounded_across_sessions(primed):
     a.save_config(cfg)
     r = converse(a, b, "sync")
     assert r.paths_compared is None and same(a, b)
+
+
+@pytest.mark.parametrize("was", ["dir", "symlink"])
+def test_a_directory_or_link_replaced_by_a_file_lands_in_one_session(primed, was):
+    """The push deletes the old kind first, in the same session: that delete is no change made
+    here since the index was sent, which the file must not overwrite."""
+    a, b = primed
+    old = a.root / "docs" / "deep" if was == "dir" else a.root / "ln"
+    if was == "symlink":
+        old.symlink_to("docs")
+        converse(a, b)
+        converse(a, b)
+        old.unlink()
+    else:
+        shutil.rmtree(old)
+    old.write_text("a file now")
+    r = converse(a, b, delete=True)
+    assert r.files_failed == 0, r.failures
+    assert same(a, b)
