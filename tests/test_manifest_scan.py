@@ -194,3 +194,21 @@ def test_a_big_scan_records_in_batches_and_keeps_only_the_big_files(tmp_path, mo
     assert "a/big" in small1.fresh and len(small1.fresh) < len(one1.fresh)
     assert small1.entries.keys() == one1.entries.keys() and small2.entries.keys() == one2.entries.keys()
     assert sorted(small2.changed) == sorted(one2.changed)
+
+
+def test_the_spool_gives_deletes_deepest_first_and_the_rest_as_added(tmp_path):
+    from deltasync.core.entry import DIR, Entry
+    from deltasync.store.spool import Spool
+
+    folder, _, _ = Folder.init(tmp_path / "A")
+    spool = Spool(Manifest(folder.db))
+    paths = ["a", "a/b/c", "z", "a/b", "m/n/o/p", "b"]
+    spool.add("delete", ((Entry(p, DIR, version=(("x", 1),)), None) for p in paths))
+    spool.add("hardlink", ((Entry(p, FILE, 1, 0, 0o644, "1" * 64, link="first"), "2" * 64) for p in ("y", "x")))
+    got = [e.path for batch in spool.take("delete", page=2) for e, _ in batch]
+    assert got == ["m/n/o/p", "a/b/c", "a/b", "a", "z", "b"]  # deepest first; a level in the order added
+    links = [(e.path, e.link, r) for batch in spool.take("hardlink") for e, r in batch]
+    assert links == [("y", "first", "2" * 64), ("x", "first", "2" * 64)]
+    assert not list(spool.take("dir_meta"))
+    spool.close()
+    assert not list(spool.take("delete"))

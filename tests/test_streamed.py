@@ -66,7 +66,9 @@ def _edited(rng: random.Random, target: dict[str, Entry]) -> dict[str, Entry]:
     return source
 
 
-def _ops(plans) -> dict[str, set]:
+def _ops(plans, links_as_made=False) -> dict[str, set]:
+    """What the plans do, as sets. `links_as_made`: a second name of a file counts as made, linked or
+    not (ranges know first names outside what a sync compares; one plan of it all does not)."""
     out: dict[str, set] = {k: set() for k in ("made", "mkdir", "symlink", "meta", "dir_meta", "delete", "hardlink",
                                               "blocked", "left", "overwrite", "skipped")}
     for p in plans:
@@ -77,7 +79,10 @@ def _ops(plans) -> dict[str, set]:
         out["meta"] |= {e.path for e in p.meta}
         out["dir_meta"] |= {e.path for e in p.dir_meta}
         out["delete"] |= {(e.path, e.version) for e in p.deletes}
-        out["hardlink"] |= {(e.path, r) for e, r in p.hardlinks}
+        if links_as_made:
+            out["made"] |= {(e.path, e.blake3) for e, _ in p.hardlinks}
+        else:
+            out["hardlink"] |= {(e.path, r) for e, r in p.hardlinks}
         out["blocked"] |= set(p.blocked)
         out["left"] |= set(p.left)
         out["overwrite"] |= set(p.overwrites)
@@ -99,8 +104,9 @@ def _streamed(source, target, delete, update, page):
             s = source.get(p)
             if t.kind == FILE and t.size > 0 and (s is None or s.deleted or s.blake3 == t.blake3):
                 elsewhere[t.blake3] = p
-        leaders = {e.link: source[e.link] for e in local.values() if e.link and e.link in source}
-        plan, later = planner.part(local, remote, elsewhere, leaders)
+        planner.around.leaders = {e.link: source[e.link] for e in local.values() if e.link and e.link in source}
+        plan = planner.plan(local, remote, elsewhere)
+        later = planner.take()
         assert not plan.dir_meta and not plan.hardlinks and all(d.kind != DIR for d in plan.deletes)
         plans.append(plan)
         unchanged += plan.unchanged
@@ -141,3 +147,44 @@ def test_ranges_cut_both_indexes_at_the_same_paths():
         assert not seen or min(paths) > max(seen[-1])  # ranges follow one another
         seen.append(paths)
     assert sorted(p for s in seen for p in s) == sorted(e.path for e in local + remote)
+
+
+def _versions(rng, index):
+    """Each entry a random vector over two peers: some paths equal, some newer either side, some concurrent."""
+    from dataclasses import replace
+
+    return {p: replace(e, version=tuple(sorted({("A", rng.randint(1, 2)), ("B", rng.randint(1, 2))})))
+            for p, e in index.items()}
+
+
+@pytest.mark.parametrize("seed", range(150))
+def test_a_sync_in_ranges_decides_what_the_whole_sync_decides(seed):
+    from deltasync.core.plan import Plan, plan_sync
+
+    rng = random.Random(seed)
+    local = _versions(rng, _tree(rng))
+    remote = _versions(rng, _edited(rng, local))
+    page = rng.choice([1, 2, 5, 100])
+    whole = plan_sync(local, remote, "A", "B")
+
+    def fetch(index):
+        entries = sorted(index.values(), key=lambda e: e.path)
+        return lambda after, n: [e for e in entries if e.path > after][:n]
+
+    pulls, pushes = Streamed({}, True, "B"), Streamed({}, True, "A")
+    parts, conflicts, merged = [], set(), {}
+    for ours, theirs in ranges(fetch(local), fetch(remote), page):
+        for s, index in ((pulls, remote), (pushes, local)):
+            s.around.leaders = {e.link: index[e.link] for e in index.values() if e.link}
+        sp = plan_sync({e.path: e for e in ours}, {e.path: e for e in theirs}, "A", "B",
+                       planners=(pulls.plan, pushes.plan))
+        parts.append(sp)
+        conflicts |= set(sp.conflicts)
+        merged.update(sp.merged)
+    assert conflicts == set(whole.conflicts) and merged == whole.merged
+    for direction, s in (("pull", pulls), ("push", pushes)):
+        later = s.take()
+        made = s.made(later.creations, s.around.leaders)
+        plans = [getattr(sp, direction) for sp in parts] + \
+            [Plan(deletes=later.deletes), made, Plan(hardlinks=later.hardlinks), Plan(dir_meta=later.dir_meta + s.finish())]
+        assert _ops(plans, True) == _ops([getattr(whole, direction)], True), (seed, page, direction)

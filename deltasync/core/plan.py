@@ -6,7 +6,7 @@ with the roles swapped, and `--dry-run` prints a plan without running it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from . import limits
 from . import version as vv
@@ -305,14 +305,20 @@ def _loser_copy(path: str, loser: Entry, winner: Entry) -> str:
     return conflict_name(path, modifier, loser.mtime_ns / 1e9)
 
 
+Planner = Callable[[dict[str, Entry], dict[str, Entry]], Plan]  # (source, target) -> a plan with --delete
+
+
 def plan_sync(local: dict[str, Entry], remote: dict[str, Entry], me: str, peer: str,
               local_partials: dict[str, PartialInfo] | None = None,
               remote_partials: dict[str, PartialInfo] | None = None, pull: bool = True,
-              push: bool = True) -> SyncPlan:
+              push: bool = True, planners: tuple[Planner | None, Planner | None] = (None, None)) -> SyncPlan:
     """Two-way sync by version vectors. The newer version of each path wins;
     deletes travel as tombstones; concurrent edits are a conflict: the newer
     mtime wins (an edit always beats a delete, ties go to the larger peer key)
-    and the losing version is kept beside it under a conflict name."""
+    and the losing version is kept beside it under a conflict name. `planners`
+    (pull, push) plan each half instead of `make_plan` (a tree planned in ranges)."""
+    make_pull = planners[0] or (lambda s, t: make_plan(s, t, local_partials, delete=True, me=peer))
+    make_push = planners[1] or (lambda s, t: make_plan(s, t, remote_partials, delete=True, me=me))
     to_pull: set[str] = set()
     to_push: set[str] = set()
     conflicts: list[Conflict] = []
@@ -355,8 +361,7 @@ def plan_sync(local: dict[str, Entry], remote: dict[str, Entry], me: str, peer: 
     # a remote-wins conflict moves our copy aside first, so the pull finds nothing there
     moved = {c.path for c in conflicts if c.loser == "local"}
     pull_target = {p: e for p, e in local_now.items() if p in to_pull and p not in moved}
-    pull_plan = make_plan({p: remote[p] for p in to_pull}, pull_target, local_partials, delete=True, me=peer) \
-        if pull else Plan()
+    pull_plan = make_pull({p: remote[p] for p in to_pull}, pull_target) if pull else Plan()
     pull_plan.unchanged += unchanged  # the same on both sides: counted once, with the pull
     pull_plan.unchanged_bytes += unchanged_bytes
     fetch_as: dict[str, str] = {}
@@ -368,8 +373,8 @@ def plan_sync(local: dict[str, Entry], remote: dict[str, Entry], me: str, peer: 
                 pull_plan.small.append((copy, None))
             else:
                 pull_plan.large.append(Transfer(copy, None, None))
-    push_plan = make_plan({p: local_now[p] for p in to_push}, {p: remote[p] for p in to_push if p in remote},
-                          remote_partials, delete=True, me=me) if push else Plan()
+    push_plan = make_push({p: local_now[p] for p in to_push}, {p: remote[p] for p in to_push if p in remote}) \
+        if push else Plan()
     if not push:  # a pull leaves what is newer here as it is
         pull_plan.left = sorted(to_push)
     if not pull:

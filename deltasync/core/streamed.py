@@ -54,7 +54,7 @@ def ranges(source: Fetch, target: Fetch, page: int = 0) -> Iterator[tuple[list[E
 
 @dataclass
 class Later:
-    """What one range's plan leaves for after every range has run."""
+    """What ranges' plans leave for after every range has run."""
 
     deletes: list[Entry] = field(default_factory=list)  # run deepest first, over all ranges
     creations: list[Entry] = field(default_factory=list)  # made where the target held a directory
@@ -67,42 +67,50 @@ def _inside(path: str, directory: str) -> bool:
 
 
 class Streamed:
-    """One comparison of everything, a range at a time (see the module's docstring)."""
+    """One direction's comparison of everything, a range at a time (see the module's docstring)."""
 
-    def __init__(self, partials: dict[str, PartialInfo], delete: bool, me: str, update: bool) -> None:
+    def __init__(self, partials: dict[str, PartialInfo], delete: bool, me: str, update: bool = False) -> None:
         self.partials, self.delete, self.me, self.update = partials, delete, me, update
-        self.around = Around()
+        self.around = Around()  # (set `around.leaders` before each range)
+        self.later = Later()  # what the ranges planned so far leave for the end (see `take`)
         # source directories whose paths are not all planned yet: [path, entry, due]. Path order
         # puts "a-b" between "a" and "a/c", so a directory stays until a path sorts past all of
         # its own ("a0"); the ends of those on the stack only fall, so it pops in order
         self.open: list[list] = []
 
-    def part(self, source: dict[str, Entry], target: dict[str, Entry], elsewhere: dict[str, str],
-             leaders: dict[str, Entry]) -> tuple[Plan, Later]:
-        """The plan of one range, to run now, and what waits for the end."""
-        self.around.leaders = leaders
+    def plan(self, source: dict[str, Entry], target: dict[str, Entry],
+             elsewhere: dict[str, str] | None = None) -> Plan:
+        """`make_plan` of one range (what `plan_sync` takes as its planner), less what waits for
+        the end: that goes to `later`."""
         plan = make_plan(source, target, self.partials, delete=self.delete, me=self.me, update=self.update,
                          elsewhere=elsewhere, around=self.around)
         self.around.blocked.update(p for p, _ in plan.blocked)
-        later = Later()
+        later = self.later
         live = {p for p, e in source.items() if not e.deleted}
         now: list[Entry] = []
+        waiting: set[str] = set()
         for d in plan.deletes:  # a file replaced by another kind goes now: its path is made in this range
-            (now if d.path in live and d.kind != DIR else later.deletes).append(d)
+            if d.path in live and d.kind != DIR:
+                now.append(d)
+            else:
+                later.deletes.append(d)
+                if d.path in live:  # a directory replaced by a file or a link: made once it is gone
+                    waiting.add(d.path)
+        gone = {d.path for d in plan.deletes}
         plan.deletes = now
-        waiting = {d.path for d in later.deletes if d.path in live}
-        if waiting:  # a directory replaced by a file or a link: made once the directory is gone
-            later.creations = [source[p] for p in sorted(waiting)]
+        made = [source[p] for p in sorted(waiting)]
+        if waiting:
+            later.creations += made
             plan.small = [x for x in plan.small if x[0].path not in waiting]
             plan.large = [t for t in plan.large if t.entry.path not in waiting]
             plan.symlinks = [e for e in plan.symlinks if e.path not in waiting]
             plan.copies = [x for x in plan.copies if x[0].path not in waiting]
             plan.hardlinks = [x for x in plan.hardlinks if x[0].path not in waiting]
-        later.hardlinks, plan.hardlinks = plan.hardlinks, []
-        gone = {d.path for d in (*now, *later.deletes)}
-        touched = gone | {x.path for x in (*plan.mkdirs, *plan.symlinks, *plan.meta, *later.creations)} | \
-            {e.path for e, _ in (*plan.small, *later.hardlinks)} | {t.entry.path for t in plan.large} | \
+        later.hardlinks += plan.hardlinks
+        touched = gone | {x.path for x in (*plan.mkdirs, *plan.symlinks, *plan.meta, *made)} | \
+            {e.path for e, _ in (*plan.small, *plan.hardlinks)} | {t.entry.path for t in plan.large} | \
             {e.path for e, _, _ in plan.copies}
+        plan.hardlinks = []
         dirs = {p: e for p, e in source.items() if e.kind == DIR and not e.deleted and not self._blocked(p)}
         for path in sorted(dirs.keys() | touched):
             later.dir_meta += self._passed(path)
@@ -115,7 +123,12 @@ class Streamed:
                 have = target.get(path)
                 due = have is None or path in gone or not have.same_meta(src) or have.version != src.version
                 self.open.append([path, src, due])
-        return plan, later
+        return plan
+
+    def take(self) -> Later:
+        """What waits for the end, planned since the last take (the caller sets it aside)."""
+        later, self.later = self.later, Later()
+        return later
 
     def made(self, entries: list[Entry], leaders: dict[str, Entry]) -> Plan:
         """The plan of what waited for a directory's delete (`Later.creations`): nothing is there now."""
@@ -123,7 +136,7 @@ class Streamed:
                          around=Around(leaders=leaders))
 
     def finish(self) -> list[Entry]:
-        """The directories still open once every range is planned: their metadata, deepest first."""
+        """The directories still open once every range is planned: their metadata (the deepest first)."""
         return self._passed(None)
 
     def _passed(self, path: str | None) -> list[Entry]:

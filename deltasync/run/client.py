@@ -3,10 +3,8 @@ hold what we hold, like rsync), `pull` (fetch what the peer has newer, by
 version vectors) or `sync` (both, in one session, with the same conflict rules).
 
 The conversation runs in the driver; here is only what the client decides:
-the plan, and carrying it out in the one order `plan.steps` gives -- pushed
-(`Pusher`: sent to the peer) or pulled (`Puller`: asked of it, or done here).
-The sender never waits per file or per segment: verdicts arrive while frames
-keep flowing.
+which paths to compare (what changed since the last session, or everything,
+then in ranges: `ranged`), the plan, and carrying it out (`carry`).
 """
 from __future__ import annotations
 
@@ -14,164 +12,38 @@ import asyncio
 import logging
 import math
 import time
-from dataclasses import replace
 from typing import Awaitable, Callable
 
-from .. import engine
 from ..config import Folder
-from ..core.entry import DIR, FILE, Entry
-from ..core.limits import DELTA_MIN, REQUEST_BATCH
-from ..core.plan import PartialInfo, Plan, SyncPlan, Transfer, make_plan, plan_sync, steps
-from ..core.streamed import Streamed, ranges
+from ..core.entry import FILE, Entry
+from ..core.limits import DELTA_MIN
+from ..core.plan import PartialInfo, Plan, SyncPlan, make_plan, plan_sync
 from ..core.result import FileResult
 from ..errors import DeltasyncError, ProtocolError
 from ..fs.ignore import Ignore
-from ..fs.scan import ScanResult, Unscanned, scan_folder
+from ..fs.scan import Unscanned, scan_folder
 from ..progress import Progress
 from ..store.manifest import Manifest
 from ..store.peer_index import PeerIndex
 from ..store.receiver import Receiver
-from ..store.spool import Spool
 from ..transports import tls
 from ..transports.base import Transport
 from ..wire import machine as mc
-from ..wire.framing import Buffer
-from ..wire.messages import (INDEX_DELTA, Bye, FileRequest, Hello, IndexMark, Op, RequestFile, RequestFileList,
-                             RequestSignature, SendFile)
+from ..wire.messages import INDEX_DELTA, Bye, Hello, IndexMark, RequestFileList
+from . import ranged
+from .carry import Puller, Pusher, record_merged
 from .channel import Channel
 from .driver import MAX_CHANGED_PATHS, Driver, Listing
 from .report import Report
 from .scope import Scope, shape, widen
-from .sending import peer_signature
 from .workers import Workers
 
 log = logging.getLogger(__name__)
-OP_OF = {"delete": "delete", "mkdir": "mkdir", "symlink": "symlink", "meta": "meta", "dir_meta": "meta"}
 Connect = Callable[[Folder, str, "str | None", float], Awaitable[Transport]]
 
 
 async def _tls(folder: Folder, address: str, expect: str | None, idle_timeout: float) -> Transport:
     return await tls.connect(folder, address, expect, idle_timeout=idle_timeout)
-
-
-class Pusher:
-    """A plan carried out by sending it to the peer (push, and the second half of sync)."""
-
-    def __init__(self, driver: Driver, manifest: Manifest) -> None:
-        self.driver = driver
-        self.manifest = manifest
-
-    async def run(self, plan: Plan) -> None:
-        s = self.driver.sender
-        for step in steps(plan):
-            if step.kind == "copy":
-                await s.ops([Op("copy", e, origin, replaces) for e, origin, replaces in step.items])
-            elif step.kind == "small":
-                for batch in SendFile.batches(step.items):
-                    await s.small(batch)
-            elif step.kind == "large":
-                for t in step.items:
-                    await s.large(t, self._signature)
-            elif step.kind == "hardlink":
-                await s.ops([Op("hardlink", e, e.link, replaces) for e, replaces in step.items])
-            else:
-                await s.ops([Op(OP_OF[step.kind], e) for e in step.items])
-
-    async def _signature(self, t: Transfer) -> Buffer | None:
-        """The peer's signature of the version it holds: from our own cache when
-        we held that content too (no round trip, no signature on the wire)."""
-        assert t.basis is not None
-        cached = self.manifest.signature_of_content(t.basis, engine.SIG_FORMAT)
-        if cached is not None:
-            return cached[1]
-        d = self.driver
-        await d.say(RequestSignature(t.entry.path, t.basis))
-        sig = await d.wait(d.signatures.get())
-        if sig.path != t.entry.path:
-            raise ProtocolError("signature for the wrong file")
-        return await peer_signature(d.workers, sig.body, t) if sig.blake3 == t.basis else None
-
-
-class Puller:
-    """A plan carried out here (pull, and the first half of sync): tree changes
-    applied locally, files asked of the peer and received by the driver."""
-
-    def __init__(self, driver: Driver, receiver: Receiver, report: Report) -> None:
-        self.driver = driver
-        self.receiver = receiver
-        self.report = report
-        self.asked = 0  # request_file frames sent
-
-    async def run(self, sp: SyncPlan) -> None:
-        run = self.driver.workers.run
-        for c in sp.conflicts:
-            if c.loser == "local":
-                await run(self.receiver.move_aside, c.path, c.copy)
-        for step in steps(sp.pull):
-            if step.kind == "copy":
-                for e, origin, replaces in step.items:
-                    await self.driver.verdict(await self._local(
-                        lambda: self.receiver.copy_local(e, origin, replaces, self.driver.ticket), e.path))
-            elif step.kind == "small":
-                for i in range(0, len(step.items), REQUEST_BATCH):
-                    await self._ask([FileRequest(sp.fetch_as.get(e.path, e.path), e.path, str(e.blake3), r)
-                                     for e, r in step.items[i : i + REQUEST_BATCH]])
-            elif step.kind == "large":
-                for t in step.items:
-                    await self._ask_large(t, sp.fetch_as)
-            elif step.kind == "hardlink":
-                await self._answered()  # the files they name have landed
-                for e, replaces in step.items:
-                    self.report.result(await self._local(lambda: self.receiver.apply_op(
-                        Op("hardlink", e, e.link, replaces), self.driver.ticket), e.path), remote=False)
-            else:
-                if step.kind == "dir_meta":  # after every file has landed in its directory
-                    await self._answered()
-                for e in step.items:
-                    res = await self._local(lambda: self.receiver.apply_op(Op(OP_OF[step.kind], e),
-                                                                           self.driver.ticket), e.path)
-                    self.report.result(res, remote=False)
-        await self._answered()
-
-    async def _local(self, fn: Callable[[], FileResult], path: str) -> FileResult:
-        try:
-            return await self.driver.workers.run(fn)
-        except (OSError, DeltasyncError) as err:
-            return FileResult.failed(path, str(err))
-
-    async def _ask(self, files: list[FileRequest], sig: bytes = b"") -> None:
-        await self.driver.say(RequestFile(tuple(files), sig))
-        self.asked += 1
-
-    async def _ask_large(self, t: Transfer, fetch_as: dict[str, str]) -> None:
-        basis, sig = t.basis, b""
-        if basis is not None:
-            got = await self.driver.workers.run(self.receiver.signature_for, t.entry.path, basis)
-            if got is None:
-                basis = None  # our copy changed meanwhile: fetch it whole (replaces still guards it)
-            else:
-                sig = got[1]
-        await self._ask([FileRequest(fetch_as.get(t.entry.path, t.entry.path), t.entry.path, str(t.entry.blake3),
-                                     t.replaces, basis, t.segment_size, t.done, t.basis_size)], sig)
-
-    async def _answered(self) -> None:
-        """Wait until every request so far has been answered in full."""
-        d = self.driver
-
-        async def all_answered() -> None:
-            async with d.answered:
-                await d.answered.wait_for(lambda: d.requests_answered >= self.asked)
-
-        await d.wait(all_answered())
-
-
-def _record_merged(manifest: Manifest, merged: dict[str, Entry]) -> None:
-    rows = []
-    for path, e in merged.items():
-        seen = manifest.get(path)
-        if seen is not None:
-            rows.append(replace(seen, entry=replace(seen.entry, version=e.version)))
-    manifest.record(rows)
 
 
 def _work(plans: list[Plan]) -> tuple[int, int]:
@@ -294,29 +166,25 @@ async def _converse(d: Driver, folder: Folder, manifest: Manifest, receiver: Rec
     kept = shape(excludes, scanned.ignore.lines, listing.ignore)
     scope = Scope(None, listing.entries)
     settled: tuple[int, set[str]] | None = None
-    streamed = False  # compare everything a range at a time (a push; a pull or sync holds it all)
+    in_ranges = False  # compare everything, a path range at a time (`ranged`)
     if cache is not None and listing.mark is not None:
         mark = listing.mark
         await d.workers.run(cache.finish, mark.index_id, mark.sequence, d.conv.max_index_entries)
         settled = await d.workers.run(cache.settled, kept)
-        changed = None
+        paths: set[str] | None = None  # what can differ (None: everything, or more than is worth a list)
         if settled is not None and listing.paths is not None:
             changed = await d.workers.run(manifest.changed_since, settled[0], MAX_CHANGED_PATHS)
-        if changed is not None and listing.paths is not None and settled is not None:
-            paths = {*changed, *listing.paths, *settled[1]}
-            if mode != "push" or len(paths) <= MAX_CHANGED_PATHS:
-                scope = await d.workers.run(widen, paths, scanned, cache)
-            else:
-                streamed = True
-        elif mode == "push":
-            streamed = True
-        else:
-            scope = Scope(None, await d.workers.run(cache.entries))
+            paths = None if changed is None else {*changed, *listing.paths, *settled[1]}
+        in_ranges = paths is None or len(paths) > MAX_CHANGED_PATHS
+        if paths is not None and not in_ranges:
+            scope = await d.workers.run(widen, paths, scanned, cache)
     report.index_entries = d.conv.index_entries
     report.paths_compared = None if scope.paths is None else len(scope.paths)
-    if streamed:
-        await _push_streamed(d, manifest, cache, scanned, theirs, listing.partials, report, progress,
-                             folder.short_id, delete, update, max_delete)
+    if in_ranges:
+        assert cache is not None
+        await ranged.session(ranged.Ranged(d, manifest, cache, theirs, report, max_delete), folder, scanned, mode,
+                             Puller(d, receiver, report), listing.partials, peer[:12], delete, update, excludes,
+                             within, progress)
         await _close(d, manifest, peer, mode, cache, listing, kept, before, report)
         return
 
@@ -380,7 +248,7 @@ async def _converse(d: Driver, folder: Folder, manifest: Manifest, receiver: Rec
             for c in sp.conflicts:
                 log.warning("conflict on %s: the %s version is kept as %s", c.path, c.loser, c.copy)
             await Puller(d, receiver, report).run(sp)
-            _record_merged(manifest, sp.merged)
+            record_merged(manifest, sp.merged)
             if push_plan is not None:  # plan the push half on what we hold now (conflict copies too)
                 now = await d.workers.run(scan_folder, folder, manifest, excludes, True, within)
                 if scope.paths is not None:
@@ -405,76 +273,3 @@ async def _close(d: Driver, manifest: Manifest, peer: str, mode: str, cache: Pee
         manifest.mark_synced(peer, mode)
         if cache is not None and listing.mark is not None:  # everything we held before our scan is settled
             cache.settle(kept, before, report.unsettled)
-
-
-async def _push_streamed(d: Driver, manifest: Manifest, cache: PeerIndex, scanned: ScanResult, theirs: Ignore,
-                         partials: dict[str, PartialInfo], report: Report, progress: Progress, me: str,
-                         delete: bool, update: bool, max_delete: int | None) -> None:
-    """A push that compares everything, one path range of both indexes at a time
-    (`core.streamed`): each range's plan runs before the next is read, and what must
-    wait for the end waits in a spool on disk."""
-    run = d.workers.run
-    planner = Streamed(partials, delete, me, update)
-    spool = Spool(manifest)
-    pusher = Pusher(d, manifest)
-    deletes_left = max_delete
-    report.forget_done()
-
-    def theirs_too(path: str, is_dir: bool) -> bool:
-        return bool(theirs.lines) and theirs(path, is_dir)
-
-    def allowed(path: str) -> bool:
-        return not scanned.ignore(path) and not theirs_too(path, False)
-
-    def plan_range(ours: list[Entry], peers: list[Entry]) -> Plan:
-        local = {e.path: e for e in ours if not scanned.hidden(e.path, e) and not theirs_too(e.path, e.kind == DIR)}
-        remote = {e.path: e for e in peers if not scanned.ignore(e.path, e.kind == DIR)
-                  and not theirs_too(e.path, e.kind == DIR)}
-        wanted = [e.blake3 for e in local.values() if e.kind == FILE and not e.deleted and e.size > 0 and e.blake3
-                  and (e.path not in remote or remote[e.path].size == 0)]
-        elsewhere = cache.holding(wanted, allowed, stable=True) if wanted else {}
-        links = [e.link for e in local.values() if e.link and e.link not in local]
-        plan, later = planner.part(local, remote, elsewhere, manifest.entries(links) if links else {})
-        spool.add("delete", ((e, None) for e in later.deletes))
-        spool.add("create", ((e, None) for e in later.creations))
-        spool.add("hardlink", later.hardlinks)
-        spool.add("dir_meta", ((e, None) for e in later.dir_meta))
-        return plan
-
-    async def carry_out(plan: Plan) -> None:
-        nonlocal deletes_left
-        plan.cap_deletes(deletes_left)
-        if deletes_left is not None:
-            deletes_left -= len(plan.deletes)
-        report.count(plan)
-        await pusher.run(plan)
-
-    transport = d.channel.transport
-    progress.start(*manifest.live_files(), wire=lambda: transport.bytes_sent + transport.bytes_received)
-    pairs = ranges(manifest.after, cache.after)
-
-    async def next_plan() -> Plan | None:
-        pair = await run(next, pairs, None)
-        return None if pair is None else await run(plan_range, *pair)
-
-    ahead = asyncio.ensure_future(next_plan())  # the next range is planned while this one is sent
-    try:
-        while (plan := await ahead) is not None:
-            ahead = asyncio.ensure_future(next_plan())
-            await carry_out(plan)
-        spool.add("dir_meta", ((e, None) for e in planner.finish()))
-        for kind in ("delete", "create", "hardlink", "dir_meta"):
-            batches = spool.take(kind)
-            while (batch := await run(next, batches, None)) is not None:
-                entries = [e for e, _ in batch]
-                if kind == "create":  # what was a directory on the peer: gone now, so made anew
-                    links = [e.link for e in entries if e.link]
-                    plan = planner.made(entries, await run(manifest.entries, links) if links else {})
-                elif kind == "hardlink":
-                    plan = Plan(hardlinks=batch)
-                else:
-                    plan = Plan(deletes=entries) if kind == "delete" else Plan(dir_meta=entries)
-                await carry_out(plan)
-    finally:
-        await asyncio.gather(ahead, return_exceptions=True)  # (a session cut short: let its range finish)
-        spool.close()

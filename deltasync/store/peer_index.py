@@ -125,6 +125,20 @@ class PeerIndex:
                         out[b3] = path
         return out
 
+    def differing(self, ours: bool) -> tuple[int, int]:
+        """How many live files (and their bytes) one side holds that the other does not hold with the
+        same content at the same path: `ours` (what a push may send), else the peer's (what a pull may
+        fetch). What a comparison in ranges shows as its progress's total, before it knows."""
+        if ours:
+            q = ("SELECT COUNT(*), TOTAL(f.size) FROM files f WHERE f.kind='file' AND f.deleted=0 AND NOT EXISTS "
+                 "(SELECT 1 FROM peer_files p WHERE p.peer_id=? AND p.path=f.path AND p.deleted=0 AND p.blake3=f.blake3)")
+        else:
+            q = ("SELECT COUNT(*), TOTAL(p.size) FROM peer_files p WHERE p.peer_id=? AND p.kind='file' AND p.deleted=0 "
+                 "AND NOT EXISTS (SELECT 1 FROM files f WHERE f.path=p.path AND f.deleted=0 AND f.blake3=p.blake3)")
+        with self.manifest.lock:
+            n, size = self.manifest.db.execute(q, (self.peer,)).fetchone()
+        return int(n), int(size)
+
     def settled(self, shape: str) -> tuple[int, set[str]] | None:
         """Our sequence up to which the last complete session of this `shape` settled
         everything, and the paths it left unsettled; None: look at everything."""

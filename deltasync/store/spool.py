@@ -7,6 +7,7 @@ import json
 from typing import Iterable, Iterator
 
 from ..core.entry import Entry
+from ..core.streamed import Later
 from .manifest import Manifest
 
 KINDS = ("delete", "create", "hardlink", "dir_meta")  # the order they run in at the end
@@ -29,6 +30,13 @@ class Spool:
             with self.manifest.lock:
                 self.manifest.db.executemany("INSERT INTO temp.spool (kind, rank, entry, extra) VALUES (?,?,?,?)",
                                              rows)
+
+    def put(self, later: Later) -> None:
+        """What ranges' plans left for the end."""
+        self.add("delete", ((e, None) for e in later.deletes))
+        self.add("create", ((e, None) for e in later.creations))
+        self.add("hardlink", later.hardlinks)
+        self.add("dir_meta", ((e, None) for e in later.dir_meta))
 
     def take(self, kind: str, page: int = 4096) -> Iterator[list[tuple[Entry, str | None]]]:
         """What was added of `kind`, a page at a time: deletes deepest first (a directory is empty

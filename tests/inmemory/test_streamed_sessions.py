@@ -104,3 +104,50 @@ def test_many_changed_paths_are_compared_in_ranges_too(tmp_path, tiny, monkeypat
     assert same(a, b) and r.files_sent_whole == 3 and r.files_deleted == 1
     r = converse(a, b, delete=True)  # B's records come back: more than 3, compared in ranges, nothing moves
     assert r.paths_compared is None and r.index_entries > 3 and r.literal_bytes == 0
+
+
+def _many(monkeypatch):
+    monkeypatch.setattr(client, "MAX_CHANGED_PATHS", 3)
+    monkeypatch.setattr(driver, "MAX_CHANGED_PATHS", 3)
+
+
+@pytest.mark.parametrize("mode", ["sync", "pull"])
+def test_a_first_sync_or_pull_in_ranges_of_two(tmp_path, tiny, mode):
+    a, b = folder_pair(tmp_path)
+    _tree(b.root)
+    (a.root / "mine").mkdir()
+    (a.root / "mine" / "only-a").write_text("A's own")
+    (a.root / "a.c").write_text("A's a.c, made apart from B's: a conflict")
+    r = converse(a, b, mode)
+    assert r.paths_compared is None and r.files_failed == 0, r.failures
+    assert len(r.conflicts) == 1 and r.conflicts[0]["path"] == "a.c"
+    assert (a.root / "new" / "big.bin").read_bytes() == (b.root / "new" / "big.bin").read_bytes()
+    assert os.stat(a.root / "h" / "a" / "link").st_ino == os.stat(a.root / "h" / "z.txt").st_ino
+    if mode == "sync":
+        assert same(a, b) and (b.root / "mine" / "only-a").exists()
+        again = converse(a, b, "sync")
+        assert again.files_unchanged == again.files_total and again.literal_bytes == 0 and not again.conflicts
+    else:
+        assert not (b.root / "mine").exists()
+
+
+def test_many_changes_on_both_sides_sync_in_ranges(tmp_path, tiny, monkeypatch):
+    import shutil
+
+    a, b = folder_pair(tmp_path)
+    _tree(a.root)
+    converse(a, b, "sync")
+    converse(a, b, "sync")
+    _many(monkeypatch)
+    shutil.rmtree(a.root / "a")  # a directory deleted on A
+    (a.root / "h" / "edited-on-a").write_text("new on A")
+    shutil.rmtree(b.root / "was-file")  # a directory replaced by a file on B
+    (b.root / "was-file").write_text("now a file, on B")
+    os.rename(b.root / "new" / "big.bin", b.root / "renamed.bin")  # a rename on B
+    (b.root / "a.c").write_text("edited on B")
+    r = converse(a, b, "sync")
+    assert r.paths_compared is None and r.files_failed == 0, r.failures
+    assert same(a, b) and not (b.root / "a").exists() and (a.root / "was-file").read_text() == "now a file, on B"
+    assert (a.root / "renamed.bin").exists() and not (a.root / "new" / "big.bin").exists()
+    r = converse(a, b, "sync")
+    assert r.files_failed == 0 and r.literal_bytes == 0 and same(a, b)

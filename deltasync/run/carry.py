@@ -1,0 +1,146 @@
+"""A plan carried out, the one order `plan.steps` gives: pushed (`Pusher`: sent
+to the peer) or pulled (`Puller`: asked of it, or done here). The sender never
+waits per file or per segment: verdicts arrive while frames keep flowing."""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable
+
+from .. import engine
+from ..core.entry import Entry
+from ..core.limits import REQUEST_BATCH
+from ..core.plan import Plan, SyncPlan, Transfer, steps
+from ..core.result import FileResult
+from ..errors import DeltasyncError, ProtocolError
+from ..store.manifest import Manifest
+from ..store.receiver import Receiver
+from ..wire.framing import Buffer
+from ..wire.messages import FileRequest, Op, RequestFile, RequestSignature, SendFile
+from .driver import Driver
+from .report import Report
+from .sending import peer_signature
+
+OP_OF = {"delete": "delete", "mkdir": "mkdir", "symlink": "symlink", "meta": "meta", "dir_meta": "meta"}
+
+
+class Pusher:
+    """A plan carried out by sending it to the peer (push, and the second half of sync)."""
+
+    def __init__(self, driver: Driver, manifest: Manifest) -> None:
+        self.driver = driver
+        self.manifest = manifest
+
+    async def run(self, plan: Plan) -> None:
+        s = self.driver.sender
+        for step in steps(plan):
+            if step.kind == "copy":
+                await s.ops([Op("copy", e, origin, replaces) for e, origin, replaces in step.items])
+            elif step.kind == "small":
+                for batch in SendFile.batches(step.items):
+                    await s.small(batch)
+            elif step.kind == "large":
+                for t in step.items:
+                    await s.large(t, self._signature)
+            elif step.kind == "hardlink":
+                await s.ops([Op("hardlink", e, e.link, replaces) for e, replaces in step.items])
+            else:
+                await s.ops([Op(OP_OF[step.kind], e) for e in step.items])
+
+    async def _signature(self, t: Transfer) -> Buffer | None:
+        """The peer's signature of the version it holds: from our own cache when
+        we held that content too (no round trip, no signature on the wire)."""
+        assert t.basis is not None
+        cached = self.manifest.signature_of_content(t.basis, engine.SIG_FORMAT)
+        if cached is not None:
+            return cached[1]
+        d = self.driver
+        await d.say(RequestSignature(t.entry.path, t.basis))
+        sig = await d.wait(d.signatures.get())
+        if sig.path != t.entry.path:
+            raise ProtocolError("signature for the wrong file")
+        return await peer_signature(d.workers, sig.body, t) if sig.blake3 == t.basis else None
+
+
+class Puller:
+    """A plan carried out here (pull, and the first half of sync): tree changes
+    applied locally, files asked of the peer and received by the driver."""
+
+    def __init__(self, driver: Driver, receiver: Receiver, report: Report) -> None:
+        self.driver = driver
+        self.receiver = receiver
+        self.report = report
+        self.asked = 0  # request_file frames sent
+
+    async def run(self, sp: SyncPlan, drain: bool = True) -> None:
+        """Carry out the plan's pull half (with `drain`, until every file asked for has landed)."""
+        run = self.driver.workers.run
+        for c in sp.conflicts:
+            if c.loser == "local":
+                await run(self.receiver.move_aside, c.path, c.copy)
+        for step in steps(sp.pull):
+            if step.kind == "copy":
+                for e, origin, replaces in step.items:
+                    await self.driver.verdict(await self._local(
+                        lambda: self.receiver.copy_local(e, origin, replaces, self.driver.ticket), e.path))
+            elif step.kind == "small":
+                for i in range(0, len(step.items), REQUEST_BATCH):
+                    await self._ask([FileRequest(sp.fetch_as.get(e.path, e.path), e.path, str(e.blake3), r)
+                                     for e, r in step.items[i : i + REQUEST_BATCH]])
+            elif step.kind == "large":
+                for t in step.items:
+                    await self._ask_large(t, sp.fetch_as)
+            elif step.kind == "hardlink":
+                await self.answered()  # the files they name have landed
+                for e, replaces in step.items:
+                    self.report.result(await self._local(lambda: self.receiver.apply_op(
+                        Op("hardlink", e, e.link, replaces), self.driver.ticket), e.path), remote=False)
+            else:
+                if step.kind == "dir_meta":  # after every file has landed in its directory
+                    await self.answered()
+                for e in step.items:
+                    res = await self._local(lambda: self.receiver.apply_op(Op(OP_OF[step.kind], e),
+                                                                           self.driver.ticket), e.path)
+                    self.report.result(res, remote=False)
+        if drain:
+            await self.answered()
+
+    async def _local(self, fn: Callable[[], FileResult], path: str) -> FileResult:
+        try:
+            return await self.driver.workers.run(fn)
+        except (OSError, DeltasyncError) as err:
+            return FileResult.failed(path, str(err))
+
+    async def _ask(self, files: list[FileRequest], sig: bytes = b"") -> None:
+        await self.driver.say(RequestFile(tuple(files), sig))
+        self.asked += 1
+
+    async def _ask_large(self, t: Transfer, fetch_as: dict[str, str]) -> None:
+        basis, sig = t.basis, b""
+        if basis is not None:
+            got = await self.driver.workers.run(self.receiver.signature_for, t.entry.path, basis)
+            if got is None:
+                basis = None  # our copy changed meanwhile: fetch it whole (replaces still guards it)
+            else:
+                sig = got[1]
+        await self._ask([FileRequest(fetch_as.get(t.entry.path, t.entry.path), t.entry.path, str(t.entry.blake3),
+                                     t.replaces, basis, t.segment_size, t.done, t.basis_size)], sig)
+
+    async def answered(self) -> None:
+        """Wait until every request so far has been answered in full."""
+        d = self.driver
+
+        async def all_answered() -> None:
+            async with d.answered:
+                await d.answered.wait_for(lambda: d.requests_answered >= self.asked)
+
+        await d.wait(all_answered())
+
+
+def record_merged(manifest: Manifest, merged: dict[str, Entry]) -> None:
+    """The versions a sync merged (a local winner must dominate both sides), recorded before it pushes."""
+    rows = []
+    for path, e in merged.items():
+        seen = manifest.get(path)
+        if seen is not None:
+            rows.append(replace(seen, entry=replace(seen.entry, version=e.version)))
+    manifest.record(rows)
