@@ -9,6 +9,7 @@ still caught by the end-to-end blake3 check).
 from __future__ import annotations
 
 import io
+import math
 import struct
 from typing import Any, BinaryIO
 
@@ -31,7 +32,13 @@ def block_len_for(size: int) -> int:
     """8 KiB blocks (cheap deltas for shifted data: 1.8 MB vs 4.6 MB at the
     default 2 KiB-per-sqrt rule on a 500 MB file), doubled until the file has at
     most 65536 blocks, so a signature stays under ~1.3 MB (one frame) and the
-    delta side's hash table stays small for any file size."""
+    delta side's hash table stays small for any file size. A small file edited
+    (under DELTA_MIN) gets the block that makes signature plus delta of one
+    edit smallest: its signature costs 20 bytes a block and the edit about one
+    block, so sqrt(20 * size) -- 780 bytes for 30 KiB, where 8 KiB would send
+    ten times the edit."""
+    if size < limits.DELTA_MIN:
+        return max(512, -(-math.isqrt(20 * size) // 64) * 64)
     block = MIN_BLOCK
     while size // block > MAX_BLOCKS:
         block *= 2

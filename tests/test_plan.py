@@ -94,3 +94,14 @@ def test_versions_travel_even_when_content_matches():
     a = Entry("x", FILE, 1, 1, 0o644, H1, version=(("p", 2),))
     b = Entry("x", FILE, 1, 1, 0o644, H1, version=(("p", 1),))
     assert make_plan(idx(a), idx(b)).meta == [a]
+
+
+def test_a_changed_file_of_a_few_kib_goes_by_delta_when_the_peer_holds_a_version():
+    from deltasync.core.limits import SMALL_DELTA_MIN
+
+    mid = SMALL_DELTA_MIN * 2
+    plan = make_plan(idx(f("edited", mid, H2), f("new", mid, H2), f("tiny", SMALL_DELTA_MIN - 1, H2)),
+                     idx(f("edited", mid, H1), f("tiny", SMALL_DELTA_MIN - 1, H1)))
+    (t,) = plan.large
+    assert t.entry.path == "edited" and t.basis == H1 and t.basis_size == mid
+    assert sorted(e.path for e, _ in plan.small) == ["new", "tiny"]  # no basis, or too small to gain

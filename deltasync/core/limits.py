@@ -18,6 +18,12 @@ SEGMENT_SIZE = 4 * 1024 * 1024  # a big file travels in segments, each verified 
 # trip and per-file bookkeeping cost more than the bytes a delta could save
 # (at most 128 KiB per file, 10 ms at 100 Mbit/s).
 DELTA_MIN = 128 * 1024
+# ... unless the receiver holds a version to patch: from this size on, a changed file travels as a
+# delta (a one-line edit of a 30 KiB source file sends about the line). Below it, what a delta adds
+# -- the file's begin, segment and done headers (~700 bytes of JSON), a signature of at least one
+# block, the partial's journal rows -- is a fair share of the file itself, and a 16 KiB file
+# crosses 100 Mbit/s in 1.3 ms.
+SMALL_DELTA_MIN = 16 * 1024
 BATCH_BYTES = 4 * 1024 * 1024  # small files' bytes in one `send_file` frame
 BATCH_FILES = 1000  # small files in one `send_file` frame
 OPS_BYTES = 4 * 1024 * 1024  # a `send_changes` body

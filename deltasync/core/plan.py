@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterable
 from . import limits
 from . import version as vv
 from .entry import DIR, FILE, SYMLINK, Entry
-from .limits import DELTA_MIN, SEGMENT_SIZE
+from .limits import DELTA_MIN, SEGMENT_SIZE, SMALL_DELTA_MIN
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,7 @@ class Around:
 
 def make_plan(source: dict[str, Entry], target: dict[str, Entry],
               partials: dict[str, PartialInfo] | None = None, delete: bool = False,
-              delta_min: int = DELTA_MIN, me: str = "local", update: bool = False,
+              me: str = "local", update: bool = False,
               elsewhere: dict[str, str] | None = None, around: Around | None = None) -> Plan:
     """Make the target hold what the source holds.
 
@@ -239,12 +239,12 @@ def make_plan(source: dict[str, Entry], target: dict[str, Entry],
             part = partials.get(path)
             resumable = part is not None and part.target_blake3 == src.blake3 and part.replaces == replaces
             origin = by_hash.get(src.blake3) if (have is None or have.size == 0) and path not in gone else None
+            basis = replaces if (replaces is not None and have is not None and have.size > 0) else None
             if origin is not None and not resumable:
                 plan.copies.append((src, origin, replaces))
-            elif src.size < delta_min and not resumable:
+            elif src.size < (SMALL_DELTA_MIN if basis is not None else DELTA_MIN) and not resumable:
                 plan.small.append((src, replaces))
             else:
-                basis = replaces if (replaces is not None and have is not None and have.size > 0) else None
                 basis_size = have.size if basis is not None and have is not None else 0
                 if resumable:
                     assert part is not None

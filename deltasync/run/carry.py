@@ -3,12 +3,13 @@ to the peer) or pulled (`Puller`: asked of it, or done here). The sender never
 waits per file or per segment: verdicts arrive while frames keep flowing."""
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import replace
 from typing import Callable
 
 from .. import engine
 from ..core.entry import Entry
-from ..core.limits import REQUEST_BATCH
+from ..core.limits import DELTA_MIN, REQUEST_BATCH
 from ..core.plan import Plan, SyncPlan, Transfer, steps
 from ..core.result import FileResult
 from ..errors import DeltasyncError, ProtocolError
@@ -20,6 +21,7 @@ from .driver import Driver
 from .report import Report
 from .sending import peer_signature
 
+SIGNATURES_AHEAD = 32  # small files' signatures asked for before their turn (the machine allows 64 at once)
 OP_OF = {"delete": "delete", "mkdir": "mkdir", "symlink": "symlink", "meta": "meta", "dir_meta": "meta"}
 
 
@@ -39,12 +41,56 @@ class Pusher:
                 for batch in SendFile.batches(step.items):
                     await s.small(batch)
             elif step.kind == "large":
-                for t in step.items:
-                    await s.large(t, self._signature)
+                await self._large(step.items)
             elif step.kind == "hardlink":
                 await s.ops([Op("hardlink", e, e.link, replaces) for e, replaces in step.items])
             else:
                 await s.ops([Op(OP_OF[step.kind], e) for e in step.items])
+
+    async def _large(self, transfers: list[Transfer]) -> None:
+        """Files in segments, each by delta when the peer holds a version. The small ones (under
+        DELTA_MIN: changed files by delta) go first, their signatures asked for ahead, up to
+        `SIGNATURES_AHEAD` at once in one write, so no file waits a round trip for its own; a
+        big file's signature is asked for on its turn (it may be large), once none is on its way."""
+        d = self.driver
+        transfers = sorted(transfers, key=lambda t: t.entry.size >= DELTA_MIN)  # (stable: path order within)
+        small = iter([t for t in transfers if t.basis is not None and t.entry.size < DELTA_MIN])
+        asked: deque[str] = deque()  # paths whose signature is on its way, in the order asked
+        cached: dict[str, Buffer] = {}
+
+        async def ask_ahead() -> None:
+            wanted: list[RequestSignature] = []
+            while len(asked) + len(cached) < SIGNATURES_AHEAD and (t := next(small, None)) is not None:
+                assert t.basis is not None
+                have = await d.workers.run(self.manifest.signature_of_content, t.basis, engine.SIG_FORMAT)
+                if have is not None:
+                    cached[t.entry.path] = have[1]
+                else:
+                    wanted.append(RequestSignature(t.entry.path, t.basis))
+                    asked.append(t.entry.path)
+            await d.say_all(wanted)
+
+        async def signature(t: Transfer) -> Buffer | None:
+            if t.entry.path in cached:
+                return cached.pop(t.entry.path)
+            if not asked or asked[0] != t.entry.path:
+                return await self._signature(t)
+            asked.popleft()
+            got = await self._answer(t)
+            await ask_ahead()
+            return got
+
+        await ask_ahead()
+        for t in transfers:  # (`large` asks for a file's signature first thing, whenever it has a basis)
+            await self.driver.sender.large(t, signature)
+
+    async def _answer(self, t: Transfer) -> Buffer | None:
+        """The peer's next signature, which must be of `t` (None: that version is gone there)."""
+        d = self.driver
+        sig = await d.wait(d.signatures.get())
+        if sig.path != t.entry.path:
+            raise ProtocolError("signature for the wrong file")
+        return await peer_signature(d.workers, sig.body, t) if sig.blake3 == t.basis else None
 
     async def _signature(self, t: Transfer) -> Buffer | None:
         """The peer's signature of the version it holds: from our own cache when
@@ -53,12 +99,8 @@ class Pusher:
         cached = self.manifest.signature_of_content(t.basis, engine.SIG_FORMAT)
         if cached is not None:
             return cached[1]
-        d = self.driver
-        await d.say(RequestSignature(t.entry.path, t.basis))
-        sig = await d.wait(d.signatures.get())
-        if sig.path != t.entry.path:
-            raise ProtocolError("signature for the wrong file")
-        return await peer_signature(d.workers, sig.body, t) if sig.blake3 == t.basis else None
+        await self.driver.say(RequestSignature(t.entry.path, t.basis))
+        return await self._answer(t)
 
 
 class Puller:

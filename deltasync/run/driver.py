@@ -125,6 +125,11 @@ class Driver:
     async def say(self, m: Message) -> None:
         await self.channel.send(*self.conv.send(m))
 
+    async def say_all(self, messages: list[Message]) -> None:
+        """Several messages in one write (one TLS record and system call, not one each)."""
+        if messages:
+            await self.channel.send(b"".join(part for m in messages for part in self.conv.send(m)))
+
     async def verdict(self, r: FileResult) -> None:
         await self.verdicts_of([r])
 

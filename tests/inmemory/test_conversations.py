@@ -481,3 +481,41 @@ def test_what_the_server_excludes_is_left_alone_both_ways(tmp_path, mode):
     assert not (b.root / "a.tmp").exists() and not (a.root / "b.tmp").exists() and not (a.root / "cache").exists()
     assert (a.root / "a.tmp").read_text() == "A's scratch"
     assert ((a.root if mode == "pull" else b.root) / "keep.txt").exists() or mode == "pull"
+
+
+def test_edited_source_files_of_a_few_kib_travel_as_deltas(folders):
+    """Fifty text files of ~21 KiB, one line of each edited: about the lines cross (a block of
+    ~700 bytes each, and the signatures), not the files."""
+    a, b = folders
+    rng = random.Random(5)
+    lines = [f"line {i}: {rng.random()}\n" for i in range(1000)]
+    for i in range(50):
+        (a.root / "src").mkdir(exist_ok=True)
+        (a.root / "src" / f"m{i:02d}.py").write_text("".join(lines[: 700 + i]))
+    converse(a, b)
+    converse(a, b)
+    for i in range(50):
+        p = a.root / "src" / f"m{i:02d}.py"
+        text = p.read_text().splitlines(keepends=True)
+        text[300] = f"edited line {i}\n"
+        p.write_text("".join(text))
+    r = converse(a, b)
+    assert same(a, b) and r.files_failed == 0, r.failures
+    size = sum(p.stat().st_size for p in (a.root / "src").iterdir())  # ~21 KiB each
+    assert r.files_sent_delta == 50 and r.literal_bytes < 50 * 1500, r.literal_bytes  # about a block each
+    assert r.bytes_sent + r.bytes_received < size / 5  # signatures both ways included
+
+
+def test_small_and_big_files_by_delta_in_one_push_each_get_their_own_signature(folders):
+    """Small files' signatures are asked for ahead; a big file's on its turn, after them."""
+    a, b = folders
+    for i in range(40):  # more than are asked for ahead, around a big file by path
+        (a.root / f"s{i:02d}.txt").write_text(f"{i}\n" * 9000)
+    converse(a, b)
+    converse(a, b)
+    for i in range(40):
+        (a.root / f"s{i:02d}.txt").write_text(f"{i}\n" * 9000 + "appended\n")
+    fixture.mutate(str(a.root / "big.bin"), "regions", seed=3, fraction=0.1)
+    r = converse(a, b)
+    assert same(a, b) and r.files_failed == 0, r.failures
+    assert r.files_sent_delta == 41
