@@ -56,8 +56,9 @@ class Report:
     _items: dict[str, list[tuple[dict[str, Any], bool]]] = field(default_factory=dict, repr=False)  # by path, in order
     _overwrites: set[str] = field(default_factory=set, repr=False)
     _unsettled: set[str] = field(default_factory=set, repr=False)  # failed, blocked, skipped or held: look again
-    # a push of a whole tree in ranges lets a file's outcome go once its verdict is in: a million
-    # planned paths are not held to the end (each path is planned once in such a push)
+    # a session in ranges lets a file's outcome go once its verdict is in: a million planned paths
+    # are not held to the end (each path is planned once; only a sync's conflict copy, fetched and
+    # then pushed, is counted twice)
     _forget_done: bool = field(default=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
