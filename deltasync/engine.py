@@ -35,8 +35,8 @@ def block_len_for(size: int) -> int:
     delta side's hash table stays small for any file size. A small file edited
     (under DELTA_MIN) gets the block that makes signature plus delta of one
     edit smallest: its signature costs 20 bytes a block and the edit about one
-    block, so sqrt(20 * size) -- 780 bytes for 30 KiB, where 8 KiB would send
-    ten times the edit."""
+    block, so sqrt(20 * size) in 64s -- 832 bytes for 30 KiB, where 8 KiB would
+    send ten times the edit."""
     if size < limits.DELTA_MIN:
         return max(512, -(-math.isqrt(20 * size) // 64) * 64)
     block = MIN_BLOCK

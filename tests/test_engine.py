@@ -46,7 +46,11 @@ def test_round_trip_property(old, new, block):
 
 
 def test_block_len_scales_with_size():
-    assert engine.block_len_for(0) == 8192
+    from deltasync.core.limits import DELTA_MIN
+
+    assert engine.block_len_for(0) == 512  # a small file edited: about sqrt(20 * size), in 64s, at least 512
+    assert engine.block_len_for(30 * 1024) == 832 and engine.block_len_for(DELTA_MIN - 1) == 1664
+    assert engine.block_len_for(DELTA_MIN) == 8192
     assert engine.block_len_for(500 * 2**20) == 8192
     assert engine.block_len_for(4 * 2**30) == 65536
     assert (4 * 2**30) // engine.block_len_for(4 * 2**30) <= engine.MAX_BLOCKS
