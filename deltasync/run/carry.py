@@ -72,12 +72,13 @@ class Pusher:
 
         async def signature(t: Transfer) -> Buffer | None:
             if t.entry.path in cached:
-                return cached.pop(t.entry.path)
-            if not asked or asked[0] != t.entry.path:
+                got = cached.pop(t.entry.path)
+            elif asked and asked[0] == t.entry.path:
+                asked.popleft()
+                got = await self._answer(t)
+            else:  # a big file
                 return await self._signature(t)
-            asked.popleft()
-            got = await self._answer(t)
-            await ask_ahead()
+            await ask_ahead()  # the window moves on by one
             return got
 
         await ask_ahead()

@@ -519,3 +519,24 @@ def test_small_and_big_files_by_delta_in_one_push_each_get_their_own_signature(f
     r = converse(a, b)
     assert same(a, b) and r.files_failed == 0, r.failures
     assert r.files_sent_delta == 41
+
+
+def test_a_signature_we_hold_already_is_not_asked_for(folders):
+    """A push finds the peer's version's signature in our own cache when we hold that content too
+    (here: we answered for it once): none of forty crosses the link, and all go by delta."""
+    a, b = folders
+    for i in range(40):
+        for name in (f"s{i:02d}.txt", f"t{i:02d}.txt"):  # twins: the same content under two names
+            (a.root / name).write_text(f"{i}\n" * 9000)
+    converse(a, b)
+    converse(a, b)
+    for i in range(40):  # B edits one twin and pushes: A answers for, and keeps, the old content's signature
+        with open(b.root / f"s{i:02d}.txt", "a") as f:
+            f.write("on B\n")
+    assert converse(b, a).files_sent_delta == 40
+    for i in range(40):  # A edits the other twin: B holds the old content there
+        with open(a.root / f"t{i:02d}.txt", "a") as f:
+            f.write("on A\n")
+    r = converse(a, b)
+    assert same(a, b) and r.files_failed == 0 and r.files_sent_delta == 40, r.failures
+    assert r.bytes_received < 40 * 300, r.bytes_received  # acks only: no signature came back
