@@ -5,7 +5,9 @@ the few effects they answer through their `Host`.
 
 Frames are read ahead into a small bounded queue, so the network keeps
 flowing while a segment is patched and fsynced; when no frame is waiting, the
-small files staged so far are committed.
+small files staged so far are committed. A commit runs in the background while
+the next small files are staged (it mostly waits for the disk, without the
+GIL); anything else waits for it first, so what follows a batch finds it in place.
 """
 from __future__ import annotations
 
@@ -120,6 +122,7 @@ class Driver:
         self.pump_task: asyncio.Task[None] | None = None
         self.data_received = 0  # file data and delta bodies that came in (--stats' literal data, received)
         self.verdicts = {True: 0, False: 0}  # files this end took in (or could not send), by outcome
+        self.committing: asyncio.Future[list[FileResult]] | None = None  # small files being put in place
 
     # -- sending ---------------------------------------------------------------
     async def say(self, m: Message) -> None:
@@ -203,6 +206,12 @@ class Driver:
         t = self.pump_task
         return t.exception() if t is not None and t.done() and not t.cancelled() else None
 
+    async def committed(self) -> None:
+        """The commit in the background done, and its verdicts given."""
+        pending, self.committing = self.committing, None
+        if pending is not None:
+            await self.verdicts_of(await pending)
+
     async def perform(self, e: mc.Effect) -> None:
         run, intake = self.workers.run, self.intake
         if isinstance(e, mc.Stage):
@@ -210,8 +219,10 @@ class Driver:
             for f in e.message.files:
                 self.progress.advance(f.entry.path, f.entry.size)
             await self.verdicts_of(await run(intake.stage, e.message))
-        elif isinstance(e, mc.Commit):
-            await self.verdicts_of(await run(intake.commit))
+            return
+        await self.committed()
+        if isinstance(e, mc.Commit):
+            self.committing = asyncio.ensure_future(run(intake.commit))
         elif isinstance(e, mc.Begin):
             r = await run(intake.begin, e.message)
             if r is not None:
@@ -322,6 +333,8 @@ class Driver:
     async def close(self) -> None:
         """The session ended, however: open files stay resumable, claims are released."""
         try:
+            if self.committing is not None:  # (its verdicts are moot now; its files are in place or dropped)
+                await asyncio.gather(self.committing, return_exceptions=True)
             await self.workers.run(self.intake.close)
         finally:
             if self.ticket is not None:
