@@ -212,3 +212,16 @@ def test_the_spool_gives_deletes_deepest_first_and_the_rest_as_added(tmp_path):
     assert not list(spool.take("dir_meta"))
     spool.close()
     assert not list(spool.take("delete"))
+
+
+def test_a_watchers_changed_paths_are_bounded():
+    """Past MAX_WITHIN changed paths a watcher keeps none: the next scan walks everything (as it would)."""
+    from deltasync.fs.scan import MAX_WITHIN, Unscanned
+
+    u = Unscanned()
+    assert u.take() is None  # at start: everything
+    u.add(f"p{i}" for i in range(MAX_WITHIN))
+    assert len(u.take()) == MAX_WITHIN
+    u.add(f"p{i}" for i in range(MAX_WITHIN + 1))
+    u.add(["one more"])
+    assert u.take() is None and u.take() == set()

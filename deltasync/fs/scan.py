@@ -447,8 +447,11 @@ class Unscanned:
         self._paths: set[str] | None = None
 
     def add(self, paths: Iterable[str]) -> None:
+        """More changed paths; past MAX_WITHIN, none are kept: the next scan walks everything."""
         if self._paths is not None:
             self._paths.update(paths)
+            if len(self._paths) > MAX_WITHIN:
+                self._paths = None
 
     def forget(self) -> None:
         """Walk everything next time (a scan that took the paths failed, or it is time for the safety net)."""

@@ -25,7 +25,7 @@ from typing import Any
 from ..config import Folder
 from ..errors import DeltasyncError, PeerBusy
 from ..fs.safe import has_reserved
-from ..fs.scan import Unscanned
+from ..fs.scan import MAX_WITHIN, Unscanned
 from ..progress import Ticker
 from .client import session
 from .report import said
@@ -74,7 +74,10 @@ class Watcher:
         cfg = folder.config()
         self.settle = float(cfg.setting("settle_seconds"))
         self.rescan = float(cfg.setting("rescan_seconds"))
+        # changed paths whose settling we watch: a sample, past MAX_WITHIN (a session that writes a
+        # million files must not have a million paths stat'ed every second); `changes` counts them all
         self.pending: set[str] = set()
+        self.changes = 0
         self.unscanned = Unscanned()  # what changed since a scan last looked: the next one looks at that only
         self.wake = asyncio.Event()
         self.stop = asyncio.Event()
@@ -98,16 +101,18 @@ class Watcher:
         async for changes in awatch(root, stop_event=self.stop, debounce=400, step=50, recursive=True,
                                     watch_filter=wanted):
             paths = {os.path.relpath(p, root).replace(os.sep, "/") for _c, p in changes}
-            self.pending.update(paths)
+            self.changes += len(paths)
+            if len(self.pending) < MAX_WITHIN:
+                self.pending.update(paths)
             self.unscanned.add(paths)
             self.wake.set()
 
     async def settled(self) -> None:
-        """Wait until the changed paths stop changing."""
+        """Wait until the changed paths stop changing, and no new ones come."""
         while True:
-            before = _stat(self.folder.root, self.pending)
+            before = self.changes, _stat(self.folder.root, self.pending)
             await asyncio.sleep(self.settle)
-            if _stat(self.folder.root, self.pending) == before:
+            if (self.changes, _stat(self.folder.root, self.pending)) == before:
                 return
 
     async def sync_all(self, reason: str) -> bool:
