@@ -42,12 +42,21 @@ class TreeOps(LocalState):
             else:  # meta
                 if cur is None or not cur.same_content(e):
                     raise TransferFailed(f"{e.path}: changed here since the index was sent")
-                if e.kind != SYMLINK:  # a symlink's metadata is not kept: its meta is a new version only
+                if e.kind != SYMLINK and not self._meta_is(e):  # (a symlink's metadata is not kept)
                     self.safe.set_meta(e.path, e.mode, e.mtime_ns, self.attrs_of(e))
             self.record(e)
             return FileResult(e.path, True)
         except TransferFailed as err:
             return FileResult.failed(e.path, str(err))
+
+    def _meta_is(self, e: Entry) -> bool:
+        """Does the path hold `e`'s metadata already (a new version only: two peers' histories
+        merged)? Then nothing on disk is touched -- no ctime moves, no watcher sees a change.
+        Known from its row, when the row is of what is on disk now (its inode and ctime)."""
+        seen, st = self.manifest.get(e.path), self.safe.lstat(e.path)
+        return seen is not None and st is not None and (seen.ino, seen.ctime_ns) == (st.st_ino, st.st_ctime_ns) \
+            and seen.xattrs_known and seen.entry.xattrs == e.xattrs \
+            and (seen.entry.mode, seen.entry.mtime_ns) == (e.mode, e.mtime_ns) == (st.st_mode & 0o7777, st.st_mtime_ns)
 
     def _delete(self, e: Entry, ticket: Ticket | None) -> FileResult:
         cur = self.current(e.path)

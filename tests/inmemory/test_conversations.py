@@ -540,3 +540,23 @@ def test_a_signature_we_hold_already_is_not_asked_for(folders):
     r = converse(a, b)
     assert same(a, b) and r.files_failed == 0 and r.files_sent_delta == 40, r.failures
     assert r.bytes_received < 40 * 300, r.bytes_received  # acks only: no signature came back
+
+
+def test_merging_two_histories_of_the_same_tree_touches_no_file(tmp_path):
+    """Two peers that hold the same files, scanned apart: the sync gives every path a merged
+    version and writes nothing to disk (no ctime moves, so no watcher sees a change); a real
+    mtime change still lands."""
+    import shutil
+
+    a, b = folder_pair(tmp_path)
+    make_tree(a.root)
+    shutil.copytree(a.root, b.root, dirs_exist_ok=True, symlinks=True,
+                    ignore=shutil.ignore_patterns(".deltasync"), copy_function=shutil.copy2)
+    before = {p: os.lstat(p).st_ctime_ns for p in b.root.rglob("*") if ".deltasync" not in p.parts}
+    r = converse(a, b, "sync")
+    assert r.files_failed == 0 and same(a, b), r.failures
+    after = {p: os.lstat(p).st_ctime_ns for p in b.root.rglob("*") if ".deltasync" not in p.parts}
+    assert after == before
+    os.utime(a.root / "docs" / "a.txt", ns=(10**18, 10**18))
+    converse(a, b, "sync")
+    assert os.stat(b.root / "docs" / "a.txt").st_mtime_ns == 10**18
