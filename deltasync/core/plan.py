@@ -152,6 +152,13 @@ class Around:
     leaders: dict[str, Entry] = field(default_factory=dict)  # first names of hard links, wherever they are
 
 
+def copyable(source: dict[str, Entry], target: dict[str, Entry]) -> list[str]:
+    """The contents (blake3) of source files a plan may copy from elsewhere on the target: new
+    there, or empty there (what `make_plan` looks up in `elsewhere`)."""
+    return [e.blake3 for e in source.values() if e.kind == FILE and not e.deleted and e.size > 0 and e.blake3
+            and (e.path not in target or target[e.path].size == 0)]
+
+
 def make_plan(source: dict[str, Entry], target: dict[str, Entry],
               partials: dict[str, PartialInfo] | None = None, delete: bool = False,
               me: str = "local", update: bool = False,

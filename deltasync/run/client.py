@@ -17,7 +17,7 @@ from typing import Awaitable, Callable
 from ..config import Folder
 from ..core.entry import FILE, Entry
 from ..core.limits import DELTA_MIN
-from ..core.plan import PartialInfo, Plan, SyncPlan, make_plan, plan_sync
+from ..core.plan import PartialInfo, Plan, SyncPlan, copyable, make_plan, plan_sync
 from ..core.result import FileResult
 from ..errors import DeltasyncError, ProtocolError
 from ..fs.ignore import Ignore
@@ -201,8 +201,7 @@ async def _converse(d: Driver, folder: Folder, manifest: Manifest, receiver: Rec
     local = ours_to_sync(picked)
     elsewhere: dict[str, str] = {}
     if scope.paths is not None and cache is not None:  # content the peer holds outside the paths compared
-        wanted = [e.blake3 for e in local.values() if e.kind == FILE and not e.deleted and e.size > 0
-                  and e.blake3 and (e.path not in remote or remote[e.path].size == 0)]
+        wanted = copyable(local, remote)
         elsewhere = await d.workers.run(cache.holding, wanted, lambda p: not scanned.ignore(p) and not theirs(p))
     sp: SyncPlan | None = None
     if mode == "push":

@@ -13,8 +13,8 @@ import logging
 from typing import Awaitable, Callable, TypeVar
 
 from ..config import Folder
-from ..core.entry import DIR, FILE, Entry
-from ..core.plan import PartialInfo, Plan, SyncPlan, plan_sync
+from ..core.entry import DIR, Entry
+from ..core.plan import PartialInfo, Plan, SyncPlan, copyable, plan_sync
 from ..core.streamed import Streamed, ranges
 from ..fs.ignore import Ignore
 from ..fs.scan import ScanResult, scan_folder
@@ -133,8 +133,7 @@ async def push(r: Ranged, scanned: ScanResult, partials: dict[str, PartialInfo],
     streamer = Streamed(partials, delete, me, update)
 
     def plan_of(local: dict[str, Entry], remote: dict[str, Entry]) -> Plan:
-        wanted = [e.blake3 for e in local.values() if e.kind == FILE and not e.deleted and e.size > 0 and e.blake3
-                  and (e.path not in remote or remote[e.path].size == 0)]
+        wanted = copyable(local, remote)
         elsewhere = r.cache.holding(wanted, lambda p: r.allowed(scanned, p), stable=True) if wanted else {}
         return streamer.plan(local, remote, elsewhere)
 
