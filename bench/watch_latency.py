@@ -88,16 +88,17 @@ def main(argv: list[str]) -> int:
             time.sleep(0.5)  # the first sessions compare everything, once (two that cross retry)
         for side in "ab":
             quiet(logs[side], 0, idle=5)
-        # the session after the first brings back, once, what the peer recorded in it (at a million
-        # files that takes minutes): a probe change, not timed, waits it out
-        probe = src / "probe.txt"
-        probe.write_text("probe")
-        while md5(dst / "probe.txt") != md5(probe):
-            if time.monotonic() - t > 3600:
-                raise SystemExit("the probe change did not reach B within an hour of the start")
-            time.sleep(0.5)
-        for side in "ab":
-            quiet(logs[side], 0, idle=5)
+        # the sessions after the first bring back, once each way, what the peer recorded in it (at a
+        # million files that takes minutes): a probe change each way, not timed, waits them out
+        for side, there in ((src, dst), (dst, src)):
+            probe = side / f"probe-{side.name}.txt"
+            probe.write_text("probe")
+            while md5(there / probe.name) != md5(probe):
+                if time.monotonic() - t > 3600:
+                    raise SystemExit(f"the probe change {probe.name} did not arrive within an hour of the start")
+                time.sleep(0.5)
+            for s in "ab":
+                quiet(logs[s], 0, idle=5)
         first = time.monotonic() - t
         rng = random.Random(7)
         files = sorted(src.glob("d*/f*.bin"))

@@ -88,6 +88,8 @@ def test_hostile_paths_and_ops(rx, tmp_path):
             begin(rx, path, b"x")
         with pytest.raises((UnsafePath, ProtocolError)):
             rx.apply_op(Op.from_wire({"op": "mkdir", "path": path, "kind": "dir", "mode": 0o755}))
+        with pytest.raises((UnsafePath, ProtocolError)):
+            rx.apply_op(Op.from_wire({"op": "meta", "path": path, "kind": "dir", "mode": 0o700}))
     with pytest.raises(ProtocolError):
         rx.apply_op(Op.from_wire({"op": "chmod-everything", "path": "a", "kind": "dir"}))
     with pytest.raises(ProtocolError, match="add up"):
@@ -225,3 +227,31 @@ def test_a_file_deleted_here_after_the_peer_planned_is_not_brought_back(rx):
     ticket.planned_at = rx.manifest.index_state()[1]  # a plan made after the delete: it is the peer's to make
     results = rx.stage_small(wire("send_file", data, files=[meta]), staged, ticket) + rx.commit_small(staged, ticket)
     assert [r.ok for r in results] == [True] and (rx.folder.root / "f").read_bytes() == data
+
+
+def test_meta_ops_in_one_batch_fail_one_by_one_and_are_recorded_together(rx):
+    """A batch of meta ops: the path that changed here fails alone, a version-only one leaves its
+    file as it was, a mode change lands; the rows of those that went are recorded at once."""
+    from deltasync.core.entry import FILE, Entry
+    from deltasync.store.manifest import Seen
+
+    root, m = rx.folder.root, rx.manifest
+    for name in "abc":
+        (root / name).write_bytes(name.encode() * 100)
+        os.chmod(root / name, 0o644)
+
+    def entry(name, mode=0o644, version=(("PEER", 2),)):
+        st = os.lstat(root / name)
+        return Entry(name, FILE, st.st_size, st.st_mtime_ns, mode, hashing.of_bytes(name.encode() * 100),
+                     version=version)
+
+    m.record([Seen(entry(n, version=()), os.lstat(root / n).st_ino, os.lstat(root / n).st_ctime_ns) for n in "abc"])
+    seq0, ctime_a = m.index_state()[1], os.lstat(root / "a").st_ctime_ns
+    (root / "c").write_bytes(b"edited here")
+    res = rx.apply_metas([entry("a"), entry("b", 0o600), replace(entry("c"), size=300)])
+    assert [r.ok for r in res] == [True, True, False] and "changed here" in res[2].error
+    assert os.lstat(root / "a").st_ctime_ns == ctime_a  # a new version only: the file is not touched
+    assert os.stat(root / "b").st_mode & 0o777 == 0o600
+    assert m.index_state()[1] == seq0 + 2  # two rows, in one record
+    got = m.entries(["a", "b", "c"])
+    assert got["a"].version == got["b"].version == (("PEER", 2),) and got["c"].version == ()

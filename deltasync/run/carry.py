@@ -9,7 +9,7 @@ from typing import Callable
 
 from .. import engine
 from ..core.entry import Entry
-from ..core.limits import DELTA_MIN, REQUEST_BATCH
+from ..core.limits import DELTA_MIN, OPS_PER_FRAME, REQUEST_BATCH
 from ..core.plan import Plan, SyncPlan, Transfer, steps
 from ..core.result import FileResult
 from ..errors import DeltasyncError, ProtocolError
@@ -140,6 +140,11 @@ class Puller:
             else:
                 if step.kind == "dir_meta":  # after every file has landed in its directory
                     await self.answered()
+                if OP_OF[step.kind] == "meta":  # (a batch at a time: one transaction records it)
+                    for i in range(0, len(step.items), OPS_PER_FRAME):
+                        for res in await run(self.receiver.apply_metas, step.items[i : i + OPS_PER_FRAME]):
+                            self.report.result(res, remote=False)
+                    continue
                 for e in step.items:
                     res = await self._local(lambda: self.receiver.apply_op(Op(OP_OF[step.kind], e),
                                                                            self.driver.ticket), e.path)
@@ -181,9 +186,6 @@ class Puller:
 
 def record_merged(manifest: Manifest, merged: dict[str, Entry]) -> None:
     """The versions a sync merged (a local winner must dominate both sides), recorded before it pushes."""
-    rows = []
-    for path, e in merged.items():
-        seen = manifest.get(path)
-        if seen is not None:
-            rows.append(replace(seen, entry=replace(seen.entry, version=e.version)))
-    manifest.record(rows)
+    known = manifest.seen_of(merged)
+    manifest.record(replace(seen, entry=replace(seen.entry, version=merged[path].version))
+                    for path, seen in known.items())

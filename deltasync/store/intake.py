@@ -4,28 +4,16 @@ disk work of one effect and turns a file's failure into that file's verdict;
 only a broken protocol raises. Blocking: the driver runs it on a worker."""
 from __future__ import annotations
 
-import errno
-from typing import Callable, TypeVar
+import itertools
 
 from ..core.result import FileResult
 from ..errors import AlreadyPresent, DiskFull, TransferFailed
 from ..wire.messages import BeginFile, RequestSignature, SendChanges, SendDelta, SendFile, Signature
 from .claims import Ticket
+from .local import on_disk
 from .receiver import Receiver
 from .segments import OpenFile
 from .small import Staged
-
-T = TypeVar("T")
-
-
-def on_disk(fn: Callable[[], T]) -> T:
-    """An OS error (a full disk, say) fails the file at hand, not the session."""
-    try:
-        return fn()
-    except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFull("no space left on the receiving device") from None
-        raise TransferFailed(str(e.strerror or e)) from None
 
 
 class Intake:
@@ -78,12 +66,18 @@ class Intake:
         self.r.abandon(self.open.pop(path))
 
     def apply(self, m: SendChanges) -> list[FileResult]:
-        out = []
-        for op in m.ops:
-            try:
-                out.append(on_disk(lambda: self.r.apply_op(op, self.ticket)))
-            except TransferFailed as e:
-                out.append(FileResult.failed(op.entry.path, str(e)))
+        """The ops in order; each run of meta ops in one go (`TreeOps.apply_metas`)."""
+        out: list[FileResult] = []
+        for meta, run in itertools.groupby(m.ops, lambda op: op.kind == "meta"):
+            ops = list(run)
+            if meta:
+                out += self.r.apply_metas([op.entry for op in ops])
+                continue
+            for op in ops:
+                try:
+                    out.append(on_disk(lambda: self.r.apply_op(op, self.ticket)))
+                except TransferFailed as e:
+                    out.append(FileResult.failed(op.entry.path, str(e)))
         return out
 
     def sign(self, m: RequestSignature) -> Signature:

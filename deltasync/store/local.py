@@ -3,16 +3,18 @@ it still holds what our index told the sender (``replaces``). A file edited
 here meanwhile is never overwritten or deleted, so nothing is lost."""
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import stat
 import uuid
 from dataclasses import replace
+from typing import Callable, TypeVar
 
 from ..config import Folder
 from ..core import limits
 from ..core.entry import DIR, FILE, SYMLINK, Entry, Xattrs
-from ..errors import AlreadyPresent, TransferFailed
+from ..errors import AlreadyPresent, DiskFull, TransferFailed
 from ..fs import safe, xattrs
 from ..fs.scan import hash_fd
 from .claims import Registry, Ticket, registry
@@ -50,6 +52,19 @@ def writer_alive(name: str) -> bool:
     except PermissionError:
         return True
     return True
+
+
+T = TypeVar("T")
+
+
+def on_disk(fn: Callable[[], T]) -> T:
+    """An OS error (a full disk, say) fails the file at hand, not the session."""
+    try:
+        return fn()
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull("no space left on the receiving device") from None
+        raise TransferFailed(str(e.strerror or e)) from None
 
 
 def why(path: str, err: Exception) -> str:
