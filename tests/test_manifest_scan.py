@@ -225,3 +225,35 @@ def test_a_watchers_changed_paths_are_bounded():
     u.add(f"p{i}" for i in range(MAX_WITHIN + 1))
     u.add(["one more"])
     assert u.take() is None and u.take() == set()
+
+
+def test_a_comparison_in_ranges_passes_over_only_what_both_hold_exactly_alike(tmp_path):
+    """Rows alike in every field are left out of both sides' pages (and counted); a row that differs
+    in any one field, a directory, or a path only one side holds is read on both sides as before."""
+    from dataclasses import replace
+
+    from deltasync.core.entry import DIR, Entry
+    from deltasync.store.manifest import Seen
+    from deltasync.store.peer_index import PeerIndex
+
+    folder, _, _ = Folder.init(tmp_path / "A")
+    m = Manifest(folder.db)
+    base = Entry("f", FILE, 10, 5, 0o644, "1" * 64, version=(("P", 1),))
+    changes = {"size": 11, "mtime_ns": 6, "mode": 0o600, "blake3": "2" * 64, "version": (("P", 2),),
+               "deleted": True, "link": "g", "xattrs": (("user.a", b"1"),)}
+    ours = [replace(base, path=f"f-{k}") for k in changes] + [
+        replace(base, path="same"), replace(base, path="tomb", deleted=True), Entry("d", DIR, 0, 5, 0o755),
+        Entry("l", SYMLINK, target="x"), replace(base, path="only-ours")]
+    theirs = [replace(e, **{k: v}) for e, (k, v) in zip(ours, changes.items())] + [
+        replace(base, path="same"), replace(base, path="tomb", deleted=True), Entry("d", DIR, 0, 5, 0o755),
+        Entry("l", SYMLINK, target="x"), replace(base, path="only-theirs")]
+    m.record(Seen(e, 1, 1) for e in ours)
+    cache = PeerIndex(m, "PEER")
+    cache.start(True)
+    cache.add(theirs)
+    differ = sorted([*(f"f-{k}" for k in changes), "d"])
+    assert [e.path for e in cache.ours_after("", 100)] == sorted([*differ, "only-ours"])
+    assert [e.path for e in cache.after("", 100)] == sorted([*differ, "only-theirs"])
+    assert [e.path for e in cache.ours_after("f-size", 2)] == ["f-version", "f-xattrs"]
+    assert cache.alike() == (1, 10)  # "same" (the tombstone and the link are not live files)
+    m.close()

@@ -57,9 +57,10 @@ class Ranged:
 
     async def each(self, scanned: ScanResult, plan: Callable[[dict[str, Entry], dict[str, Entry]], T],
                    carry: Callable[[T], Awaitable[None]]) -> None:
-        """Every range of both indexes -- what either side ignores left out -- planned (on a
-        worker, the next while this one is carried out) and carried out, in path order."""
-        run, pairs = self.d.workers.run, ranges(self.manifest.after, self.cache.after)
+        """Every range of both indexes -- what either side ignores, and what both hold alike, left
+        out -- planned (on a worker, the next while this one is carried out) and carried out, in
+        path order."""
+        run, pairs = self.d.workers.run, ranges(self.cache.ours_after, self.cache.after)
 
         def planned(ours: list[Entry], peers: list[Entry]) -> T:
             local = {e.path: e for e in ours if not scanned.hidden(e.path, e) and not self._theirs(e.path, e.kind == DIR)}
@@ -196,6 +197,8 @@ async def session(r: Ranged, folder: Folder, scanned: ScanResult, mode: str, pul
     totals = [await d.workers.run(r.cache.differing, ours) for ours, wanted in sides if wanted]
     progress.start(sum(n for n, _ in totals), sum(b for _, b in totals),
                    wire=lambda: transport.bytes_sent + transport.bytes_received)
+    alike, alike_bytes = await d.workers.run(r.cache.alike)  # no range shows these
+    r.report.count(Plan(unchanged=alike, unchanged_bytes=alike_bytes))
     if mode == "push":
         await push(r, scanned, peer_partials, me, delete, update)
         return

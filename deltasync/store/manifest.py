@@ -211,14 +211,6 @@ class Manifest:
                 out.update((r[0], self._seen(r).entry) for r in rows if r[0] not in but)
         return out
 
-    def after(self, path: str, limit: int) -> list[Entry]:
-        """The next `limit` recorded entries past `path`, in path order (a comparison of
-        everything reads the index so, a page at a time)."""
-        with self._lock:
-            rows = self._db.execute(f"SELECT {self._COLS} FROM files WHERE path > ? ORDER BY path LIMIT ?",
-                                    (path, limit)).fetchall()
-        return [self._seen(r).entry for r in rows]
-
     def seen_of(self, paths: Iterable[str]) -> dict[str, Seen]:
         """The rows of these paths (those we have)."""
         out: dict[str, Seen] = {}

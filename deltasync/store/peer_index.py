@@ -37,6 +37,13 @@ CREATE TABLE IF NOT EXISTS peer_unsettled (
 """
 # read back in Manifest's row layout (no inode or ctime: a peer's stat is none of ours)
 _COLS = "path, kind, size, mtime_ns, mode, 0, 0, blake3, target, version, deleted, link, xattrs"
+# A path both sides hold exactly alike, as one SQL condition over our row `f` and the copy's `p`
+# (parameter: the peer): a comparison of everything passes over it in SQL, and no entry is made.
+# Not directories: their metadata is settled after what changes inside them, so plans see them.
+_ALIKE = ("p.peer_id = ? AND p.path = f.path AND f.kind != 'dir' AND p.kind = f.kind AND p.size = f.size "
+          "AND p.mtime_ns = f.mtime_ns AND p.mode = f.mode AND p.blake3 IS f.blake3 AND p.target IS f.target "
+          "AND p.version = f.version AND p.deleted = f.deleted AND p.link IS f.link AND p.xattrs = f.xattrs")
+_OURS = ", ".join(f"f.{c}" for c in Manifest._COLS.split(", "))
 
 
 class PeerIndex:
@@ -100,12 +107,33 @@ class PeerIndex:
         return out
 
     def after(self, path: str, limit: int) -> list[Entry]:
-        """The next `limit` entries of our copy past `path`, in path order (a comparison of
-        everything reads it so, a page at a time)."""
+        """The next `limit` entries of our copy past `path` that we do not hold alike, in path
+        order (a comparison of everything reads it so, a page at a time)."""
+        cols = ", ".join(f"p.{c}" if c[0].isalpha() else c for c in _COLS.split(", "))
         with self.manifest.lock:
-            rows = self.manifest.db.execute(f"SELECT {_COLS} FROM peer_files WHERE peer_id=? AND path > ? "
-                                            "ORDER BY path LIMIT ?", (self.peer, path, limit)).fetchall()
+            rows = self.manifest.db.execute(
+                f"SELECT {cols} FROM peer_files p WHERE p.peer_id=? AND p.path > ? AND NOT EXISTS "
+                f"(SELECT 1 FROM files f WHERE {_ALIKE}) ORDER BY p.path LIMIT ?",
+                (self.peer, path, self.peer, limit)).fetchall()
         return [Manifest.row_entry(r) for r in rows]
+
+    def ours_after(self, path: str, limit: int) -> list[Entry]:
+        """The next `limit` entries of our manifest past `path` that our copy does not hold alike."""
+        with self.manifest.lock:
+            rows = self.manifest.db.execute(
+                f"SELECT {_OURS} FROM files f WHERE f.path > ? AND NOT EXISTS "
+                f"(SELECT 1 FROM peer_files p WHERE {_ALIKE}) ORDER BY f.path LIMIT ?",
+                (path, self.peer, limit)).fetchall()
+        return [Manifest.row_entry(r) for r in rows]
+
+    def alike(self) -> tuple[int, int]:
+        """How many live files (and their bytes) both sides hold alike: what a comparison in ranges
+        passes over, counted as unchanged."""
+        with self.manifest.lock:
+            n, size = self.manifest.db.execute(
+                f"SELECT COUNT(*), TOTAL(f.size) FROM files f WHERE f.kind='file' AND f.deleted=0 AND EXISTS "
+                f"(SELECT 1 FROM peer_files p WHERE {_ALIKE})", (self.peer,)).fetchone()
+        return int(n), int(size)
 
     def holding(self, contents: Iterable[str], allowed: Callable[[str], bool],
                 stable: bool = False) -> dict[str, str]:

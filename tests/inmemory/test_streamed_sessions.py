@@ -99,11 +99,15 @@ def test_many_changed_paths_are_compared_in_ranges_too(tmp_path, tiny, monkeypat
         (a.root / "a" / "x" / name).write_text("edited " + name)
     (a.root / "a.c").unlink()
     (a.root / "h" / "more").write_text("new")
+    (a.root / "copy.bin").write_bytes((a.root / "new" / "big.bin").read_bytes())  # of a file both hold alike
     r = converse(a, b, delete=True)
     assert r.paths_compared is None and r.files_failed == 0, r.failures
     assert same(a, b) and r.files_sent_whole == 3 and r.files_deleted == 1
+    assert r.files_copied == 1 and r.literal_bytes < MiB
     r = converse(a, b, delete=True)  # B's records come back: more than 3, compared in ranges, nothing moves
     assert r.paths_compared is None and r.index_entries > 3 and r.literal_bytes == 0
+    files = sum(1 for p in a.root.rglob("*") if p.is_file() and ".deltasync" not in p.parts)
+    assert r.files_total == r.files_unchanged == files  # those passed over in SQL are counted too
 
 
 def _many(monkeypatch):
