@@ -119,6 +119,7 @@ class Driver:
         self.requests_answered = 0
         self.listing = Listing({}, {}, [], None, True)  # (client) set its spool before asking for the index
         self.ignored: Callable[[str], bool] = lambda path: True  # (server) nothing is served before the index
+        self.turned_away: str | None = None  # (server) why the peer was asked to retry, if it was
         self.pump_task: asyncio.Task[None] | None = None
         self.data_received = 0  # file data and delta bodies that came in (--stats' literal data, received)
         self.verdicts = {True: 0, False: 0}  # files this end took in (or could not send), by outcome
@@ -251,6 +252,7 @@ class Driver:
             why = await self.host.greet(e.hello)
             if why is not None:
                 log.info("peer %s: %s; asked to retry", self.channel.peer.address, why)
+                self.turned_away = why
                 await self.say(Error(why))
             else:
                 await self.say(Hello.ours(self.receiver.folder.peer_id))

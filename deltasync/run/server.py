@@ -131,8 +131,9 @@ class Server:
         finally:
             self.sessions.discard(task)
             await driver.close()
-            log.info("%s", session_line(self.folder.config().peer_by_id(peer.id), peer.id, driver, transport,
-                                        time.monotonic() - started, outcome))
+            if driver.turned_away is None:  # (a peer asked to retry has its one line already)
+                log.info("%s", session_line(self.folder.config().peer_by_id(peer.id), peer.id, driver, transport,
+                                            time.monotonic() - started, outcome))
 
 
 def session_line(known: Peer | None, peer_id: str, driver: Driver, transport: Transport, seconds: float,

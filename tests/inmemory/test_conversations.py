@@ -3,6 +3,7 @@ process: the real client, server, machine and store, over the in-memory
 transport -- no socket, no subprocess, no thread pool (the `inmemory` marker
 refuses all three)."""
 import asyncio
+import logging
 import os
 import random
 import sys
@@ -220,12 +221,15 @@ def test_a_peer_error_mid_session_ends_it_cleanly(folders, monkeypatch):
     assert same(a, b) and r.files_failed == 0
 
 
-def test_a_busy_peer_says_so(folders):
+def test_a_busy_peer_says_so(folders, caplog):
+    """...and its log has one line for the attempt it turned away, not a session that did nothing."""
     a, b = folders
     server = Server(b, workers=INLINE)
     ticket = server.receiver.registry.open(a.peer_id, "client")  # B is syncing with A as its client
-    with pytest.raises(PeerBusy, match="busy"):
+    with caplog.at_level(logging.INFO, logger="deltasync"), pytest.raises(PeerBusy, match="busy"):
         converse(a, b, loopback=Loopback(server))
+    said = [r.getMessage() for r in caplog.records]
+    assert any("asked to retry" in m for m in said) and not any("session with" in m for m in said), said
     server.receiver.registry.close(ticket)
     server.close()
 
