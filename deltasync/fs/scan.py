@@ -55,6 +55,7 @@ class ScanResult:
     changed: list[str] = field(default_factory=list)
     ignore: Ignore = field(default_factory=Ignore)  # the rules it followed (a peer's index is filtered by them too)
     partial: bool = False  # it looked at what a watcher saw change, not at everything
+    sequence: int | None = None  # (a scan that records) the manifest's sequence once it had recorded
     _all: dict[str, Entry] | None = field(default=None, repr=False)
 
     @property
@@ -435,6 +436,8 @@ def _scan(root: Path, manifest: Manifest, ignore: Ignore, me: str, record: bool,
         manifest.record(rows)
     if segments and record:
         manifest.store_segments(segments)
+    if record:
+        result.sequence = manifest.index_state()[1]
     return result
 
 
@@ -469,6 +472,16 @@ class _Unstable(Exception):
 
 class _WholeWalk(Exception):
     """A look at some paths met what only a walk of the whole folder decides."""
+
+
+def rescan_folder(folder: "Folder", manifest: Manifest, before: ScanResult, excludes: list[str] | None,
+                  within: Iterable[str] | None) -> ScanResult:
+    """What we hold after a sync's pull half, for its push half: `before` itself when nothing was
+    recorded since it (nothing pulled, merged or moved aside, here or by another session), as a
+    walk would find it too; else a new scan. A change made meanwhile goes with the next session."""
+    if before.sequence is not None and manifest.index_state()[1] == before.sequence:
+        return before
+    return scan_folder(folder, manifest, excludes, True, within)
 
 
 def scan_folder(folder: "Folder", manifest: Manifest, excludes: list[str] | None = None,

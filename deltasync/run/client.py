@@ -21,7 +21,7 @@ from ..core.plan import PartialInfo, Plan, SyncPlan, copyable, make_plan, plan_s
 from ..core.result import FileResult
 from ..errors import DeltasyncError, ProtocolError
 from ..fs.ignore import Ignore
-from ..fs.scan import Unscanned, scan_folder
+from ..fs.scan import Unscanned, rescan_folder, scan_folder
 from ..progress import Progress
 from ..store.manifest import Manifest
 from ..store.peer_index import PeerIndex
@@ -249,8 +249,8 @@ async def _converse(d: Driver, folder: Folder, manifest: Manifest, receiver: Rec
             await Puller(d, receiver, report).run(sp)
             record_merged(manifest, sp.merged)
             if push_plan is not None:  # plan the push half on what we hold now (conflict copies too)
-                now = await d.workers.run(scan_folder, folder, manifest, excludes, True, within)
-                if scope.paths is not None:
+                now = await d.workers.run(rescan_folder, folder, manifest, scanned, excludes, within)
+                if scope.paths is not None and now is not scanned:
                     assert cache is not None and settled is not None
                     grown = await d.workers.run(widen, {*scope.paths, *manifest.changed_since(settled[0])}, now,
                                                 cache)

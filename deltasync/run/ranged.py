@@ -17,7 +17,7 @@ from ..core.entry import DIR, Entry
 from ..core.plan import PartialInfo, Plan, SyncPlan, copyable, plan_sync
 from ..core.streamed import Streamed, ranges
 from ..fs.ignore import Ignore
-from ..fs.scan import ScanResult, scan_folder
+from ..fs.scan import ScanResult, rescan_folder
 from ..progress import Progress
 from ..store.manifest import Manifest
 from ..store.peer_index import PeerIndex
@@ -206,6 +206,6 @@ async def session(r: Ranged, folder: Folder, scanned: ScanResult, mode: str, pul
                 for p in r.manifest.partials()}
     await pull(r, scanned, puller, partials, peer_partials, me, peer, mode == "sync")
     if mode == "sync":  # on what we hold now: what was pulled, and conflict copies
-        now = await d.workers.run(scan_folder, folder, r.manifest, excludes, True, within)
+        now = await d.workers.run(rescan_folder, folder, r.manifest, scanned, excludes, within)
         await push_half(r, now, peer_partials, me, peer)
 

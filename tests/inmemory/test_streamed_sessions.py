@@ -155,3 +155,31 @@ def test_many_changes_on_both_sides_sync_in_ranges(tmp_path, tiny, monkeypatch):
     assert (a.root / "renamed.bin").exists() and not (a.root / "new" / "big.bin").exists()
     r = converse(a, b, "sync")
     assert r.files_failed == 0 and r.literal_bytes == 0 and same(a, b)
+
+
+@pytest.mark.parametrize("ranges", [False, True])
+def test_a_sync_walks_our_tree_again_only_when_its_pull_half_changed_something(tmp_path, monkeypatch, ranges):
+    from deltasync.fs import scan as scan_mod
+
+    a, b = folder_pair(tmp_path)
+    _tree(a.root)
+    converse(a, b, "sync")
+    converse(a, b, "sync")
+    if ranges:
+        _many(monkeypatch)
+    walks = []
+    real = scan_mod._scan
+    monkeypatch.setattr(scan_mod, "_scan", lambda root, *args: walks.append(root) or real(root, *args))
+    for i in range(5):
+        (a.root / "h" / f"only-a{i}").write_text("to push")
+    r = converse(a, b, "sync")
+    assert (r.paths_compared is None) == ranges
+    assert r.files_sent_whole == 5 and walks.count(a.root) == 1, walks  # nothing pulled: no second walk
+    walks.clear()
+    for i in range(5):
+        (b.root / "h" / f"from-b{i}").write_text("to pull")
+    (a.root / "h" / "only-a0").write_text("to push, edited")
+    r = converse(a, b, "sync")
+    assert (r.paths_compared is None) == ranges
+    assert r.files_received == 5 and r.files_sent_whole == 1 and walks.count(a.root) == 2, walks
+    assert same(a, b)
