@@ -43,6 +43,11 @@ _COLS = "path, kind, size, mtime_ns, mode, 0, 0, blake3, target, version, delete
 _ALIKE = ("p.peer_id = ? AND p.path = f.path AND f.kind != 'dir' AND p.kind = f.kind AND p.size = f.size "
           "AND p.mtime_ns = f.mtime_ns AND p.mode = f.mode AND p.blake3 IS f.blake3 AND p.target IS f.target "
           "AND p.version = f.version AND p.deleted = f.deleted AND p.link IS f.link AND p.xattrs = f.xattrs")
+# an entry that changes in place (a row of the copy updated, not deleted and made again: its index
+# entries stay where they are when its content does)
+_UPSERT = ("INSERT INTO peer_files VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (peer_id, path) DO UPDATE SET "
+           + ", ".join(f"{c}=excluded.{c}" for c in ("kind", "size", "mtime_ns", "mode", "blake3", "target", "version",
+                                                      "deleted", "link", "xattrs")))
 _OURS = ", ".join(f"f.{c}" for c in Manifest._COLS.split(", "))
 
 
@@ -72,7 +77,7 @@ class PeerIndex:
                  json.dumps(vv.to_wire(e.version)), int(e.deleted), e.link,
                  json.dumps(xattrs_to_wire(e.xattrs)) if e.xattrs else "") for e in entries]
         with self.manifest.lock, self.manifest.tx():
-            self.manifest.db.executemany("INSERT OR REPLACE INTO peer_files VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            self.manifest.db.executemany(_UPSERT, rows)
 
     def finish(self, index_id: str, sequence: int, most: int) -> None:
         """The index arrived whole: we hold it up to `sequence`. Our copy holds at most `most`
