@@ -38,6 +38,7 @@ class Pusher:
             if step.kind == "copy":
                 await s.ops([Op("copy", e, origin, replaces) for e, origin, replaces in step.items])
             elif step.kind == "small":
+                self.driver.sent_as(replace(e, link=None) for e, _ in step.items)  # (a whole file names no link)
                 for batch in SendFile.batches(step.items):
                     await s.small(batch)
             elif step.kind == "large":
@@ -45,6 +46,8 @@ class Pusher:
             elif step.kind == "hardlink":
                 await s.ops([Op("hardlink", e, e.link, replaces) for e, replaces in step.items])
             else:
+                if step.kind != "delete":  # (mkdir, symlink, meta: their entries, as sent)
+                    self.driver.sent_as(step.items)
                 await s.ops([Op(OP_OF[step.kind], e) for e in step.items])
 
     async def _large(self, transfers: list[Transfer]) -> None:

@@ -33,7 +33,7 @@ from ..wire.messages import INDEX_DELTA, Bye, Hello, IndexMark, RequestFileList
 from . import ranged
 from .carry import Puller, Pusher, record_merged
 from .channel import Channel
-from .driver import MAX_CHANGED_PATHS, Driver, Listing
+from .driver import MAX_CHANGED_PATHS, Driver, Listing, Offer
 from .report import Report
 from .scope import Scope, shape, widen
 from .workers import Workers
@@ -65,7 +65,7 @@ class _Client:
     async def greet(self, hello: Hello) -> str | None:
         raise ProtocolError("a server does not say hello first")
 
-    async def index(self, dry_run: bool) -> tuple[dict[str, Entry], list[PartialInfo], list[str]]:
+    async def index(self, dry_run: bool, held: IndexMark | None, heard: bool) -> Offer:
         raise ProtocolError("a server does not ask for our index")
 
     def closing(self) -> None:
@@ -107,6 +107,7 @@ async def session(folder: Folder, target: str, mode: str = "push", delete: bool 
         try:
             await _converse(driver, folder, manifest, receiver, report, mode, delete, dry_run, update, progress,
                             scanning, excludes, max_delete, before, within)
+            await driver.hold_heard(done=True)
         except (OSError, DeltasyncError) as e:
             why = driver.failure()  # the peer's own account (its error) says more than our broken pipe
             if why is not None and why is not e and isinstance(why, DeltasyncError):
@@ -114,6 +115,7 @@ async def session(folder: Folder, target: str, mode: str = "push", delete: bool 
             raise
         finally:
             progress.close()
+            await driver.hold_heard()
             report.literal_bytes += driver.sender.literal_bytes
             report.literal_bytes_received += driver.data_received
             report.bytes_sent = transport.bytes_sent
@@ -151,7 +153,10 @@ async def _converse(d: Driver, folder: Folder, manifest: Manifest, receiver: Rec
     cache = PeerIndex(manifest, peer) if greeting.wants(INDEX_DELTA) and not dry_run else None
     held = (cache.held() if cache is not None else None) or ("", 0)
     d.listing.spool = cache  # the peer's index goes to our copy as it arrives
-    await d.say(RequestFileList(dry_run, IndexMark(*held) if cache is not None else None))
+    heard = cache is not None and await d.workers.run(cache.heard_all)
+    if heard:  # (until this session has heard every verdict in turn)
+        await d.workers.run(cache.heard, False)
+    await d.say(RequestFileList(dry_run, IndexMark(*held) if cache is not None else None, heard))
     scanned = await scanning
     scanned.refuse_nesting(peer, "the peer's")
     if d.ticket is not None and not dry_run:  # what we pull was planned against what our scan saw

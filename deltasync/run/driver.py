@@ -74,8 +74,11 @@ class IndexSpool(Protocol):
 
     def add(self, entries: Iterable[Entry]) -> None: ...
 
+    def heard(self, all_of_it: bool) -> None: ...
+
 
 MAX_CHANGED_PATHS = 20_000  # past this many changed paths a comparison of everything, a range at a time, is cheaper
+HEARD_BATCH = 4096  # acknowledged entries put into our copy of the peer's index at once
 
 
 class Host(Protocol):
@@ -84,7 +87,7 @@ class Host(Protocol):
     async def greet(self, hello: Hello) -> str | None:
         """(server) Why this peer cannot have a session now, or None."""
 
-    async def index(self, dry_run: bool, held: IndexMark | None) -> Offer:
+    async def index(self, dry_run: bool, held: IndexMark | None, heard: bool) -> Offer:
         """(server) Our index, scanned now (what changed since `held`, if it is of our index), and the
         ignore patterns it followed."""
 
@@ -120,6 +123,10 @@ class Driver:
         self.listing = Listing({}, {}, [], None, True)  # (client) set its spool before asking for the index
         self.ignored: Callable[[str], bool] = lambda path: True  # (server) nothing is served before the index
         self.turned_away: str | None = None  # (server) why the peer was asked to retry, if it was
+        # (client) what we sent as the peer will hold it, until it says it does (then `heard`: for our
+        # copy of its index, which it will not send back: `NO_ECHO`)
+        self.unheard: dict[str, Entry] = {}
+        self.heard: list[Entry] = []
         self.pump_task: asyncio.Task[None] | None = None
         self.data_received = 0  # file data and delta bodies that came in (--stats' literal data, received)
         self.verdicts = {True: 0, False: 0}  # files this end took in (or could not send), by outcome
@@ -133,6 +140,22 @@ class Driver:
         """Several messages in one write (one TLS record and system call, not one each)."""
         if messages:
             await self.channel.send(b"".join(part for m in messages for part in self.conv.send(m)))
+
+    def sent_as(self, entries: Iterable[Entry]) -> None:
+        """(client) Entries we send as the peer will record them: once it acknowledges one, our copy
+        of its index holds it (so a peer that leaves such rows out of its index loses nothing)."""
+        if self.listing.spool is not None:
+            self.unheard.update((e.path, e) for e in entries)
+
+    async def hold_heard(self, done: bool = False) -> None:
+        """(client) What the peer acknowledged, into our copy of its index; `done`: the session is
+        over, and if every verdict came, the copy holds them all (the next session says so)."""
+        batch, self.heard = self.heard, []
+        spool = self.listing.spool
+        if spool is not None and (batch or done):
+            await self.workers.run(spool.add, batch)
+            if done and not self.unheard:
+                await self.workers.run(spool.heard, True)
 
     async def verdict(self, r: FileResult) -> None:
         await self.verdicts_of([r])
@@ -257,7 +280,7 @@ class Driver:
             else:
                 await self.say(Hello.ours(self.receiver.folder.peer_id))
         elif isinstance(e, mc.SendIndex):
-            offer = await self.host.index(e.dry_run, e.held)
+            offer = await self.host.index(e.dry_run, e.held, e.heard)
             self.ignored = offer.ignored
             if offer.mark is not None and self.ticket is not None:
                 self.ticket.planned_at = offer.mark.sequence
@@ -297,6 +320,10 @@ class Driver:
                 self.answered.notify_all()
         elif isinstance(e, mc.Verdict):
             a: Ack = e.ack
+            if (sent := self.unheard.pop(a.path, None)) is not None and a.ok:
+                self.heard.append(sent)
+                if len(self.heard) >= HEARD_BATCH:
+                    await self.hold_heard()
             self.progress.file_done(a.path, a.ok)
             self.host.result(FileResult(a.path, a.ok, a.error, a.whole, a.kept), remote=True)
         elif isinstance(e, mc.Closed):

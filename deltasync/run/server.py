@@ -31,7 +31,7 @@ from ..store.receiver import Receiver
 from ..transports.base import Transport
 from ..transports.tls import DEFAULT_PORT, Admission, serve, split_address
 from ..wire import machine as mc
-from ..wire.messages import Error, Hello, IndexMark
+from ..wire.messages import NO_ECHO, Error, Hello, IndexMark
 from .channel import Channel
 from .driver import Driver, Offer
 from .workers import Workers
@@ -164,16 +164,18 @@ class _Session:
         self.server = server
         self.peer_id = peer_id
         self.looking = False  # a --dry-run session: it changes nothing here, not even our manifest
+        self.no_echo = False  # the client keeps what we acknowledged in its copy of our index
 
     async def greet(self, hello: Hello) -> str | None:
         log.debug("peer %s: engine %s", identity.format_id(self.peer_id)[:15], hello.engine)
+        self.no_echo = hello.wants(NO_ECHO)
         if self.server.receiver.registry.busy_with(self.peer_id, "client"):
             # we are syncing with it as its client right now (watch): the two would
             # send the same files to each other at once
             return "busy: a sync with you is already running; retry later"
         return None
 
-    async def index(self, dry_run: bool, held: IndexMark | None) -> Offer:
+    async def index(self, dry_run: bool, held: IndexMark | None, heard: bool) -> Offer:
         self.looking = dry_run
         manifest = self.server.manifest
         scanned = await self.server.scan(record=not dry_run)
@@ -185,7 +187,8 @@ class _Session:
             return Offer(scanned.entries.values(), partials, ignore.lines, ignored=ignored)
         index_id, top = manifest.index_state()
         since = held.sequence if held.index_id == index_id and held.sequence <= top else -1
-        rows = (e for batch in manifest.since(since, top) for e in batch)
+        mine = self.peer_id if self.no_echo and heard and since >= 0 else None  # (a whole index: everything)
+        rows = (e for batch in manifest.since(since, top, not_by=mine) for e in batch)
         entries = (e for e in rows if not ignore(e.path, e.kind == DIR)) if ignore.lines else rows
         return Offer(entries, partials, ignore.lines, IndexMark(index_id, top), since < 0, ignored)
 

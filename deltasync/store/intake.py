@@ -71,7 +71,7 @@ class Intake:
         for meta, run in itertools.groupby(m.ops, lambda op: op.kind == "meta"):
             ops = list(run)
             if meta:
-                out += self.r.apply_metas([op.entry for op in ops])
+                out += self.r.apply_metas([op.entry for op in ops], self.ticket)
                 continue
             for op in ops:
                 try:

@@ -153,21 +153,25 @@ class LocalState:
         return {p for p, (seq, kind, deleted) in self.manifest.sequences_of(paths).items()
                 if seq > ticket.planned_at and not (deleted and kind != FILE)}
 
-    def record(self, entry: Entry, root: safe.SafeRoot | None = None) -> None:
+    def record(self, entry: Entry, root: safe.SafeRoot | None = None, ticket: Ticket | None = None) -> None:
         """Remember what we just wrote, with the version it came with, so the
         next scan neither rehashes it nor takes it for a local change."""
-        row = self.seen_row(entry, root)
+        row = self.seen_row(entry, root, ticket)
         if row is not None:
             self.manifest.record([row])
 
-    def seen_row(self, entry: Entry, root: safe.SafeRoot | None = None) -> Seen | None:
+    def seen_row(self, entry: Entry, root: safe.SafeRoot | None = None, ticket: Ticket | None = None) -> Seen | None:
+        """The row of what `entry` now is on disk. `ticket`, of a session we serve whose peer sent
+        `entry`: if the row is just what it sent, it is marked as that peer's (`Seen.by`), which
+        keeps the row out of what our index tells that peer next (it knows it)."""
         st = (root or self.safe).lstat(entry.path)
         if st is None:
             return None
         link = entry.kind == SYMLINK
-        return Seen(replace(entry, size=st.st_size if entry.kind == FILE else 0,
-                            mtime_ns=0 if link else st.st_mtime_ns, mode=0 if link else stat.S_IMODE(st.st_mode)),
-                    st.st_ino, st.st_ctime_ns)
+        now = replace(entry, size=st.st_size if entry.kind == FILE else 0,
+                      mtime_ns=0 if link else st.st_mtime_ns, mode=0 if link else stat.S_IMODE(st.st_mode))
+        by = ticket.peer if ticket is not None and ticket.role == "server" and now == entry else None
+        return Seen(now, st.st_ino, st.st_ctime_ns, by=by)
 
     def keeper(self, path: str, ticket: Ticket | None, reason: str, move: bool = False,
                known: dict[str, Seen] | None = None) -> safe.Keeper:

@@ -66,6 +66,7 @@ class Seen:
     ino: int
     ctime_ns: int
     xattrs_known: bool = True  # False for a row from before xattrs were kept: read them at the next scan
+    by: str | None = None  # the peer whose session made it exactly as that peer sent it (it holds it: no echo)
 
 
 # What a scan compares a path's stat with (no entry is made for an unchanged path), as a plain
@@ -126,6 +127,7 @@ class Manifest:
                                     ("files", "link", "TEXT"),  # hard links (rsync -H)
                                     ("files", "xattrs", "TEXT"),  # JSON {name: base64}; '': none; NULL: not read yet
                                     ("files", "seq", "INTEGER NOT NULL DEFAULT 0"),  # when it last changed
+                                    ("files", "by_peer", "TEXT"),  # `Seen.by`: not sent back to that peer
                                     ("files", "parent", "TEXT")):  # its directory ('' at the top): a scan reads
             have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}  # one directory's rows at a time
             if column not in have:
@@ -245,9 +247,9 @@ class Manifest:
                                    s.ctime_ns, s.entry.blake3, s.entry.target, json.dumps(vv.to_wire(s.entry.version)),
                                    int(s.entry.deleted), s.entry.link,
                                    json.dumps(xattrs_to_wire(s.entry.xattrs)) if s.entry.xattrs else "", seq,
-                                   s.entry.path.rpartition("/")[0]))
-                self._db.executemany(f"INSERT OR REPLACE INTO files ({self._COLS}, seq, parent) "
-                                     "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", values)
+                                   s.entry.path.rpartition("/")[0], s.by))
+                self._db.executemany(f"INSERT OR REPLACE INTO files ({self._COLS}, seq, parent, by_peer) "
+                                     "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", values)
             self._db.execute("UPDATE meta SET value=? WHERE key='sequence'", (str(seq),))
             gone = [(p,) for p in removed]
             if gone:
@@ -271,15 +273,17 @@ class Manifest:
             meta = dict(self._db.execute("SELECT key, value FROM meta WHERE key IN ('index_id', 'sequence')"))
         return meta["index_id"], int(meta["sequence"])
 
-    def since(self, sequence: int, top: int, batch: int = 4096) -> Iterator[list[Entry]]:
+    def since(self, sequence: int, top: int, batch: int = 4096, not_by: str | None = None) -> Iterator[list[Entry]]:
         """Every entry recorded after `sequence` (-1: all) up to `top`, in sequence order, a
         batch at a time: a whole index is never one list in memory. Rows recorded while
-        this runs are left to the next ask (their numbers are past `top`)."""
+        this runs are left to the next ask (their numbers are past `top`). `not_by`: less
+        the rows that peer's sessions made as it sent them (it holds those already)."""
         last = sequence
         while True:
             with self._lock:
                 rows = self._db.execute(f"SELECT {self._COLS}, seq FROM files WHERE seq > ? AND seq <= ? "
-                                        "ORDER BY seq LIMIT ?", (last, top, batch)).fetchall()
+                                        "AND (? IS NULL OR by_peer IS NOT ?) ORDER BY seq LIMIT ?",
+                                        (last, top, not_by, not_by, batch)).fetchall()
             if not rows:
                 return
             last = rows[-1][-1]

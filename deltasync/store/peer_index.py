@@ -31,6 +31,7 @@ CREATE INDEX IF NOT EXISTS peer_files_by_content ON peer_files (peer_id, blake3)
 CREATE TABLE IF NOT EXISTS peer_settled (
     peer_id TEXT PRIMARY KEY, shape TEXT NOT NULL, sequence INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS peer_heard (peer_id TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS peer_unsettled (
     peer_id TEXT NOT NULL, path TEXT NOT NULL, PRIMARY KEY (peer_id, path)
 );
@@ -79,6 +80,19 @@ class PeerIndex:
         with self.manifest.lock, self.manifest.tx():
             self.manifest.db.executemany(_UPSERT, rows)
 
+    def heard_all(self) -> bool:
+        """Does our copy hold every verdict the peer gave us (our last session with it heard them all)?"""
+        with self.manifest.lock:
+            return self.manifest.db.execute("SELECT 1 FROM peer_heard WHERE peer_id=?", (self.peer,)).fetchone() \
+                is not None
+
+    def heard(self, all_of_it: bool) -> None:
+        with self.manifest.lock, self.manifest.tx():
+            if all_of_it:
+                self.manifest.db.execute("INSERT OR IGNORE INTO peer_heard VALUES (?)", (self.peer,))
+            else:
+                self.manifest.db.execute("DELETE FROM peer_heard WHERE peer_id=?", (self.peer,))
+
     def finish(self, index_id: str, sequence: int, most: int) -> None:
         """The index arrived whole: we hold it up to `sequence`. Our copy holds at most `most`
         entries, however many sessions a peer sends new ones in: past that, the copy is dropped
@@ -88,7 +102,7 @@ class PeerIndex:
             db.execute("INSERT OR REPLACE INTO peer_index VALUES (?,?,?)", (self.peer, index_id, sequence))
             held = db.execute("SELECT COUNT(*) FROM peer_files WHERE peer_id=?", (self.peer,)).fetchone()[0]
         if held > most:
-            self._drop(("peer_files", "peer_index", "peer_settled", "peer_unsettled"))
+            self._drop(("peer_files", "peer_index", "peer_settled", "peer_unsettled", "peer_heard"))
             raise ProtocolError(f"peer index has more than {most} entries")
 
     def _drop(self, tables: tuple[str, ...]) -> None:

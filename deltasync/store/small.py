@@ -95,7 +95,7 @@ class SmallFiles(LocalState):
                 kept = root.replace(tmp, e.path, durable=False, keep=keep)
                 placed.add(tmp)
                 dirs.append(os.path.dirname(e.path))
-                row = self.seen_row(e, root)
+                row = self.seen_row(e, root, ticket)
                 if row is not None:
                     rows.append(row)
                 results.append(FileResult(e.path, True, whole=True, kept=kept))

@@ -30,7 +30,7 @@ class TreeOps(LocalState):
             if op.kind == "delete":
                 return self._delete(e, ticket)
             if op.kind == "meta":
-                return self.apply_metas([e])[0]
+                return self.apply_metas([e], ticket)[0]
             cur = self.current(e.path)
             if op.kind == "mkdir":
                 if cur is not None and cur.kind != DIR:
@@ -41,12 +41,12 @@ class TreeOps(LocalState):
                     raise TransferFailed(f"{e.path}: is a {cur.kind} here, not a symlink")
                 assert e.target is not None
                 self.safe.symlink(e.target, e.path, f"{safe.TMP_PREFIX}{tmp_name()}")
-            self.record(e)
+            self.record(e, ticket=ticket)
             return FileResult(e.path, True)
         except TransferFailed as err:
             return FileResult.failed(e.path, str(err))
 
-    def apply_metas(self, entries: list[Entry]) -> list[FileResult]:
+    def apply_metas(self, entries: list[Entry], ticket: Ticket | None = None) -> list[FileResult]:
         """Meta ops of many paths at once: their rows read in one query, their directories opened
         once, and what they leave recorded in one transaction. A first sync of two copies of one
         tree is a version-only op for every path. (A crash before the record loses no data: the
@@ -56,7 +56,7 @@ class TreeOps(LocalState):
         with self.safe.batch() as root:
             for e in entries:
                 try:
-                    row = on_disk(lambda: self._meta(e, self.current(e.path, root, known), root, known))
+                    row = on_disk(lambda: self._meta(e, self.current(e.path, root, known), root, known, ticket))
                     if row is not None:
                         rows.append(row)
                     out.append(FileResult(e.path, True))
@@ -65,14 +65,14 @@ class TreeOps(LocalState):
             self.manifest.record(rows)
         return out
 
-    def _meta(self, e: Entry, cur: Entry | None, root: safe.SafeRoot,
-              known: dict[str, Seen] | None = None) -> Seen | None:
+    def _meta(self, e: Entry, cur: Entry | None, root: safe.SafeRoot, known: dict[str, Seen] | None,
+              ticket: Ticket | None) -> Seen | None:
         """Give the path holding `e`'s content `e`'s metadata; the row to record for it."""
         if cur is None or not cur.same_content(e):
             raise TransferFailed(f"{e.path}: changed here since the index was sent")
         if e.kind != SYMLINK and not self._meta_is(e, root, known):  # (a symlink's metadata is not kept)
             root.set_meta(e.path, e.mode, e.mtime_ns, self.attrs_of(e))
-        return self.seen_row(e, root)
+        return self.seen_row(e, root, ticket)
 
     def _meta_is(self, e: Entry, root: safe.SafeRoot, known: dict[str, Seen] | None) -> bool:
         """Does the path hold `e`'s metadata already (a new version only: two peers' histories

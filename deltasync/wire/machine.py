@@ -106,6 +106,7 @@ class Greeted(Effect):
 class SendIndex(Effect):
     dry_run: bool
     held: IndexMark | None = None  # the client's copy of our index: send what changed since (see FileList)
+    heard: bool = False  # ...which holds every verdict we gave it (see RequestFileList)
 
 
 @dataclass(frozen=True)
@@ -384,7 +385,7 @@ class Conversation:
         elif isinstance(m, Hello):
             out.append(Greet(m) if self.role == SERVER else Greeted(m))
         elif isinstance(m, RequestFileList):
-            out.append(SendIndex(m.dry_run, m.held))
+            out.append(SendIndex(m.dry_run, m.held, m.heard))
         elif isinstance(m, FileList):
             out.append(IndexPart(m))
         elif isinstance(m, RequestSignature):

@@ -30,7 +30,10 @@ from .framing import (
 )
 
 INDEX_DELTA = "index-delta"  # a client keeps a copy of the server's index and asks only for what changed
-FEATURES = ("zstd", "sparse", INDEX_DELTA)  # we read zstd-compressed bodies and segments with holes
+# a client keeps what the server acknowledged, as it sent it, in its copy of the server's index: the
+# server leaves the rows it recorded just so out of the index it sends that client next
+NO_ECHO = "no-echo"
+FEATURES = ("zstd", "sparse", INDEX_DELTA, NO_ECHO)  # we read zstd-compressed bodies and segments with holes
 COMPRESS = "compress"  # the client asks the server to compress what it sends
 OPS = {"mkdir": DIR, "symlink": SYMLINK, "copy": FILE, "hardlink": FILE, "meta": None,
        "delete": None}  # op -> the kind it makes
@@ -135,16 +138,20 @@ class RequestFileList(Message):
     # the copy of the server's index the client keeps ('' and 0: none yet): the server then sends what
     # changed since (or all of it, marked full), with its own mark; without it, the whole index unmarked
     held: IndexMark | None = None
+    # (`NO_ECHO`) the copy holds every verdict the server gave this client (its last session heard them
+    # all): the server may leave out what it recorded just as this client sent it
+    heard: bool = False
 
     def parts(self, compress: bool = False) -> tuple[bytes, bytes]:
         marks = {"index_id": self.held.index_id, "sequence": self.held.sequence} if self.held else {}
-        return encode_parts(self.ACTION, dry_run=self.dry_run, **marks)
+        return encode_parts(self.ACTION, dry_run=self.dry_run, **marks, **({"heard": True} if self.heard else {}))
 
     @classmethod
     def from_frame(cls, f: Frame) -> "RequestFileList":
         held = f.get("index_id")
         return cls(f.get("dry_run") is True,
-                   None if held is None else IndexMark.from_wire(held, f.get("sequence"), "request_file_list"))
+                   None if held is None else IndexMark.from_wire(held, f.get("sequence"), "request_file_list"),
+                   f.get("heard") is True)
 
 
 @dataclass(frozen=True)

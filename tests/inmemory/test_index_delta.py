@@ -21,8 +21,8 @@ def primed(tmp_path):
     make_tree(a.root)
     first = converse(a, b)
     assert first.index_entries == 0 and first.paths_compared is None  # B held nothing: all of nothing
-    second = converse(a, b)  # brings back what B recorded as it received the first
-    assert second.index_entries == len(tree_digest(b.root)) and second.files_unchanged == 4
+    second = converse(a, b)  # brings back what B recorded otherwise than A sent it: a file in segments
+    assert second.index_entries == 1 and second.files_unchanged == 4 and len(tree_digest(b.root)) == 8
     return a, b
 
 
@@ -39,8 +39,8 @@ def test_one_change_is_one_entry_each_way(primed):
     r = converse(a, b)
     assert r.files_sent_whole == 1 and r.files_unchanged == 3 and r.index_entries == 0
     assert r.paths_compared == 2  # the file and its directory
-    r = converse(a, b)  # B recorded what it received: the file and its directory come back, nothing moves
-    assert r.index_entries == 2 and r.files_unchanged == 4 and r.files_sent_whole == 0
+    r = converse(a, b)  # B recorded them as A sent them: nothing comes back (no-echo), nothing moves
+    assert r.index_entries == 0 and r.files_unchanged == 4 and r.files_sent_whole == 0
     assert same(a, b)
 
 

@@ -104,6 +104,9 @@ def test_many_changed_paths_are_compared_in_ranges_too(tmp_path, tiny, monkeypat
     assert r.paths_compared is None and r.files_failed == 0, r.failures
     assert same(a, b) and r.files_sent_whole == 3 and r.files_deleted == 1
     assert r.files_copied == 1 and r.literal_bytes < MiB
+    from deltasync.wire import messages  # (a client without no-echo: B's records come back)
+
+    monkeypatch.setattr(messages, "FEATURES", tuple(f for f in messages.FEATURES if f != messages.NO_ECHO))
     r = converse(a, b, delete=True)  # B's records come back: more than 3, compared in ranges, nothing moves
     assert r.paths_compared is None and r.index_entries > 3 and r.literal_bytes == 0
     files = sum(1 for p in a.root.rglob("*") if p.is_file() and ".deltasync" not in p.parts)
