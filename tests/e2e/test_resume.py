@@ -103,7 +103,9 @@ def test_source_changing_while_sent_is_never_delivered_torn(served):
     (a / "big").write_bytes(os.urandom(10 * SEGMENT))
     original = (a / "big").read_bytes()
     push = start_push(a, s.address, "--bwlimit", "20M")
-    time.sleep(0.6)
+    partials, end = b / ".deltasync" / "partial", time.monotonic() + 30
+    while not any(partials.iterdir()) and push.poll() is None and time.monotonic() < end:
+        time.sleep(0.02)  # until B has begun the file: the sender scanned it and is sending it (~2 s at 20M)
     with open(a / "big", "r+b") as f:  # rewrite a region the sender may have passed already
         f.seek(SEGMENT // 2)
         f.write(os.urandom(1000))
