@@ -93,6 +93,7 @@ def component_regex(glob: str) -> re.Pattern[str]:
     return re.compile(f"(?s:{body})\\Z")
 
 
+_WILD = re.compile(r"(?<!\\)[?*\[]")  # a wildcard, not escaped
 MAX_GLUED = 4  # `x**/` components in one pattern (each doubles the alternatives to match)
 
 
@@ -105,7 +106,7 @@ def _glued(comps: list[str]) -> list[list[str]]:
         stars = len(c) - len(head)
         if head.endswith("\\"):  # the first star is a literal one
             head, stars = head + "*", stars - 1
-        if head and stars >= 2:
+        if head and stars >= 2 and not _WILD.search(head.replace("\\*", "")):  # (git glues literal heads only)
             rest = comps[i + 1 :]
             return _glued(comps[:i] + [head + rest[0]] + rest[1:]) + _glued(comps[:i] + [head + "*", "**"] + rest)
     return [comps]
