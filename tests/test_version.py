@@ -49,7 +49,7 @@ def test_concurrent_edits_are_a_conflict_newer_mtime_wins():
     remote = {"doc.txt": f("doc.txt", H3, [("A", 1), ("B", 2)], mtime=100)}
     sp = plan_sync(local, remote, "AAAAAAAA", "BBBBBBBB")
     (c,) = sp.conflicts
-    assert c.loser == "remote" and c.copy == "doc.sync-conflict-19700101-000000-B.txt"
+    assert c.loser == "remote" and c.copy == "doc.sync-conflict-19700101-000000-B-33333333.txt"
     assert [e.path for e, _ in sp.pull.small] == [c.copy] and sp.fetch_as == {c.copy: "doc.txt"}
     assert sp.merged["doc.txt"].version == (("A", 2), ("B", 2))
     assert [e.path for e, _ in sp.push.small] == ["doc.txt"]
@@ -57,7 +57,7 @@ def test_concurrent_edits_are_a_conflict_newer_mtime_wins():
     # seen from the other side: the remote wins, our copy is moved aside, theirs pulled
     sp = plan_sync(remote, local, "BBBBBBBB", "AAAAAAAA")
     (c,) = sp.conflicts
-    assert c.loser == "local" and c.copy == "doc.sync-conflict-19700101-000000-B.txt"  # the same name either side
+    assert c.loser == "local" and c.copy == "doc.sync-conflict-19700101-000000-B-33333333.txt"  # the same name either side
     assert [e.path for e, _ in sp.pull.small] == ["doc.txt"] and sp.pull.small[0][1] is None
 
 
@@ -86,3 +86,19 @@ def test_pull_only_plans_no_push_and_large_files_resume():
 def test_conflict_names():
     assert conflict_name("a/b/report.pdf", "XYZ1234567", 0) == "a/b/report.sync-conflict-19700101-000000-XYZ1234.pdf"
     assert conflict_name("Makefile", "P" * 12, 0) == "Makefile.sync-conflict-19700101-000000-PPPPPPP"
+    assert conflict_name("a.txt", "Q" * 12, 0, "ab" * 32) == "a.sync-conflict-19700101-000000-QQQQQQQ-abababab.txt"
+
+
+def test_a_version_that_won_a_conflict_loses_under_its_own_name():
+    """Three writers at once, within one second: B's edit beat C's on B, so B's
+    version carries C's counter too; when it loses to A's, its copy must not take
+    the name of C's copy, or one of the two edits would be lost."""
+    base = [("A", 1), ("B", 1), ("C", 1)]
+    c_edit = f("s", H3, base[:2] + [("C", 2)], mtime=100)
+    b_won = f("s", H2, [("A", 1), ("B", 2), ("C", 2)], mtime=100)  # merged: B's content, C's counter
+    a_edit = f("s", H1, [("A", 2), ("B", 1), ("C", 1)], mtime=101)
+    copies = set()
+    for loser in (c_edit, b_won):
+        (c,) = plan_sync({"s": a_edit}, {"s": loser}, "A", "X").conflicts
+        copies.add(c.copy)
+    assert len(copies) == 2

@@ -290,8 +290,8 @@ class SyncPlan:
     fetch_as: dict[str, str] = field(default_factory=dict)  # local dest -> the peer's path (conflict copies)
 
 
-def conflict_name(path: str, peer: str, when: float) -> str:
-    """`name.sync-conflict-YYYYMMDD-HHMMSS-<peer>.ext`, beside the original."""
+def conflict_name(path: str, peer: str, when: float, content: str | None = None) -> str:
+    """`name.sync-conflict-YYYYMMDD-HHMMSS-<peer>[-<content>].ext`, beside the original."""
     import time as _time
 
     head, _, name = path.rpartition("/")
@@ -299,17 +299,21 @@ def conflict_name(path: str, peer: str, when: float) -> str:
     if not stem:  # no extension (or a dotfile)
         stem, dot, ext = name, "", ""
     stamp = _time.strftime("%Y%m%d-%H%M%S", _time.gmtime(when))
-    new = f"{stem}.sync-conflict-{stamp}-{peer[:7]}{dot}{ext}"
+    tag = f"-{content[:8]}" if content else ""
+    new = f"{stem}.sync-conflict-{stamp}-{peer[:7]}{tag}{dot}{ext}"
     return f"{head}/{new}" if head else new
 
 
 def _loser_copy(path: str, loser: Entry, winner: Entry) -> str:
-    """The same name on every peer that detects this conflict: the losing
-    version's mtime and the peer whose change it carries (the largest key where
-    the loser's vector is ahead), so crossed detections make one copy, not two."""
+    """The same name on every peer that detects this conflict, so crossed
+    detections make one copy, not two: the losing version's mtime, a peer whose
+    change it carries (the largest key where the loser's vector is ahead) and
+    the start of its content hash. A version that won an earlier conflict
+    carries both writers' counters, so the key alone could name two different
+    contents alike, and one copy would overwrite the other."""
     ahead = dict(winner.version)
     modifier = max((k for k, n in loser.version if n > ahead.get(k, 0)), default="unknown")
-    return conflict_name(path, modifier, loser.mtime_ns / 1e9)
+    return conflict_name(path, modifier, loser.mtime_ns / 1e9, loser.blake3)
 
 
 Planner = Callable[[dict[str, Entry], dict[str, Entry]], Plan]  # (source, target) -> a plan with --delete
