@@ -8,9 +8,9 @@ import pytest
 from deltasync.core.entry import FILE, Entry
 from deltasync.errors import PeerBusy, ProtocolError, RemoteError
 from deltasync.wire import machine as mc
-from deltasync.wire.framing import FrameDecoder, inflate
+from deltasync.wire.framing import MAX_HEADER, FrameDecoder, encode_parts, inflate
 from deltasync.wire.messages import (
-    Ack, BeginFile, Bye, Error, FileDone, FileList, FileRequest, Hello, Op, RequestDone, RequestFile,
+    Ack, Acks, BeginFile, Bye, Error, FileDone, FileList, FileRequest, Hello, Op, RequestDone, RequestFile,
     RequestFileList, RequestSignature, SendChanges, SendDelta, SendFile, Signature, SmallFile, parse,
 )
 
@@ -84,6 +84,36 @@ def test_push_effects_and_verdicts():
         assert over(s, c, Ack(path, True)) == [mc.Verdict(Ack(path, True))]
     with pytest.raises(ProtocolError, match="verdict for more files"):
         over(s, c, Ack("extra", True))
+
+
+def test_many_verdicts_go_in_one_acks_frame_to_a_client_that_reads_them():
+    files = tuple(SmallFile(Entry(f"d/{i}", FILE, 1, 1, 0o644, B3), None) for i in range(5))
+    for features, batched in ((("zstd", "acks"), True), (("zstd",), False)):  # (an older client: one each)
+        c, s = mc.Conversation(mc.CLIENT), mc.Conversation(mc.SERVER)
+        over(c, s, Hello((1,), "P" * 56, features, "test"))
+        over(s, c, hello())
+        over(c, s, SendFile(files, b"x" * 5))
+        acks = [Ack(f.entry.path, i != 3, whole=True, error="full" if i == 3 else None)
+                for i, f in enumerate(files)]
+        said = s.said(acks)
+        assert said == ([Acks(tuple(acks))] if batched else acks)
+        effects = [e for m in said for e in over(s, c, m)]
+        assert effects == [mc.Verdict(a) for a in acks]  # each verdict as it was, in order
+        with pytest.raises(ProtocolError, match="verdict for more files"):  # each entry counts as one
+            over(s, c, Acks((Ack("extra", True),)))
+
+
+def test_acks_are_grouped_under_the_header_limit_and_checked():
+    long = [Ack("p" * 4000 + str(i), False, error="\x01" * 1000) for i in range(40)]  # escaped: 6 bytes a char
+    groups = list(Acks.grouped(long))
+    assert len(groups) > 1 and [a for g in groups for a in g] == long
+    assert all(len(Acks(g).parts()[0]) <= MAX_HEADER for g in groups)
+    c, s = listed()
+    over(c, s, SendFile((SmallFile(Entry("a", FILE, 1, 1, 0o644, B3), None),), b"x"))
+    for bad in ([1], [{"path": 3, "ok": True}], [{"path": "a"}]):
+        (frame,) = FrameDecoder().feed(b"".join(encode_parts("acks", files=bad)))
+        with pytest.raises(ProtocolError):
+            c.receive(parse(inflate(frame)))
 
 
 def test_pull_answers_only_while_asked():

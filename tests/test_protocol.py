@@ -175,3 +175,23 @@ def test_an_index_part_is_checked_and_read():
     held = wire("request_file_list", index_id="", sequence=0)
     assert held.held is not None and held.held.index_id == "" and not held.dry_run
     assert wire("request_file_list").held is None
+
+
+_text = st.text(st.characters(codec="utf-8"), min_size=1, max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_text, st.integers(0, 2**63 - 1), st.integers(-(2**63), 2**63 - 1), st.integers(0, 0o7777),
+       st.sampled_from([None, "ab" * 32]), st.sampled_from([None, "cd" * 32]),
+       st.dictionaries(_text, st.integers(0, 2**63 - 1), max_size=4), st.booleans())
+def test_a_small_file_is_measured_as_it_is_encoded(path, size, mtime, mode, b3, replaces, version, attrs):
+    """`send_file` batches by the header bytes each file takes: worked out, it must be what
+    encoding gives, whatever the path, vector or attributes hold."""
+    from deltasync.core.entry import FILE, Entry
+    from deltasync.wire.framing import json_body
+    from deltasync.wire.messages import SmallFile
+
+    xattrs = (("user.a", b"\x00\x01"),) if attrs else ()
+    f = SmallFile(Entry(path, FILE, size, mtime, mode, b3, version=tuple(sorted(version.items())),
+                        xattrs=xattrs), replaces)
+    assert f.wire_size() == len(json_body(f.to_wire()))

@@ -38,7 +38,8 @@ class Pusher:
             if step.kind == "copy":
                 await s.ops([Op("copy", e, origin, replaces) for e, origin, replaces in step.items])
             elif step.kind == "small":
-                self.driver.sent_as(replace(e, link=None) for e, _ in step.items)  # (a whole file names no link)
+                self.driver.sent_as(e if e.link is None else replace(e, link=None)  # (a whole file names no link)
+                                    for e, _ in step.items)
                 for batch in SendFile.batches(step.items):
                     await s.small(batch)
             elif step.kind == "large":

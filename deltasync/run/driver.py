@@ -161,19 +161,18 @@ class Driver:
         await self.verdicts_of([r])
 
     async def verdicts_of(self, results: list[FileResult]) -> None:
-        """Files' verdicts, decided here: to the client's report, or in `ack`s to it -- a batch's
-        acks in one write, not a TLS record and a system call each."""
-        frames: list[bytes] = []
+        """Files' verdicts, decided here: to the client's report, or to it in `acks` (or `ack`s) --
+        a batch's in one write, not a TLS record and a system call each."""
+        acks: list[Ack] = []
         for r in results:
             self.progress.file_done(r.path, r.ok)
             self.verdicts[r.ok] += 1
             ack = self.conv.verdict(r.path, r.ok, r.whole, r.kept, redact(r.error, self.root) if r.error else None)
             if ack is not None:
-                frames.extend(self.conv.send(ack))
+                acks.append(ack)
             else:
                 self.host.result(r, remote=False)
-        if frames:
-            await self.channel.send(b"".join(frames))
+        await self.say_all(self.conv.said(acks))
 
     # -- receiving -------------------------------------------------------------
     def start(self) -> asyncio.Task[None]:

@@ -52,6 +52,7 @@ SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
     # directories, symlinks, deletes, metadata-only changes
     "send_changes": {},  # body: JSON list of ops
     "ack": {"path": _STR, "ok": _BOOL},
+    "acks": {"files": _LIST},  # many acks, to a client whose hello says `acks`
 }
 
 

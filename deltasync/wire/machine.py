@@ -22,8 +22,10 @@ from ..core import limits
 from ..errors import PeerBusy, ProtocolError, RemoteError
 from .framing import PROTOCOL_VERSIONS, Frame, negotiate
 from .messages import (
+    ACKS,
     COMPRESS,
     Ack,
+    Acks,
     BeginFile,
     Bye,
     Error,
@@ -77,7 +79,7 @@ _allow([Phase.OPEN, Phase.LISTED], CLIENT, [*CARRY, "request_signature"])  # a p
 _allow([Phase.OPEN, Phase.LISTED], SERVER, ["signature"])
 _allow([Phase.LISTED], CLIENT, ["request_file"])  # a pull asks as of the index it was sent
 _allow([Phase.LISTED], SERVER, [*CARRY, "request_done"])  # ... and is answered
-_allow([Phase.OPEN, Phase.LISTED, Phase.CLOSING], SERVER, ["ack"])
+_allow([Phase.OPEN, Phase.LISTED, Phase.CLOSING], SERVER, ["ack", "acks"])
 _allow([Phase.OPEN, Phase.LISTED], CLIENT, ["bye"], Phase.CLOSING)
 _allow([Phase.CLOSING], SERVER, ["bye"], Phase.CLOSED)
 
@@ -213,6 +215,7 @@ class Conversation:
         self.compress = False  # zstd on big bodies we send (negotiated in hello)
         self.compress_index = False  # (server) the index compresses well: whenever the client reads zstd
         self.holes = False  # the peer reads segments with holes (sparse files)
+        self.batch_acks = False  # (server) the client reads many verdicts in one `acks` frame
         self.max_index_entries = max_index_entries
         # files in flight, by the end that sends them; the receiver's own failures among them
         self.open_files: dict[str, set[str]] = {CLIENT: set(), SERVER: set()}
@@ -256,6 +259,13 @@ class Conversation:
         the server says it in an `ack`; the client keeps its own."""
         return Ack(path, ok, whole, kept, error) if self.role == SERVER else None
 
+    def said(self, acks: list[Ack]) -> list[Message]:
+        """(server) How verdicts go to the client: in `acks` frames when it reads them, else one
+        `ack` each."""
+        if self.batch_acks and len(acks) > 1:
+            return [Acks(group) for group in Acks.grouped(acks)]
+        return list(acks)
+
     @property
     def finished(self) -> bool:
         return self.phase in (Phase.CLOSED, Phase.FAILED)
@@ -281,6 +291,7 @@ class Conversation:
                 self.compress = m.wants(COMPRESS) if self.role == SERVER else self.want_compress and m.wants("zstd")
                 self.compress_index = self.role == SERVER and m.wants("zstd")
                 self.holes = m.wants("sparse")
+                self.batch_acks = self.role == SERVER and m.wants(ACKS)
         elif isinstance(m, FileList):
             self.index_bytes += m.size
             self.index_entries += len(m.entries)
@@ -318,13 +329,14 @@ class Conversation:
             if self.requests_open <= 0 or self.open_files[SERVER]:
                 raise ProtocolError("request_done with no request open, or with a file still open")
             self.requests_open -= 1
-        elif isinstance(m, Ack):
-            if self.requests_open > 0:  # the server could not send a file we asked for
-                self.refused += 1
+        elif isinstance(m, (Ack, Acks)):
+            n = len(m.acks) if isinstance(m, Acks) else 1
+            if self.requests_open > 0:  # the server could not send files we asked for
+                self.refused += n
                 if self.refused > self.files_requested:
                     raise ProtocolError("peer refused more files than were asked for")
             else:
-                self.verdicts += 1
+                self.verdicts += n
                 if self.verdicts > self.files_pushed:
                     raise ProtocolError("peer sent a verdict for more files than were sent")
         elif isinstance(m, Bye):
@@ -398,6 +410,8 @@ class Conversation:
             out.append(Answered())
         elif isinstance(m, Ack):
             out.append(Verdict(m))
+        elif isinstance(m, Acks):
+            out.extend(Verdict(a) for a in m.acks)
         elif isinstance(m, Bye):
             out.append(Close() if self.role == SERVER else Closed())
         return out
