@@ -7,7 +7,6 @@ import errno
 import itertools
 import os
 import stat
-import uuid
 from dataclasses import replace
 from typing import Callable, TypeVar
 
@@ -28,7 +27,7 @@ _prefix = ""
 
 def _new_prefix() -> None:
     global _prefix
-    _prefix = f"{os.getpid()}-{uuid.uuid4().hex[:16]}"  # this process's: with a counter, every name is new
+    _prefix = f"{os.getpid()}-{os.urandom(8).hex()}"  # this process's: with a counter, every name is new
 
 
 _new_prefix()

@@ -18,7 +18,6 @@ import logging
 import os
 import stat
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -93,7 +92,7 @@ class Versions:
         seen = recorded() if recorded is not None else self.manifest.get(path)
         same = seen is not None and (seen.entry.size, seen.entry.mtime_ns, seen.ino) == (
             st.st_size, st.st_mtime_ns, st.st_ino)
-        kept_name = f"{uuid.uuid4().hex}"
+        kept_name = os.urandom(16).hex()  # (as uuid4 would, without importing uuid and platform)
         vfd = self._dir_fd()
         try:
             try:
