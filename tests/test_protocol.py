@@ -195,3 +195,23 @@ def test_a_small_file_is_measured_as_it_is_encoded(path, size, mtime, mode, b3, 
     f = SmallFile(Entry(path, FILE, size, mtime, mode, b3, version=tuple(sorted(version.items())),
                         xattrs=xattrs), replaces)
     assert f.wire_size() == len(json_body(f.to_wire()))
+
+
+def test_small_files_are_batched_under_every_frame_limit():
+    """Long paths, big bodies and many files each close a frame before a limit is passed."""
+    from deltasync.core import limits
+    from deltasync.core.entry import FILE, Entry
+    from deltasync.wire.messages import SendFile, SmallFile
+
+    def entry(i: int, path_len: int, size: int) -> Entry:
+        return Entry(f"{i:06d}" + "é" * path_len, FILE, size, 1, 0o644, "ab" * 32, version=(("K" * 12, i),))
+
+    for files in ([entry(i, 3000, 10) for i in range(100)],  # the header closes frames
+                  [entry(i, 1, limits.BATCH_BYTES // 3) for i in range(10)],  # the bytes do
+                  [entry(i, 1, 0) for i in range(2 * limits.BATCH_FILES + 1)]):  # the count does
+        batches = list(SendFile.batches([(e, None) for e in files]))
+        assert [e for b in batches for e, _ in b] == files and len(batches) > 1
+        for b in batches:
+            assert len(b) <= limits.BATCH_FILES and sum(e.size for e, _ in b) <= limits.BATCH_BYTES
+            sf = SendFile(tuple(SmallFile(e, None) for e, _ in b), b"\0" * sum(e.size for e, _ in b))
+            assert len(sf.parts()[0]) <= MAX_HEADER

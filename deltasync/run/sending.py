@@ -92,7 +92,8 @@ class FileSender:
             if isinstance(data, Exception):
                 await self.failed(FileResult.failed(dest(e.path), str(data)))
                 continue
-            files.append(SmallFile(replace(e, path=dest(e.path)), replaces))
+            path = dest(e.path)
+            files.append(SmallFile(e if path == e.path else replace(e, path=path), replaces))
             chunks.append(data)
             self.progress.advance(e.path, e.size)
         if files:

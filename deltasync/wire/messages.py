@@ -9,7 +9,7 @@ Nothing here does I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Iterable, Iterator
+from typing import Any, Callable, ClassVar, Iterable, Iterator, TypeVar
 
 from ..core import limits, sparse
 from ..core import version as vv
@@ -29,6 +29,7 @@ from .framing import (
     json_chunks,
 )
 
+T = TypeVar("T")
 INDEX_DELTA = "index-delta"  # a client keeps a copy of the server's index and asks only for what changed
 # a client keeps what the server acknowledged, as it sent it, in its copy of the server's index: the
 # server leaves the rows it recorded just so out of the index it sends that client next
@@ -287,19 +288,26 @@ class SendFile(Message):
         """Small files (entry, replaces) grouped so each frame stays well under
         the limits: the header is measured as it will be sent (long paths and big
         version vectors make fewer files per frame, never a frame over the limit)."""
-        cur: list[tuple[Entry, str | None]] = []
-        size = header = 0
-        for e, replaces in small:
-            h = SmallFile(e, replaces).wire_size() + 128  # + room for a conflict copy's longer name
-            if cur and (size + e.size > limits.BATCH_BYTES or len(cur) >= limits.BATCH_FILES
-                        or header + h > MAX_HEADER // 2):
-                yield cur
-                cur, size, header = [], 0, 0
-            cur.append((e, replaces))
-            size += e.size
-            header += h
-        if cur:
+        return grouped(small, lambda f: SmallFile(*f).wire_size() + 128,  # + room for a conflict copy's longer name
+                       lambda f: f[0].size, limits.BATCH_FILES)
+
+
+def grouped(items: Iterable[T], header: Callable[[T], int], body: Callable[[T], int] = lambda _: 0,
+            max_items: int = 1 << 30) -> Iterator[list[T]]:
+    """Items in the order given, grouped for one frame each: their header bytes (at least)
+    under half the header limit, their body bytes under `BATCH_BYTES`, at most `max_items`."""
+    cur: list[T] = []
+    h = b = 0
+    for item in items:
+        dh, db = header(item), body(item)
+        if cur and (b + db > limits.BATCH_BYTES or len(cur) >= max_items or h + dh > MAX_HEADER // 2):
             yield cur
+            cur, h, b = [], 0, 0
+        cur.append(item)
+        h += dh
+        b += db
+    if cur:
+        yield cur
 
 
 @dataclass(frozen=True)
@@ -626,17 +634,7 @@ class Acks(Message):
     @staticmethod
     def grouped(acks: list[Ack]) -> Iterator[tuple[Ack, ...]]:
         """Verdicts in groups whose header stays well under the limit, whatever their paths hold."""
-        cur: list[Ack] = []
-        size = 0
-        for a in acks:
-            n = a.wire_bound()
-            if cur and size + n > MAX_HEADER // 2:
-                yield tuple(cur)
-                cur, size = [], 0
-            cur.append(a)
-            size += n
-        if cur:
-            yield tuple(cur)
+        return (tuple(g) for g in grouped(acks, Ack.wire_bound))
 
 
 def _json_bound(text: str) -> int:
