@@ -184,17 +184,19 @@ _text = st.text(st.characters(codec="utf-8"), min_size=1, max_size=40)
 @given(_text, st.integers(0, 2**63 - 1), st.integers(-(2**63), 2**63 - 1), st.integers(0, 0o7777),
        st.sampled_from([None, "ab" * 32]), st.sampled_from([None, "cd" * 32]),
        st.dictionaries(_text, st.integers(0, 2**63 - 1), max_size=4), st.booleans())
-def test_a_small_file_is_measured_as_it_is_encoded(path, size, mtime, mode, b3, replaces, version, attrs):
+def test_a_small_file_and_an_ack_are_measured_as_they_are_encoded(path, size, mtime, mode, b3, replaces, version, attrs):
     """`send_file` batches by the header bytes each file takes: worked out, it must be what
     encoding gives, whatever the path, vector or attributes hold."""
     from deltasync.core.entry import FILE, Entry
     from deltasync.wire.framing import json_body
-    from deltasync.wire.messages import SmallFile
+    from deltasync.wire.messages import Ack, SmallFile
 
     xattrs = (("user.a", b"\x00\x01"),) if attrs else ()
     f = SmallFile(Entry(path, FILE, size, mtime, mode, b3, version=tuple(sorted(version.items())),
                         xattrs=xattrs), replaces)
     assert f.wire_size() == len(json_body(f.to_wire()))
+    ack = Ack(path, b3 is None, error=path * 30 if replaces else None, kept="ab12" if attrs else None)
+    assert ack.wire_bound() >= len(json_body(ack.to_wire()))  # acks are grouped by it
 
 
 def test_small_files_are_batched_under_every_frame_limit():

@@ -40,6 +40,7 @@ from .messages import (
     SendDelta,
     SendFile,
     Signature,
+    grouped,
     parse,
 )
 
@@ -263,7 +264,7 @@ class Conversation:
         """(server) How verdicts go to the client: in `acks` frames when it reads them, else one
         `ack` each."""
         if self.batch_acks and len(acks) > 1:
-            return [Acks(group) for group in Acks.grouped(acks)]
+            return [Acks(tuple(group)) for group in grouped(acks, Ack.wire_bound)]
         return list(acks)
 
     @property

@@ -236,25 +236,28 @@ class SmallFile:
         return d
 
     def wire_size(self) -> int:
-        """The length of `to_wire` in the header, worked out without encoding it (encoding each
-        file once to measure it and again to send it was a tenth of a first push's CPU); what
-        JSON would escape (a quote, a control character) or extended attributes are measured."""
+        """The length of `to_wire` in the header, worked out without encoding the whole of it
+        (encoding each file once to measure it and again to send it was a tenth of a first
+        push's CPU); extended attributes are measured by encoding."""
         e = self.entry
-        if e.xattrs or not (_plain(e.path) and all(_plain(k) for k, _ in e.version)):
+        if e.xattrs:
             return len(json_body(self.to_wire()))
-        n = _FIXED + len(e.path.encode()) + len(str(e.size)) + len(str(e.mtime_ns)) + len(str(e.mode))
+        n = _FIXED + json_len(e.path) + len(str(e.size)) + len(str(e.mtime_ns)) + len(str(e.mode))
         n += len(e.blake3) + 2 if e.blake3 is not None else 4
         n += len(self.replaces) + 2 if self.replaces is not None else 4
-        return n + sum(len(k.encode()) + len(str(c)) + 4 for k, c in e.version) + (1 if not e.version else 0)
+        return n + sum(json_len(k) + len(str(c)) + 2 for k, c in e.version) + (1 if not e.version else 0)
 
 
 _FIXED = len(json_body({"path": "", "size": "", "mtime_ns": "", "mode": "", "blake3": "", "replaces": "",
-                        "version": {}})) - 3 * 2 - 2 * 2 - 1  # less the empty values of what is counted
+                        "version": {}})) - 4 * 2 - 2 * 2 - 1  # less the empty values of what is counted
 
 
-def _plain(text: str) -> bool:
-    """Would JSON carry this string as its own UTF-8 bytes (nothing escaped)?"""
-    return text.isprintable() and '"' not in text and "\\" not in text
+def json_len(text: str) -> int:
+    """The bytes JSON takes for the string `text`, quotes included: its UTF-8 when nothing in it
+    is escaped (the common case, without encoding), else as encoded."""
+    if text.isprintable() and '"' not in text and "\\" not in text:
+        return len(text.encode()) + 2
+    return len(json_body(text))
 
 
 @dataclass(frozen=True)
@@ -598,9 +601,9 @@ class Ack(Message):
         return encode_parts(self.ACTION, **self.to_wire())
 
     def wire_bound(self) -> int:
-        """At least the bytes `to_wire` takes in a header (exact for names JSON leaves as they are)."""
-        return 40 + _json_bound(self.path) + (len(self.kept) + 10 if self.kept else 0) + \
-            (_json_bound(self.error[:1000]) + 10 if self.error else 0)
+        """At least the bytes `to_wire` takes in a header."""
+        return 40 + json_len(self.path) + (len(self.kept) + 10 if self.kept else 0) + \
+            (json_len(self.error[:1000]) + 10 if self.error else 0)
 
     @classmethod
     def from_frame(cls, f: Frame | dict[str, Any]) -> "Ack":
@@ -630,16 +633,6 @@ class Acks(Message):
         if not all(isinstance(d, dict) for d in files):
             raise ProtocolError("acks: a verdict is not an object")
         return cls(tuple(Ack.from_frame(d) for d in files))
-
-    @staticmethod
-    def grouped(acks: list[Ack]) -> Iterator[tuple[Ack, ...]]:
-        """Verdicts in groups whose header stays well under the limit, whatever their paths hold."""
-        return (tuple(g) for g in grouped(acks, Ack.wire_bound))
-
-
-def _json_bound(text: str) -> int:
-    """At least the bytes JSON takes for `text` (exact when nothing in it is escaped)."""
-    return len(text.encode()) + 2 if _plain(text) else 6 * len(text) + 2
 
 
 MESSAGES: dict[str, type[Message]] = {m.ACTION: m for m in (
