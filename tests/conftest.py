@@ -63,6 +63,16 @@ class Proc:
         self.log.close()
         return rc
 
+    def tail(self, lines: int = 25) -> str:
+        """The end of its log, for a failure message."""
+        self.log.flush()
+        try:
+            text = Path(self.log.name).read_text(errors="replace").splitlines()[-lines:]
+        except OSError as e:
+            text = [f"(no log: {e})"]
+        head = f"--- {Path(self.log.name).name} ({'running' if self.proc.poll() is None else f'exited {self.proc.returncode}'})"
+        return "\n".join([head, *text])
+
 
 class Serve(Proc):
     """A real `deltasync serve` process on loopback."""
@@ -134,14 +144,18 @@ class Watch(Proc):
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log, text=True)
 
 
-def wait_for(cond, timeout: float = 120, what: str = "condition") -> float:
-    """Poll until cond() is true; return the seconds it took."""
+def wait_for(cond, timeout: float = 120, what: str = "condition", procs: "list[Proc] | tuple[()]" = ()) -> float:
+    """Poll until cond() is true; return the seconds it took. A process of
+    `procs` that exits meanwhile fails at once; a timeout shows their logs."""
     import time
 
     start = time.monotonic()
     while not cond():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        dead = [p for p in procs if p.proc.poll() is not None]
+        late = time.monotonic() - start > timeout
+        if dead or late:
+            why = f"exited while waiting for {what}" if dead else f"timed out after {timeout} s waiting for {what}"
+            raise AssertionError("\n".join([why, *(p.tail() for p in (dead or procs))]))
         time.sleep(0.05)
     return time.monotonic() - start
 

@@ -227,6 +227,21 @@ def test_a_watchers_changed_paths_are_bounded():
     assert u.take() is None and u.take() == set()
 
 
+def test_while_no_watcher_runs_every_scan_walks_everything():
+    from deltasync.fs.scan import Unscanned
+
+    u = Unscanned()
+    u.take()
+    u.add(["a"])
+    u.blind()
+    u.add(["b"])
+    assert u.take() is None and u.take() is None  # not only the next one: each, until it runs again
+    u.blind(False)
+    assert u.take() is None  # what changed while none ran
+    u.add(["c"])
+    assert u.take() == {"c"}
+
+
 def test_a_comparison_in_ranges_passes_over_only_what_both_hold_exactly_alike(tmp_path):
     """Rows alike in every field are left out of both sides' pages (and counted); a row that differs
     in any one field, a directory, or a path only one side holds is read on both sides as before."""

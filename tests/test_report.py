@@ -113,9 +113,9 @@ def test_watch_says_conflicts_and_failures_as_text():
     from deltasync.run.watch import _text
 
     text = _text([{"path": "a", "error": "a: changed since it was scanned; run again"},
-                  {"path": "b", "copy": "b.sync-conflict-20260101-000000-ABCDEFG", "loser": "local"}])
+                  {"path": "b", "copy": "b.sync-conflict-20260101-000000-0a1b2c3d", "loser": "local"}])
     assert text == ("a: changed since it was scanned; it goes with the next sync; "
-                    "b (the local version is kept as b.sync-conflict-20260101-000000-ABCDEFG)")
+                    "b (the local version is kept as b.sync-conflict-20260101-000000-0a1b2c3d)")
     assert "{" not in text and "run again" not in text
 
 

@@ -49,7 +49,7 @@ def test_concurrent_edits_are_a_conflict_newer_mtime_wins():
     remote = {"doc.txt": f("doc.txt", H3, [("A", 1), ("B", 2)], mtime=100)}
     sp = plan_sync(local, remote, "AAAAAAAA", "BBBBBBBB")
     (c,) = sp.conflicts
-    assert c.loser == "remote" and c.copy == "doc.sync-conflict-19700101-000000-B-33333333.txt"
+    assert c.loser == "remote" and c.copy == "doc.sync-conflict-19700101-000000-33333333.txt"
     assert [e.path for e, _ in sp.pull.small] == [c.copy] and sp.fetch_as == {c.copy: "doc.txt"}
     assert sp.merged["doc.txt"].version == (("A", 2), ("B", 2))
     assert [e.path for e, _ in sp.push.small] == ["doc.txt"]
@@ -57,7 +57,7 @@ def test_concurrent_edits_are_a_conflict_newer_mtime_wins():
     # seen from the other side: the remote wins, our copy is moved aside, theirs pulled
     sp = plan_sync(remote, local, "BBBBBBBB", "AAAAAAAA")
     (c,) = sp.conflicts
-    assert c.loser == "local" and c.copy == "doc.sync-conflict-19700101-000000-B-33333333.txt"  # the same name either side
+    assert c.loser == "local" and c.copy == "doc.sync-conflict-19700101-000000-33333333.txt"  # the same name either side
     assert [e.path for e, _ in sp.pull.small] == ["doc.txt"] and sp.pull.small[0][1] is None
 
 
@@ -84,9 +84,9 @@ def test_pull_only_plans_no_push_and_large_files_resume():
 
 
 def test_conflict_names():
-    assert conflict_name("a/b/report.pdf", "XYZ1234567", 0) == "a/b/report.sync-conflict-19700101-000000-XYZ1234.pdf"
-    assert conflict_name("Makefile", "P" * 12, 0) == "Makefile.sync-conflict-19700101-000000-PPPPPPP"
-    assert conflict_name("a.txt", "Q" * 12, 0, "ab" * 32) == "a.sync-conflict-19700101-000000-QQQQQQQ-abababab.txt"
+    assert conflict_name("a/b/report.pdf", 0, "cd" * 32) == "a/b/report.sync-conflict-19700101-000000-cdcdcdcd.pdf"
+    assert conflict_name("Makefile", 0, "ef" * 32) == "Makefile.sync-conflict-19700101-000000-efefefef"
+    assert conflict_name("a.txt", 86400, "ab" * 32) == "a.sync-conflict-19700102-000000-abababab.txt"
 
 
 def test_a_version_that_won_a_conflict_loses_under_its_own_name():
@@ -102,3 +102,20 @@ def test_a_version_that_won_a_conflict_loses_under_its_own_name():
         (c,) = plan_sync({"s": a_edit}, {"s": loser}, "A", "X").conflicts
         copies.add(c.copy)
     assert len(copies) == 2
+
+
+def test_one_losing_version_gets_one_name_whatever_beat_it_and_however_it_came():
+    """C's edit reached one peer as it was, and another merged with B's counter
+    (it won over B's edit there). Then it loses on each, to A's edit on one and
+    to A's later edit (made after seeing C's) on the other: both detections must
+    name the same copy, or the mesh keeps two copies of one edit (seen in the
+    five-peer mesh test, under load)."""
+    c_edit = f("s", H3, [("A", 1), ("B", 1), ("C", 2)], mtime=100)
+    c_merged = f("s", H3, [("A", 1), ("B", 2), ("C", 2)], mtime=100)
+    a_edit = f("s", H1, [("A", 2), ("B", 1), ("C", 1)], mtime=101)
+    a_after_c = f("s", H2, [("A", 2), ("B", 1), ("C", 2)], mtime=102)
+    copies = set()
+    for winner, loser in ((a_edit, c_edit), (a_after_c, c_merged)):
+        copies.add(plan_sync({"s": winner}, {"s": loser}, "A", "X").conflicts[0].copy)
+        copies.add(plan_sync({"s": loser}, {"s": winner}, "Z", "A").conflicts[0].copy)
+    assert len(copies) == 1

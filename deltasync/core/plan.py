@@ -290,8 +290,8 @@ class SyncPlan:
     fetch_as: dict[str, str] = field(default_factory=dict)  # local dest -> the peer's path (conflict copies)
 
 
-def conflict_name(path: str, peer: str, when: float, content: str | None = None) -> str:
-    """`name.sync-conflict-YYYYMMDD-HHMMSS-<peer>[-<content>].ext`, beside the original."""
+def conflict_name(path: str, when: float, content: str) -> str:
+    """`name.sync-conflict-YYYYMMDD-HHMMSS-<content>.ext`, beside the original."""
     import time as _time
 
     head, _, name = path.rpartition("/")
@@ -299,21 +299,18 @@ def conflict_name(path: str, peer: str, when: float, content: str | None = None)
     if not stem:  # no extension (or a dotfile)
         stem, dot, ext = name, "", ""
     stamp = _time.strftime("%Y%m%d-%H%M%S", _time.gmtime(when))
-    tag = f"-{content[:8]}" if content else ""
-    new = f"{stem}.sync-conflict-{stamp}-{peer[:7]}{tag}{dot}{ext}"
+    new = f"{stem}.sync-conflict-{stamp}-{content[:8]}{dot}{ext}"
     return f"{head}/{new}" if head else new
 
 
-def _loser_copy(path: str, loser: Entry, winner: Entry) -> str:
+def _loser_copy(path: str, loser: Entry) -> str:
     """The same name on every peer that detects this conflict, so crossed
-    detections make one copy, not two: the losing version's mtime, a peer whose
-    change it carries (the largest key where the loser's vector is ahead) and
-    the start of its content hash. A version that won an earlier conflict
-    carries both writers' counters, so the key alone could name two different
-    contents alike, and one copy would overwrite the other."""
-    ahead = dict(winner.version)
-    modifier = max((k for k, n in loser.version if n > ahead.get(k, 0)), default="unknown")
-    return conflict_name(path, modifier, loser.mtime_ns / 1e9, loser.blake3)
+    detections make one copy, not two, and never one name for two contents:
+    the losing version's own mtime and the start of its content hash. Nothing
+    that depends on the winner or on the vector: a version that won an earlier
+    conflict carries another writer's counter, so the same content reaches
+    peers under different vectors and loses to different winners."""
+    return conflict_name(path, loser.mtime_ns / 1e9, loser.blake3 or "")
 
 
 Planner = Callable[[dict[str, Entry], dict[str, Entry]], Plan]  # (source, target) -> a plan with --delete
@@ -361,12 +358,12 @@ def plan_sync(local: dict[str, Entry], remote: dict[str, Entry], me: str, peer: 
             local_wins = r.deleted or (not l.deleted and (l.mtime_ns, me) > (r.mtime_ns, peer))
             if local_wins:
                 if r.kind == FILE and not r.deleted:
-                    conflicts.append(Conflict(path, _loser_copy(path, r, l), "remote"))
+                    conflicts.append(Conflict(path, _loser_copy(path, r), "remote"))
                 merged[path] = replace(l, version=vv.merge(l.version, r.version))
                 to_push.add(path)
             else:
                 if l.kind == FILE and not l.deleted:
-                    conflicts.append(Conflict(path, _loser_copy(path, l, r), "local"))
+                    conflicts.append(Conflict(path, _loser_copy(path, l), "local"))
                 to_pull.add(path)
     local_now = {**local, **merged}
     # a remote-wins conflict moves our copy aside first, so the pull finds nothing there

@@ -443,11 +443,12 @@ def _scan(root: Path, manifest: Manifest, ignore: Ignore, me: str, record: bool,
 
 class Unscanned:
     """What changed since the folder was last scanned, as a watcher reports it: the next scan
-    looks at those paths only. None: at everything (at start, and for the safety rescan that
-    catches what a watcher can miss)."""
+    looks at those paths only. None: at everything (at start, for the safety rescan that
+    catches what a watcher can miss, and for as long as no watcher runs)."""
 
     def __init__(self) -> None:
         self._paths: set[str] | None = None
+        self._blind = False
 
     def add(self, paths: Iterable[str]) -> None:
         """More changed paths; past MAX_WITHIN, none are kept: the next scan walks everything."""
@@ -460,9 +461,15 @@ class Unscanned:
         """Walk everything next time (a scan that took the paths failed, or it is time for the safety net)."""
         self._paths = None
 
+    def blind(self, blind: bool = True) -> None:
+        """The watcher stopped (True: every scan walks everything) or runs again (False: the
+        next scan still walks everything, for what changed while none ran)."""
+        self._blind = blind
+        self._paths = None
+
     def take(self) -> set[str] | None:
         """For the scan about to run: what it must look at; from now on, changes are for the next one."""
-        paths, self._paths = self._paths, set()
+        paths, self._paths = self._paths, None if self._blind else set()
         return paths
 
 

@@ -83,14 +83,17 @@ class Watcher:
         self.stop = asyncio.Event()
         self.server = Server(folder, excludes=excludes, unscanned=self.unscanned)
 
-    def event(self, kind: str, **fields: Any) -> None:
+    def event(self, kind: str, level: int = logging.INFO, **fields: Any) -> None:
         if self.as_json:
             sys.stdout.write(json.dumps(dict(fields, event=kind, time=round(time.time(), 3))) + "\n")
             sys.stdout.flush()
         else:
-            log.info("%s %s", kind, " ".join(f"{k}={_text(v)}" for k, v in fields.items()))
+            log.log(level, "%s %s", kind, " ".join(f"{k}={_text(v)}" for k, v in fields.items()))
 
     async def watch_files(self) -> None:
+        """Feed changed paths to the next scan. A watcher that cannot start or stops (Linux's
+        inotify limits, most often) is one clear line, not silence: scans then walk everything,
+        at each `rescan_seconds`, and the watcher is tried again then."""
         from watchfiles import awatch
 
         root = str(self.folder.root)
@@ -98,14 +101,28 @@ class Watcher:
         def wanted(_change: object, path: str) -> bool:  # nothing inside a state folder, at any depth
             return not has_reserved(os.path.relpath(path, root).replace(os.sep, "/"))
 
-        async for changes in awatch(root, stop_event=self.stop, debounce=400, step=50, recursive=True,
-                                    watch_filter=wanted):
-            paths = {os.path.relpath(p, root).replace(os.sep, "/") for _c, p in changes}
-            self.changes += len(paths)
-            if len(self.pending) < MAX_WITHIN:
-                self.pending.update(paths)
-            self.unscanned.add(paths)
-            self.wake.set()
+        while not self.stop.is_set():
+            try:
+                async for changes in awatch(root, stop_event=self.stop, debounce=400, step=50, recursive=True,
+                                            watch_filter=wanted):
+                    paths = {os.path.relpath(p, root).replace(os.sep, "/") for _c, p in changes}
+                    self.changes += len(paths)
+                    if len(self.pending) < MAX_WITHIN:
+                        self.pending.update(paths)
+                    self.unscanned.add(paths)
+                    self.wake.set()
+                return
+            except Exception as e:  # watchfiles' own errors derive from Exception, not OSError
+                self.unscanned.blind()
+                advice = " (raise fs.inotify.max_user_watches and max_user_instances)" \
+                    if sys.platform.startswith("linux") else ""
+                self.event("watch_failed", logging.WARNING, error=f"cannot watch the folder for changes ({e}); "
+                           f"looking for them by a walk of the whole folder every {self.rescan:g} s, and trying "
+                           f"again then{advice}")
+            try:
+                await asyncio.wait_for(self.stop.wait(), self.rescan)
+            except asyncio.TimeoutError:
+                self.unscanned.blind(False)
 
     async def settled(self) -> None:
         """Wait until the changed paths stop changing, and no new ones come."""

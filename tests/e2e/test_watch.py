@@ -161,3 +161,39 @@ def test_watch_passes_on_mtime_only_changes_keeps_excludes_and_logs_sessions(tmp
     assert not (b / "a.tmp").exists() and not (a / "b.tmp").exists(), "excluded both ways"
     logs = "".join(p.read_text() for p in tmp_path.glob("watch-*.log"))
     assert "session with " in logs and "\"event\": \"synced\"" in logs, logs[-2000:]
+
+
+INOTIFY_INSTANCES = "/proc/sys/fs/inotify/max_user_instances"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists(INOTIFY_INSTANCES),
+                    reason="needs root to lower Linux's inotify limit (CI has it)")
+def test_a_watcher_that_cannot_start_says_so_and_its_server_walks_everything(tmp_path):
+    """Past the inotify limits (a desktop with many watching programs) the file watcher
+    cannot start: `watch` says so in one line and its server's scans walk the whole
+    folder, so a peer still gets every change -- none looked only at what a dead
+    watcher reported (nothing)."""
+    a, b = make_pair(tmp_path)
+    (a / "f.txt").write_text("one")
+    addr = f"127.0.0.1:{free_port()}"
+    ds("trust", b, ds("id", a).stdout.strip(), "--name", "a", "--address", addr)
+    limit = open(INOTIFY_INSTANCES).read()
+    w = None
+    try:
+        with open(INOTIFY_INSTANCES, "w") as f:
+            f.write("0")
+        w = Watch(a, addr)
+        wait_for(lambda: '"watch_failed"' in (tmp_path / "watch-A.log").read_text(), 30, "the watch_failed event", [w])
+    finally:
+        with open(INOTIFY_INSTANCES, "w") as f:
+            f.write(limit)
+    try:
+        line = next(json.loads(x) for x in (tmp_path / "watch-A.log").read_text().splitlines() if "watch_failed" in x)
+        assert "cannot watch the folder for changes" in line["error"] and "max_user_watches" in line["error"]
+        ds("pull", b, "a")
+        assert (b / "f.txt").read_text() == "one"
+        (a / "f.txt").write_text("two, unseen by any watcher")
+        ds("pull", b, "a")
+        assert (b / "f.txt").read_text() == "two, unseen by any watcher"
+    finally:
+        w.stop()
