@@ -1,4 +1,5 @@
 import os
+import sys
 import time
 
 import pytest
@@ -93,7 +94,8 @@ def _touch_randomly(root, rng):
         files = sorted(p for p in root.rglob("*") if ".deltasync" not in p.parts and p.is_file())
         dirs = sorted(p for p in root.rglob("*") if ".deltasync" not in p.parts and p.is_dir()
                       and not p.is_symlink())
-        op = rng.choice(["new", "edit", "delete", "rename", "mkdir", "rmdir", "chmod", "symlink", "newdir"])
+        op = rng.choice(["new", "edit", "delete", "rename", "mkdir", "rmdir", "chmod", "symlink", "newdir",
+                         "movedir", "chmoddir"])
         where = rng.choice([root, *dirs])
         if op == "new" or not files:
             p = where / f"n{rng.randrange(10**6)}"
@@ -116,6 +118,16 @@ def _touch_randomly(root, rng):
             p = where / f"tree{rng.randrange(1000)}"
             (p / "inner").mkdir(parents=True, exist_ok=True)
             (p / "inner" / "f").write_text("deep")
+        elif op == "movedir" and dirs:  # a directory renamed within the folder, with what is inside
+            src = rng.choice(dirs)
+            p = where / f"moved{rng.randrange(1000)}"
+            if p.exists() or p == src or src in p.parents:
+                continue
+            src.rename(p)
+            seen.add(src.relative_to(root).as_posix())
+        elif op == "chmoddir" and dirs:
+            p = rng.choice(dirs)
+            os.chmod(p, rng.choice([0o700, 0o750, 0o755]))
         elif op == "rmdir" and dirs:
             p = rng.choice(dirs)
             shutil.rmtree(p)
@@ -159,6 +171,63 @@ def test_a_look_at_what_changed_finds_what_a_whole_walk_finds(tmp_path, seed):
     finally:
         whole.close()
         part.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
+@pytest.mark.parametrize("seed", range(6))
+def test_a_look_at_what_inotify_reported_finds_what_a_whole_walk_finds(tmp_path, seed):
+    """The same oracle, with the paths `serve`'s inotify watches report (fs/notify.py):
+    directories renamed, made and moved in whole, chmod'ed (their own entry only), removed."""
+    import random
+
+    from deltasync.fs import notify
+
+    rng = random.Random(seed)
+    root = tmp_path / "f"
+    (root / "a" / "b").mkdir(parents=True)
+    for i in range(20):
+        (root / ("a/b" if i % 3 == 0 else "a" if i % 3 == 1 else "")).joinpath(f"f{i}").write_text(str(i))
+    whole, part = Manifest(tmp_path / "whole.db"), Manifest(tmp_path / "part.db")
+    watched = notify.start(root, full_every=3600)
+    assert watched is not None
+    try:
+        assert watched.take() is None  # the first scan walks everything
+        scan(root, whole, me="me")
+        scan(root, part, me="me")
+        looked = 0
+        for _ in range(8):
+            _touch_randomly(root, rng)
+            within = watched.take()
+            looked += within is not None
+            w = scan(root, whole, me="me")
+            p = scan(root, part, me="me", within=within)
+            assert p.entries == w.entries and p.changed == w.changed, within
+        assert looked == 8  # nothing here needed a whole walk
+        assert watched.take() == set()
+    finally:
+        watched.close()
+        whole.close()
+        part.close()
+
+
+def test_a_directorys_own_entry_is_looked_at_without_what_is_inside(tmp_path):
+    """`OWN + path`: a directory's mode changed (our receiver sets directories' mtimes after
+    their files): its entry is looked at again, its files are not."""
+    from deltasync.fs.scan import OWN
+
+    root = tmp_path / "f"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "x").write_text("1")
+    m = Manifest(tmp_path / "m.db")
+    try:
+        scan(root, m, me="me")
+        os.chmod(root / "a", 0o700)
+        (root / "a" / "x").write_text("changed, unreported")
+        r = scan(root, m, me="me", within={OWN + "a"})
+        assert r.partial and r.changed == ["a"] and r.entries["a"].mode & 0o777 == 0o700
+        assert scan(root, m, me="me").changed == ["a/x"]  # a whole walk finds the rest
+    finally:
+        m.close()
 
 
 def test_a_big_scan_records_in_batches_and_keeps_only_the_big_files(tmp_path, monkeypatch):

@@ -172,16 +172,21 @@ def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None, me: str =
     many paths, make it a whole walk."""
     ignore = ignore or Ignore.for_folder(root)
     if within is not None:
-        tops = _tops(within)
-        if tops is None:
+        within = set(within)
+        tops = _tops(p for p in within if not p.startswith(OWN))
+        own = _owns((p[1:] for p in within if p.startswith(OWN)), tops or [])
+        if tops is None or own is None or len(tops) + len(own) > MAX_WITHIN:
             within = None
         else:
-            ancestors = {a for t in tops for a in _ancestors(t)} - set(tops)
+            ancestors = ({a for t in [*tops, *own] for a in _ancestors(t)} | own) - set(tops)
             try:
                 return _scan(root, manifest, ignore, me, record, keep_xattrs, tops, ancestors)
             except _WholeWalk:
                 within = None
     return _scan(root, manifest, ignore, me, record, keep_xattrs, None, set())
+
+
+OWN = "\0"  # before a path in `within`: only its own entry changed (a directory's mode), not what is inside
 
 
 def _tops(paths: Iterable[str]) -> list[str] | None:
@@ -194,6 +199,17 @@ def _tops(paths: Iterable[str]) -> list[str] | None:
         if not (tops and p.startswith(tops[-1] + "/")) and not has_reserved(p):
             tops.append(p)
     return tops
+
+
+def _owns(paths: Iterable[str], tops: list[str]) -> set[str] | None:
+    """Directories whose own entry only is to be looked at (`OWN`), less those a top covers;
+    None: look at everything."""
+    picked = {p.strip("/") for p in paths}
+    if "" in picked or "." in picked or any(p.startswith("..") or "/../" in p for p in picked):
+        return None
+    covered = set(tops)
+    return {p for p in picked if not has_reserved(p) and p not in covered
+            and not any(a in covered for a in _ancestors(p))}
 
 
 def _ancestors(path: str) -> list[str]:

@@ -70,7 +70,7 @@ class Server:
     def __init__(self, folder: Folder, workers: Workers | None = None, excludes: list[str] | None = None,
                  unscanned: Unscanned | None = None) -> None:
         self.folder = folder
-        self.unscanned = unscanned  # (watch) what changed since our last scan: a scan looks at that only
+        self.unscanned = unscanned  # what changed since our last scan (watch: its watcher; serve: inotify)
         self.excludes = excludes  # beside .deltasyncignore (watch --exclude): told to every client
         self.config = folder.config()
         self.workers = workers or Workers()
@@ -208,7 +208,16 @@ async def run(folder: Folder, listen: str, on_listening: Callable[[str], None] |
     """Serve until SIGINT/SIGTERM (or `stop`); in-flight files are left as
     resumable partials, and anything committed stays committed."""
     engines.get()  # chosen before we listen: a missing librsync is one line now, not in a peer's session
-    server = server or Server(folder)
+    loop = asyncio.get_running_loop()
+    notified = None
+    if server is None:  # `serve`: inotify tells each session's scan what changed (`watch` has its watcher)
+        from ..fs import notify
+
+        server = Server(folder)
+        notified = await asyncio.to_thread(notify.start, folder.root, float(server.config.setting("rescan_seconds")))
+        if notified is not None:
+            server.unscanned = notified
+            notified.attach(loop)
     cfg = server.config
     stale = server.receiver.clean_stale(float(cfg.setting("partial_max_age_hours")) * 3600)
     if stale:
@@ -229,7 +238,6 @@ async def run(folder: Folder, listen: str, on_listening: Callable[[str], None] |
     if on_listening:
         on_listening(actual)
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
 
     def on_signal(signum: int, _frame: object) -> None:
         # a Python-level handler runs between bytecodes even while the loop is busy;
@@ -246,6 +254,8 @@ async def run(folder: Folder, listen: str, on_listening: Callable[[str], None] |
         await stop.wait()
     finally:
         srv.close()
+        if notified is not None:
+            notified.close()
         try:
             await asyncio.wait_for(server.shutdown(), STOP_GRACE)
         except asyncio.TimeoutError:

@@ -72,3 +72,24 @@ def test_pull_dry_run_changes_nothing(served):
     r = json.loads(ds("pull", a, s.address, "--dry-run", "--json").stdout)
     assert [(i["direction"], i["op"], i["path"]) for i in r["plan"]] == [("pull", "send_whole", "x")]
     assert digest(a) == before_a and digest(b) == before_b
+
+
+def test_a_servers_own_change_made_just_before_a_session_is_in_its_index(served):
+    """`serve` looks only at what inotify reported since its last scan: each change made on
+    its side the moment before a peer's session -- a new file, an edit, a directory made and
+    filled, one renamed, a chmod, a delete -- is in the index that session is planned from."""
+    a, b, s = served
+    (b / "d" / "e").mkdir(parents=True)
+    (b / "d" / "e" / "x").write_text("1")
+    (b / "y").write_text("y")
+    ds("pull", a, s.address)
+    steps = [lambda: (b / "d" / "e" / "x").write_text("2"),
+             lambda: ((b / "n" / "m").mkdir(parents=True), (b / "n" / "m" / "z").write_text("deep")),
+             lambda: os.rename(b / "d", b / "renamed"),
+             lambda: (b / "renamed" / "e" / "x").write_text("3, in the renamed directory"),
+             lambda: os.chmod(b / "renamed" / "e", 0o700),
+             lambda: (b / "y").unlink()]
+    for step in steps:
+        step()
+        ds("pull", a, s.address)
+        assert digest(a) == digest(b)
