@@ -210,6 +210,28 @@ def test_a_look_at_what_inotify_reported_finds_what_a_whole_walk_finds(tmp_path,
         part.close()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
+def test_inotify_still_walks_everything_every_full_every_seconds_and_after_it_closes(tmp_path):
+    """The safety net for what inotify does not report (another host writing to a network
+    filesystem): a whole walk when `full_every` has passed; none inside it; all after close."""
+    from deltasync.fs import notify
+
+    (tmp_path / "d").mkdir()
+    due = notify.start(tmp_path, full_every=0)
+    fresh = notify.start(tmp_path, full_every=3600)
+    try:
+        assert due.take() is None and due.take() is None
+        assert fresh.take() is None and fresh.take() == set()
+        (tmp_path / "d" / "x").write_text("x")
+        assert fresh.take() == {"d/x"}
+        fresh.close()
+        (tmp_path / "d" / "y").write_text("y")
+        assert fresh.take() is None and fresh.take() is None
+    finally:
+        due.close()
+        fresh.close()
+
+
 def test_a_directorys_own_entry_is_looked_at_without_what_is_inside(tmp_path):
     """`OWN + path`: a directory's mode changed (our receiver sets directories' mtimes after
     their files): its entry is looked at again, its files are not."""

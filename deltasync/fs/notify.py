@@ -173,9 +173,11 @@ class Notified(Unscanned):
             if not mask & IN_ISDIR:
                 changed.append(path)
                 continue
-            if mask & (IN_MOVED_FROM | IN_DELETE):
+            if mask & IN_MOVED_FROM:  # (a removed directory's watch goes by itself: IN_IGNORED, above)
                 self._drop_tree(path)
                 changed.append(path)  # and what was inside it
+            elif mask & IN_DELETE:
+                changed.append(path)
             elif mask & (IN_CREATE | IN_MOVED_TO) or path not in self._wd_of:  # new here, or made readable
                 self._add_tree(path)
                 changed.append(path)  # and what is inside it
