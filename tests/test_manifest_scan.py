@@ -142,6 +142,15 @@ def _touch_randomly(root, rng):
     return seen
 
 
+def _oracle_tree(tmp_path):
+    """A small tree in three levels, and two manifests: one for whole walks, one for looks."""
+    root = tmp_path / "f"
+    (root / "a" / "b").mkdir(parents=True)
+    for i in range(20):
+        (root / ("a/b" if i % 3 == 0 else "a" if i % 3 == 1 else "")).joinpath(f"f{i}").write_text(str(i))
+    return root, Manifest(tmp_path / "whole.db"), Manifest(tmp_path / "part.db")
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_a_look_at_what_changed_finds_what_a_whole_walk_finds(tmp_path, seed):
     """The oracle for `within`: after random edits, looking only at the paths a watcher
@@ -149,11 +158,7 @@ def test_a_look_at_what_changed_finds_what_a_whole_walk_finds(tmp_path, seed):
     import random
 
     rng = random.Random(seed)
-    root = tmp_path / "f"
-    (root / "a" / "b").mkdir(parents=True)
-    for i in range(20):
-        (root / ("a/b" if i % 3 == 0 else "a" if i % 3 == 1 else "")).joinpath(f"f{i}").write_text(str(i))
-    whole, part = Manifest(tmp_path / "whole.db"), Manifest(tmp_path / "part.db")
+    root, whole, part = _oracle_tree(tmp_path)
     try:
         scan(root, whole, me="me")
         scan(root, part, me="me")
@@ -183,11 +188,7 @@ def test_a_look_at_what_inotify_reported_finds_what_a_whole_walk_finds(tmp_path,
     from deltasync.fs import notify
 
     rng = random.Random(seed)
-    root = tmp_path / "f"
-    (root / "a" / "b").mkdir(parents=True)
-    for i in range(20):
-        (root / ("a/b" if i % 3 == 0 else "a" if i % 3 == 1 else "")).joinpath(f"f{i}").write_text(str(i))
-    whole, part = Manifest(tmp_path / "whole.db"), Manifest(tmp_path / "part.db")
+    root, whole, part = _oracle_tree(tmp_path)
     watched = notify.start(root, full_every=3600)
     assert watched is not None
     try:
