@@ -233,6 +233,28 @@ def test_inotify_still_walks_everything_every_full_every_seconds_and_after_it_cl
         fresh.close()
 
 
+def test_a_look_at_most_of_the_tree_is_a_walk(tmp_path):
+    """Past CHEAP_LOOKS, a look at more paths than a walk's worth (LOOK_COST a path) walks:
+    after a session wrote most of a folder, its next scan costs a walk, not ten times one."""
+    from deltasync.fs.scan import CHEAP_LOOKS, LOOK_COST
+
+    root = tmp_path / "f"
+    n = 2 * CHEAP_LOOKS * LOOK_COST  # a walk's worth of looks is then past CHEAP_LOOKS
+    for d in range(n // 100):
+        (root / f"d{d}").mkdir(parents=True)
+        for i in range(100):
+            (root / f"d{d}" / f"f{i}").write_text(str(i))
+    m = Manifest(tmp_path / "m.db")
+    try:
+        scan(root, m, me="me")
+        paths = [f"d{d}/f{i}" for d in range(n // 100) for i in range(100)]
+        assert scan(root, m, me="me", within=paths[:CHEAP_LOOKS]).partial
+        assert scan(root, m, me="me", within=paths[: m.rows() // LOOK_COST - 1]).partial
+        assert not scan(root, m, me="me", within=paths[: m.rows() // LOOK_COST + 1]).partial
+    finally:
+        m.close()
+
+
 def test_a_directorys_own_entry_is_looked_at_without_what_is_inside(tmp_path):
     """`OWN + path`: a directory's mode changed (our receiver sets directories' mtimes after
     their files): its entry is looked at again, its files are not."""

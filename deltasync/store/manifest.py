@@ -296,6 +296,11 @@ class Manifest:
                                                     (sequence, most + 1))]
         return paths if most < 0 or len(paths) <= most else None
 
+    def rows(self) -> int:
+        """Paths we have a row for (tombstones too): the size of a walk of the folder."""
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM files").fetchone()[0])
+
     def live_files(self) -> tuple[int, int]:
         """How many regular files we hold (by the last scan), and their bytes."""
         with self._lock:
