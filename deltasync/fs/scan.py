@@ -193,10 +193,15 @@ def scan(root: Path, manifest: Manifest, ignore: Ignore | None = None, me: str =
 OWN = "\0"  # before a path in `within`: only its own entry changed (a directory's mode), not what is inside
 
 
+def _plain(paths: Iterable[str]) -> bool:
+    """No path names the top itself or climbs out of it (such a report means: look at everything)."""
+    return not any(p in ("", ".") or p.startswith("..") or "/../" in p for p in paths)
+
+
 def _tops(paths: Iterable[str]) -> list[str] | None:
     """The paths to look at, none inside another; None: look at everything."""
     picked = sorted({p.strip("/") for p in paths})
-    if len(picked) > MAX_WITHIN or "" in picked or "." in picked or any(p.startswith("..") or "/../" in p for p in picked):
+    if len(picked) > MAX_WITHIN or not _plain(picked):
         return None
     tops: list[str] = []
     for p in picked:  # sorted: a directory comes before what is inside it
@@ -209,7 +214,7 @@ def _owns(paths: Iterable[str], tops: list[str]) -> set[str] | None:
     """Directories whose own entry only is to be looked at (`OWN`), less those a top covers;
     None: look at everything."""
     picked = {p.strip("/") for p in paths}
-    if "" in picked or "." in picked or any(p.startswith("..") or "/../" in p for p in picked):
+    if not _plain(picked):
         return None
     covered = set(tops)
     return {p for p in picked if not has_reserved(p) and p not in covered
