@@ -6,6 +6,8 @@
 | `datasync` | `fdatasync(2)` | `fsync(2)` (macOS has no fdatasync) |
 | `ordered_journal` | ext4 or XFS (`fstatfs(2)`): a directory's fsync commits the journal up to it | False: callers fdatasync each file |
 | `start_writeback`, `wait_written` | `sync_file_range(2)`: start a file's writeback; wait until it is written | nothing: `fdatasync` does both |
+| `open_direct` | `open(2)` with `O_DIRECT`: writes that bypass the page cache (`fs/direct`) | -1: every write goes through the cache |
+| `copies_bytes` | ext4 (`fstatfs(2)`): `copy_file_range` copies, where XFS or btrfs may share blocks | True: the stand-in copies |
 | `punch_hole` | `fallocate(2)` `PUNCH_HOLE`: a zero range gives its space back | not available: it stays allocated |
 | `tune_malloc` | glibc keeps freed big buffers for reuse, in one arena | nothing |
 | `background_thread` | the calling thread runs only when a core is idle (`SCHED_IDLE`) | nothing: normal priority |
@@ -103,7 +105,19 @@ def _punch_none(_fd: int, _offset: int, _length: int) -> bool:
 
 EXT4_MAGIC, XFS_MAGIC = 0xEF53, 0x58465342
 SFR_WAIT_BEFORE, SFR_WRITE, SFR_WAIT_AFTER = 1, 2, 4
-_journals: dict[int, bool] = {}
+_fs_types: dict[int, int | None] = {}
+
+
+def _fs_type(fd: int) -> int | None:
+    """The filesystem's magic number (`fstatfs(2)`), asked once per device."""
+    dev = os.fstat(fd).st_dev
+    if dev not in _fs_types:
+        import ctypes
+
+        buf = ctypes.create_string_buffer(256)  # struct statfs; f_type (a long) comes first
+        ok = _libc().fstatfs(fd, buf) == 0
+        _fs_types[dev] = ctypes.c_long.from_buffer(buf).value if ok else None
+    return _fs_types[dev]
 
 
 def _ordered_linux(dir_fd: int) -> bool:
@@ -111,19 +125,22 @@ def _ordered_linux(dir_fd: int) -> bool:
     of a directory commits every metadata change logged before it. And both end a page's
     writeback only once the write's metadata is logged (the file's size, its blocks, an unwritten
     extent converted: ext4's and XFS's end-of-I/O work runs first), so a file whose writeback
-    `wait_written` saw end is whole after that commit. Asked once per device."""
-    dev = os.fstat(dir_fd).st_dev
-    if dev not in _journals:
-        import ctypes
+    `wait_written` saw end is whole after that commit."""
+    return _fs_type(dir_fd) in (EXT4_MAGIC, XFS_MAGIC)
 
-        buf = ctypes.create_string_buffer(256)  # struct statfs; f_type (a long) comes first
-        ok = _libc().fstatfs(dir_fd, buf) == 0
-        _journals[dev] = ok and ctypes.c_long.from_buffer(buf).value in (EXT4_MAGIC, XFS_MAGIC)
-    return _journals[dev]
+
+def _copies_linux(fd: int) -> bool:
+    """Does `copy_file_range` here copy the bytes, through the page cache? On ext4 it does (no
+    reflinks); XFS, btrfs and others may share the blocks instead, which costs nothing."""
+    return _fs_type(fd) == EXT4_MAGIC
 
 
 def _ordered_none(_dir_fd: int) -> bool:
     return False
+
+
+def _copies_always(_fd: int) -> bool:
+    return True
 
 
 def _sfr(fd: int, flags: int) -> None:
@@ -144,6 +161,20 @@ def _wait_linux(fd: int) -> None:
 
 def _no_writeback(_fd: int) -> None:
     pass
+
+
+def _open_direct_linux(path: Any) -> int:
+    """A second, write-only descriptor of `path` whose writes skip the page cache (-1: the filesystem refuses)."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+            return -1
+        raise
+
+
+def _open_direct_none(_path: Any) -> int:
+    return -1
 
 
 def background_thread() -> None:
@@ -180,12 +211,14 @@ ordered_journal: Callable[[int], bool]
 start_writeback: Callable[[int], None]
 wait_written: Callable[[int], None]
 punch_hole: Callable[[int, int, int], bool]  # give a zero range's space back (False: it stays allocated)
+open_direct: Callable[[Any], int]
+copies_bytes: Callable[[int], bool]
 PORTABLE = False
 
 
 def use(portable: bool) -> None:
     """Pick the implementations (at import, from the platform and DELTASYNC_PORTABLE)."""
-    global copy_range, datasync, ordered_journal, start_writeback, wait_written, punch_hole, PORTABLE
+    global copy_range, datasync, ordered_journal, start_writeback, wait_written, punch_hole, open_direct, copies_bytes, PORTABLE
     linux = not portable and hasattr(os, "copy_file_range")
     copy_range = _copy_kernel if linux else _copy_portable
     datasync = os.fdatasync if not portable and hasattr(os, "fdatasync") else os.fsync
@@ -193,6 +226,8 @@ def use(portable: bool) -> None:
     ordered_journal = _ordered_linux if sfr else _ordered_none
     start_writeback, wait_written = (_start_linux, _wait_linux) if sfr else (_no_writeback, _no_writeback)
     punch_hole = _punch_linux if not portable and os.uname().sysname == "Linux" else _punch_none
+    open_direct = _open_direct_linux if sfr and hasattr(os, "O_DIRECT") else _open_direct_none
+    copies_bytes = _copies_linux if linux else _copies_always
     PORTABLE = portable or not linux
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from ..config import Folder
 from ..core.entry import FILE, Entry
@@ -25,11 +26,14 @@ class Receiver(SmallFiles, SegmentedFiles, TreeOps):
     def __init__(self, folder: Folder, manifest: Manifest, background: bool = True) -> None:
         super().__init__(folder, manifest)
         self.signatures = Signatures(self.safe, manifest, self.current, background)
+        self.durability = ThreadPoolExecutor(1, thread_name_prefix="durable") if background else None
 
     def close(self, wait_signatures: float = 0.0) -> None:
         """Stop. Background signature jobs get up to `wait_signatures` seconds
         (inf: until done); the rest are abandoned mid-read, not waited for."""
         self.signatures.close(wait_signatures)
+        if self.durability is not None:
+            self.durability.shutdown(wait=True)
 
     def signature_for(self, path: str, blake3: str) -> tuple[int, bytes] | None:
         """Our signature of `path` if it still has content `blake3`; None if not."""

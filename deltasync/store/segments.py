@@ -7,9 +7,12 @@ unverified bytes.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
+from concurrent import futures
+from concurrent.futures import Executor, Future
 from typing import BinaryIO
 
 from .. import engine, hashing
@@ -19,6 +22,7 @@ from ..core.entry import FILE, Entry, Xattrs
 from ..core.result import FileResult
 from ..errors import ProtocolError, TransferFailed
 from ..fs import native, safe
+from ..fs.direct import DirectWriter, pwrite_all
 from ..wire.framing import Buffer
 from ..wire.messages import BeginFile, SendDelta
 from .claims import Ticket
@@ -29,38 +33,42 @@ from .signatures import Signatures
 # Written segments are fsynced and journaled together, every SYNC_BYTES or SYNC_SECONDS:
 # one fdatasync per 4 MiB segment cost 1.56 s per 500 MB here, one per 32 MiB about a
 # third of that. A crash loses at most the unjournaled group (a quarter second of a slow
-# link, 16 MiB of a fast one), which a resume resends.
+# link, 16 MiB of a fast one), which a resume resends. Each segment's writeback starts as
+# it is written, and a group's fdatasync and journal entry run on the receiver's
+# durability thread while the next segments are written (one group in flight per file).
 SYNC_BYTES = 16 * 1024 * 1024
 SYNC_SECONDS = 0.25
 
 
-def _copy_range(src: int, dst: int, offset: int, length: int) -> None:
+def _copy_range(src: int, w: DirectWriter, offset: int, length: int) -> bytes | None:
     """The basis's bytes at this offset into the partial: only its data where the partial
-    has nothing yet (a sparse basis stays sparse), else every byte."""
+    has nothing yet (a sparse basis stays sparse), else every byte. In the kernel where
+    that can share blocks; on ext4, where it would copy them through the page cache,
+    through memory and past the cache -- then the bytes come back, for the running hash."""
     if os.fstat(src).st_size < offset + length:
         raise ProtocolError("the basis is shorter than the segment it should hold")
-    extents = native.data_extents(src, offset, length) if os.fstat(dst).st_size <= offset else [(offset, length)]
-    for start, size in extents:
-        if native.copy_range(src, dst, start, size) != size:
+    extents = native.data_extents(src, offset, length) if os.fstat(w.fd).st_size <= offset else [(offset, length)]
+    if w.direct and extents == [(offset, length)] and native.copies_bytes(w.fd):
+        data = os.pread(src, length, offset)
+        if len(data) != length:
             raise ProtocolError("the basis is shorter than the segment it should hold")
+        w.pwrite(data, offset)
+        return data
+    for start, size in extents:
+        if native.copy_range(src, w.fd, start, size) != size:
+            raise ProtocolError("the basis is shorter than the segment it should hold")
+    return None
 
 
-def _pwrite_all(fd: int, data: Buffer, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view, offset = view[n:], offset + n
-
-
-def _write(fd: int, data: Buffer, offset: int, holes: sparse.Runs) -> None:
+def _write(w: DirectWriter, data: Buffer, offset: int, holes: sparse.Runs) -> None:
     """A segment into the partial file, its holes left unwritten where the file has
     nothing yet (past its end: they read as zeros, and take no space)."""
-    if not holes or os.fstat(fd).st_size > offset:  # over earlier bytes (a resume): write the zeros too
-        _pwrite_all(fd, data, offset)
+    if not holes or os.fstat(w.fd).st_size > offset:  # over earlier bytes (a resume): write the zeros too
+        w.pwrite(data, offset)
         return
     view = memoryview(data)
     for start, length in sparse.data_runs(holes, len(view)):
-        _pwrite_all(fd, view[start : start + length], offset + start)
+        pwrite_all(w.fd, view[start : start + length], offset + start)
 
 
 def _hash_through(f: "OpenFile", upto: int) -> None:
@@ -87,13 +95,14 @@ def _hash_in_order(f: "OpenFile", offset: int) -> bool:
 class OpenFile:
     """One file being received in segments: its partial, and the basis a delta patches."""
 
-    def __init__(self, partial: Partial, fd: int, basis: BinaryIO | None,
+    def __init__(self, partial: Partial, fd: int, writer: DirectWriter, basis: BinaryIO | None,
                  basis_segments: list[bytes] | None = None, ticket: Ticket | None = None,
                  attrs: Xattrs | None = None) -> None:
         self.partial = partial
         self.attrs = attrs  # the extended attributes the finished file gets (None: we keep none)
         self.ticket = ticket
         self.fd = fd
+        self.writer = writer  # whole blocks past the page cache (fs/direct)
         self.basis = basis
         self.basis_segments = basis_segments  # our own per-segment blake3 of the basis, when recorded
         self.done = set(partial.done)
@@ -105,8 +114,19 @@ class OpenFile:
         self.unsynced: list[int] = []  # written, not yet fsynced nor journaled
         self.unsynced_bytes = 0
         self.synced_at = time.monotonic()
+        self.syncing: Future[None] | None = None  # a group being made durable in the background
+
+    def settle(self) -> None:
+        """Wait for the group being made durable in the background; its failure is raised here."""
+        fut, self.syncing = self.syncing, None
+        if fut is not None:
+            fut.result()
 
     def close(self) -> None:
+        if self.syncing is not None:  # never close the fd under its fdatasync
+            futures.wait([self.syncing])
+            self.syncing = None
+        self.writer.close()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -116,6 +136,7 @@ class OpenFile:
 
 class SegmentedFiles(LocalState):
     signatures: Signatures
+    durability: Executor | None  # one thread for groups' fdatasyncs (None: each is done in line)
 
     def begin(self, m: BeginFile, ticket: Ticket | None = None) -> OpenFile:
         safe.check_relpath(m.path, self.safe.max_path)
@@ -138,12 +159,13 @@ class SegmentedFiles(LocalState):
                 version = json.dumps(vv.to_wire(vv.from_wire(m.version)))
                 part = Partial(m.path, m.blake3, m.replaces, m.size, m.mtime_ns, m.mode, m.segment_size,
                                tmp_name(".part"), now, now, version, frozenset())
-            fd = os.open(self.folder.partials / part.name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            where = self.folder.partials / part.name
+            fd = os.open(where, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             if not keep:
                 os.ftruncate(fd, 0)
                 self.manifest.begin_partial(part)
             known = self.manifest.segments_of(m.basis, m.segment_size) if basis is not None else None
-            return OpenFile(part, fd, basis, known, ticket, self.attrs_of(m.entry))
+            return OpenFile(part, fd, DirectWriter(where, fd), basis, known, ticket, self.attrs_of(m.entry))
         except BaseException:
             self.registry.release(m.path)
             raise
@@ -161,12 +183,14 @@ class SegmentedFiles(LocalState):
                 raise ProtocolError(f"send_delta: {p.path} segment {idx} copies from a missing basis")
             known = f.basis_segments
             if known is not None and idx < len(known) and known[idx] == bytes.fromhex(m.blake3):
-                _copy_range(f.basis.fileno(), f.fd, offset, length)  # in the kernel; we know its hash
+                copied = _copy_range(f.basis.fileno(), f.writer, offset, length)  # we know its hash
+                if copied is not None:
+                    self._hashed(f, offset, copied)
             else:
                 data = os.pread(f.basis.fileno(), length, offset)
                 if len(data) != length or hashing.of_bytes(data) != m.blake3:
                     raise ProtocolError(f"{p.path}: segment {idx} is not what the basis holds there")
-                _pwrite_all(f.fd, data, offset)
+                f.writer.pwrite(data, offset)
                 self._hashed(f, offset, data)
         elif m.literal:
             data = sparse.expand(m.body, m.holes, length) if m.holes else m.body
@@ -175,7 +199,7 @@ class SegmentedFiles(LocalState):
                     != m.blake3:
                 # the sender hashed exactly these bytes: a mismatch is never innocent
                 raise ProtocolError(f"{p.path}: segment {idx} failed verification")
-            _write(f.fd, data, offset, m.holes)
+            _write(f.writer, data, offset, m.holes)
             self._hashed(f, offset, data)
         else:
             self._patch(f, m)
@@ -195,19 +219,16 @@ class SegmentedFiles(LocalState):
         fresh = os.fstat(f.fd).st_size <= m.offset  # nothing of ours there yet: its holes may stay holes
         punch = fresh and bool(m.holes)  # then the file hash reads it back: a false hole claim must show
         along = f.hasher if not punch and _hash_in_order(f, m.offset) else None
-        out = os.fdopen(os.dup(f.fd), "wb", buffering=1024 * 1024)
+        out = io.BytesIO()  # the patched segment in memory, checked before it is written
+        w = hashing.HashingWriter(out, m.length, along)  # bounded and hashed as librsync writes it
         try:
-            out.seek(m.offset)
-            w = hashing.HashingWriter(out, m.length, along)  # bounded and hashed as it is written
-            try:
-                engine.patch(f.basis, m.body, w)
-            except engine.DeltaError as e:
-                raise ProtocolError(f"{p.path}: segment {m.index}: {e}") from None
-            out.flush()
-        finally:
-            out.close()
+            engine.patch(f.basis, m.body, w)
+        except engine.DeltaError as e:
+            raise ProtocolError(f"{p.path}: segment {m.index}: {e}") from None
         if w.written != m.length or w.hexdigest() != m.blake3:
             raise ProtocolError(f"{p.path}: segment {m.index} failed verification")
+        with out.getbuffer() as data:
+            f.writer.pwrite(data, m.offset)
         if along is not None:
             f.hashed += m.length
         if punch:  # the zero runs the sender found give their space back (a false claim fails the file's check)
@@ -217,18 +238,27 @@ class SegmentedFiles(LocalState):
     def _written(self, f: OpenFile, idx: int, length: int) -> None:
         f.unsynced.append(idx)
         f.unsynced_bytes += length
+        native.start_writeback(f.fd)  # the disk starts now; the group's fdatasync then waits for little
         if f.unsynced_bytes >= SYNC_BYTES or time.monotonic() - f.synced_at >= SYNC_SECONDS:
-            self._sync_segments(f)
+            self._sync_segments(f, wait=False)
 
-    def _sync_segments(self, f: OpenFile) -> None:
-        """Make written segments durable, then journal them: never the other way round."""
+    def _sync_segments(self, f: OpenFile, wait: bool = True) -> None:
+        """Make written segments durable, then journal them: never the other way round. Without
+        `wait`, on the durability thread (after the group before it is done)."""
+        f.settle()
         if f.unsynced:
-            native.datasync(f.fd)
-            self.manifest.segments_done(f.partial.path, f.unsynced)
-            f.done.update(f.unsynced)
-            f.unsynced.clear()
+            group, f.unsynced = f.unsynced, []
+            if wait or self.durability is None:
+                self._make_durable(f, group)
+            else:
+                f.syncing = self.durability.submit(self._make_durable, f, group)
         f.unsynced_bytes = 0
         f.synced_at = time.monotonic()
+
+    def _make_durable(self, f: OpenFile, group: list[int]) -> None:
+        native.datasync(f.fd)
+        self.manifest.segments_done(f.partial.path, group)
+        f.done.update(group)
 
     def finish(self, f: OpenFile) -> FileResult:
         """Verify the whole file and put it in place. The partial is dropped
