@@ -8,14 +8,15 @@ still caught by the end-to-end blake3 check).
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import struct
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Iterator
 
 from . import engines
 from .core import limits
-from .engines import RS_RESULTS, RS_RK_BLAKE2_SIG_MAGIC, SIG_MAGICS, DeltaError
+from .engines import RS_BLAKE2_SIG_MAGIC, RS_DELTA_MAGIC, RS_RESULTS, RS_RK_BLAKE2_SIG_MAGIC, SIG_MAGICS, DeltaError
 from .errors import ProtocolError
 
 STRONG_LEN = 16
@@ -24,7 +25,8 @@ MAX_BLOCKS = 65536
 MAGIC = RS_RK_BLAKE2_SIG_MAGIC
 SIG_FORMAT = f"{MAGIC:08x}/{STRONG_LEN}"  # recorded with every cached signature; both engines write these bytes
 
-__all__ = ["DeltaError", "SIG_MAGICS", "MAGIC", "block_len_for", "check_signature", "delta", "delta_to", "patch",
+__all__ = ["DeltaError", "SIG_MAGICS", "MAGIC", "aligned_delta", "block_len_for", "check_signature", "delta",
+           "delta_to", "patch",
            "signature", "signature_to", "sig_args"]
 
 
@@ -105,6 +107,117 @@ def delta_to(new: BinaryIO, sig: BinaryIO, out: BinaryIO) -> None:
         engines.get().delta(new, sig, out)
     except Exception as e:
         raise DeltaError.of("delta", e) from None
+
+
+PROBE_BLOCKS = 32  # blocks looked at before giving up on a segment whose data moved or is new
+_OP_LITERAL_N4, _OP_COPY_N8_N4 = 0x43, 0x53  # librsync's delta commands (its prototab.h)
+_WIDTHS = (1, 2, 4, 8)
+
+
+def aligned_delta(data: bytes | bytearray | memoryview, offset: int, sig: bytes | bytearray | memoryview
+                  ) -> bytes | None:
+    """A delta of the segment at `offset`, in librsync's format (any patch applies it), that
+    compares each block first with the old file's block at the same offset.
+
+    Where data was overwritten in place (most edits of most files) that finds at a third of the
+    cost what librsync's search would: one BLAKE2 per block (the strong sum the signature
+    holds) instead of a rolling sum at every byte. The blocks that differ are still searched
+    by librsync, all in one call, so data that moved is found as before. None when fewer than
+    half the blocks are where they were (the whole segment goes to librsync). A false match
+    is caught as any is: by the segment's blake3."""
+    magic, block, strong = struct.unpack_from(">III", sig)
+    if magic not in (RS_BLAKE2_SIG_MAGIC, RS_RK_BLAKE2_SIG_MAGIC) or offset % block:
+        return None
+    view = memoryview(data).cast("B")
+    stride = 4 + strong
+    first, have = offset // block, (len(sig) - 12) // stride
+    count = -(-len(view) // block)
+    same: list[bool] = []
+    for k in range(count):
+        at = 12 + (first + k) * stride + 4
+        piece = view[k * block : (k + 1) * block]
+        same.append(first + k < have
+                    and hashlib.blake2b(piece, digest_size=32).digest()[:strong] == sig[at : at + strong])
+        if k + 1 == PROBE_BLOCKS and sum(same) * 2 < PROBE_BLOCKS:
+            return None
+    if sum(same) * 2 < count:
+        return None
+    runs: list[tuple[int, int, bool]] = []  # (start, stop, in place) in the segment
+    for k, ok in enumerate(same):
+        stop = min((k + 1) * block, len(view))
+        if runs and runs[-1][2] == ok:
+            runs[-1] = (runs[-1][0], stop, ok)
+        else:
+            runs.append((k * block, stop, ok))
+    changed = [(a, b) for a, b, ok in runs if not ok]
+    if not changed:
+        return _spliced(runs, view, offset, None)
+    # what changed is searched only when its first three blocks hold a whole old block elsewhere:
+    # moved data shows there (an insertion or a deletion shifts what follows it; with two blocks
+    # an eighth of shifts went unseen), new data does not -- and librsync's search costs ~12 ns a
+    # byte of new data, for nothing
+    heads = b"".join(view[a : min(b, a + 3 * block)] for a, b in changed)
+    found = delta(heads, sig)
+    if not any(copy for copy, _, _ in _commands(found)):
+        return _spliced(runs, view, offset, None)
+    whole = sum(b - a for a, b in changed) == len(heads)
+    return _spliced(runs, view, offset, found if whole else delta(b"".join(view[a:b] for a, b in changed), sig))
+
+
+def _commands(d: bytes) -> Iterator[tuple[bool, int, int]]:
+    """The commands of a librsync delta: (True, basis offset, length) for a copy, (False,
+    position in `d`, length) for a literal."""
+    try:
+        if struct.unpack_from(">I", d)[0] != RS_DELTA_MAGIC:
+            raise DeltaError("delta: bad magic")
+        i = 4
+        while op := d[i]:
+            i += 1
+            if op <= 0x40:  # a literal of 1..64 bytes
+                yield False, i, op
+                i += op
+            elif op <= 0x44:
+                w = _WIDTHS[op - 0x41]
+                n = int.from_bytes(d[i : i + w], "big")
+                yield False, i + w, n
+                i += w + n
+            elif op <= 0x54:
+                ow, lw = _WIDTHS[(op - 0x45) // 4], _WIDTHS[(op - 0x45) % 4]
+                yield True, int.from_bytes(d[i : i + ow], "big"), int.from_bytes(d[i + ow : i + ow + lw], "big")
+                i += ow + lw
+            else:
+                raise DeltaError(f"delta: unknown command {op:#x}")
+    except (IndexError, struct.error):
+        raise DeltaError("delta: ends early") from None
+
+
+def _spliced(runs: list[tuple[int, int, bool]], data: memoryview, offset: int, moved: bytes | None) -> bytes:
+    """One delta for the segment `data`: a copy of each run in place, and for the others the
+    commands of `moved` (librsync's delta of those runs one after another), cut at the runs'
+    ends -- or, without it, their bytes."""
+    out: list[bytes | memoryview] = [struct.pack(">I", RS_DELTA_MAGIC)]
+    cmds = _commands(moved) if moved is not None else iter(())
+    left: tuple[bool, int, int] | None = None
+    view = memoryview(moved) if moved is not None else data
+    for start, stop, in_place in runs:
+        if in_place:
+            out.append(struct.pack(">BQI", _OP_COPY_N8_N4, offset + start, stop - start))
+            continue
+        if moved is None:
+            out += [struct.pack(">BI", _OP_LITERAL_N4, stop - start), data[start:stop]]
+            continue
+        need = stop - start
+        while need:
+            copy, at, n = left if left is not None else next(cmds)
+            take = min(n, need)
+            if copy:
+                out.append(struct.pack(">BQI", _OP_COPY_N8_N4, at, take))
+            else:
+                out += [struct.pack(">BI", _OP_LITERAL_N4, take), view[at : at + take]]
+            left = (copy, at + take, n - take) if n > take else None
+            need -= take
+    out.append(b"\0")  # end
+    return b"".join(out)
 
 
 class _Basis:

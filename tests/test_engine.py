@@ -145,3 +145,68 @@ def test_forced_engine_and_a_missing_library(monkeypatch):
     with pytest.raises(engines.EngineMissing, match="cannot load"):
         engines.get()
     engines.use(None)
+
+
+SEG = 64 * 1024  # segments of 8 blocks of 8 KiB, as a file's 4 MiB segments are of its blocks
+
+
+def _edited(rng: random.Random, old: bytes, kind: str) -> bytes:
+    new = bytearray(old)
+    if kind == "overwrite":  # in place, as a database page or a VM image changes
+        for at in rng.sample(range(0, len(old) - 3000), 12):
+            new[at : at + 3000] = rng.randbytes(3000)
+    elif kind == "moved":  # an insertion and a deletion: what lies between them shifts
+        a, b = sorted(rng.sample(range(len(old)), 2))
+        new[b : b + 700] = b""
+        new[a:a] = rng.randbytes(700)
+    else:  # both
+        return _edited(rng, _edited(rng, old, "overwrite"), "moved")
+    return bytes(new)
+
+
+@pytest.mark.parametrize("kind", ["overwrite", "moved", "both"])
+@pytest.mark.parametrize("seed", range(4))
+def test_a_delta_of_blocks_in_place_patches_exactly_and_costs_what_librsyncs_costs(kind, seed):
+    rng = random.Random(seed)
+    old = rng.randbytes(12 * SEG + 1234)
+    new = _edited(rng, old, kind)
+    sig = engine.signature(io.BytesIO(old), 8192)
+    used = 0
+    for offset in range(0, len(new), SEG):
+        seg = new[offset : offset + SEG]
+        d = engine.aligned_delta(seg, offset, sig)
+        if d is None:
+            continue
+        used += 1
+        out = io.BytesIO()
+        engine.patch(io.BytesIO(old), d, out)
+        assert out.getvalue() == seg
+        theirs = len(engine.delta(seg, sig))
+        assert len(d) <= theirs + 64, (offset, len(d), theirs)  # moved data is found as librsync finds it
+    if kind == "overwrite":
+        assert used >= 10  # most segments take the cheap way
+
+
+def test_moved_data_everywhere_goes_to_librsync_and_an_md4_signature_is_never_read_in_place():
+    rng = random.Random(7)
+    old = rng.randbytes(4 * SEG)
+    shifted = b"x" * 100 + old
+    assert engine.aligned_delta(shifted[:SEG], 0, engine.signature(io.BytesIO(old), 8192)) is None
+    md4 = engine.signature(io.BytesIO(old), 8192, magic=engines.RS_RK_MD4_SIG_MAGIC)
+    assert engine.aligned_delta(old[:SEG], 0, md4) is None
+    assert engine.aligned_delta(old[8192:SEG], 8192 + 1, engine.signature(io.BytesIO(old), 8192)) is None
+
+
+def test_the_commands_of_a_librsync_delta_read_back_to_its_output():
+    """Every width librsync writes: short and long literals, copies of near and far offsets."""
+    rng = random.Random(3)
+    old = rng.randbytes(1 << 20)
+    new = (rng.randbytes(10) + old[:5000] + rng.randbytes(300) + old[70_000:600_000] + rng.randbytes(70_000)
+           + old[900_000:])
+    d = engine.delta(new, engine.signature(io.BytesIO(old), 1024))
+    out = bytearray()
+    for copy, at, n in engine._commands(d):
+        out += old[at : at + n] if copy else d[at : at + n]
+    assert bytes(out) == new
+    with pytest.raises(engine.DeltaError):
+        list(engine._commands(d[:-3]))

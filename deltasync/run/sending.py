@@ -105,7 +105,8 @@ class FileSender:
                  old: list[bytes] | None) -> SendDelta:
         """One segment, cheapest first: a hole (nothing but its place travels; a
         sparse file's holes are not even read), unchanged at its offset (its hash),
-        a librsync delta, else literal -- with its zero runs left out."""
+        a delta (blocks compared where they were, else librsync's search), else
+        literal -- with its zero runs left out."""
         offset = idx * t.segment_size
         length = min(t.segment_size, t.entry.size - offset)
         holes = self.holes()
@@ -121,7 +122,7 @@ class FileSender:
             return SendDelta(path, idx, offset, length, digest, False, True)
         runs = sparse.holes_of(data) if holes else ()
         if sig is not None and offset < t.basis_size:
-            d = engine.delta(data, sig)
+            d = engine.aligned_delta(data, offset, sig) or engine.delta(data, sig)
             if len(d) < length:
                 return SendDelta(path, idx, offset, length, digest, False, False, d, runs)
         return SendDelta(path, idx, offset, length, digest, True, False, sparse.squeeze(data, runs) if runs else data,
