@@ -155,6 +155,9 @@ def _edited(rng: random.Random, old: bytes, kind: str) -> bytes:
     if kind == "overwrite":  # in place, as a database page or a VM image changes
         for at in rng.sample(range(0, len(old) - 3000), 12):
             new[at : at + 3000] = rng.randbytes(3000)
+    elif kind == "new":  # whole segments and more rewritten
+        at = rng.randrange(0, len(old) - 3 * SEG)
+        new[at : at + 2 * SEG + 5000] = rng.randbytes(2 * SEG + 5000)
     elif kind == "moved":  # an insertion and a deletion: what lies between them shifts
         a, b = sorted(rng.sample(range(len(old)), 2))
         new[b : b + 700] = b""
@@ -164,7 +167,7 @@ def _edited(rng: random.Random, old: bytes, kind: str) -> bytes:
     return bytes(new)
 
 
-@pytest.mark.parametrize("kind", ["overwrite", "moved", "both"])
+@pytest.mark.parametrize("kind", ["overwrite", "new", "moved", "both"])
 @pytest.mark.parametrize("seed", range(4))
 def test_a_delta_of_blocks_in_place_patches_exactly_and_costs_what_librsyncs_costs(kind, seed):
     rng = random.Random(seed)
@@ -183,8 +186,8 @@ def test_a_delta_of_blocks_in_place_patches_exactly_and_costs_what_librsyncs_cos
         assert out.getvalue() == seg
         theirs = len(engine.delta(seg, sig))
         assert len(d) <= theirs + 64, (offset, len(d), theirs)  # moved data is found as librsync finds it
-    if kind == "overwrite":
-        assert used >= 10  # most segments take the cheap way
+    if kind in ("overwrite", "new"):
+        assert used == 13  # every segment takes the cheap way
 
 
 def test_moved_data_everywhere_goes_to_librsync_and_an_md4_signature_is_never_read_in_place():
