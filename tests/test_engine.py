@@ -213,3 +213,13 @@ def test_the_commands_of_a_librsync_delta_read_back_to_its_output():
     assert bytes(out) == new
     with pytest.raises(engine.DeltaError):
         list(engine._commands(d[:-3]))
+
+
+def test_a_background_signature_read_in_big_pieces_is_the_same_signature():
+    import threading
+
+    from deltasync.store.signatures import _Interruptible
+
+    data = random.Random(5).randbytes(3_000_017)
+    f = _Interruptible(io.BytesIO(data), threading.Event())
+    assert engine.signature(f, 8192) == engine.signature(io.BytesIO(data), 8192)

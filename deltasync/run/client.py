@@ -106,7 +106,7 @@ async def session(folder: Folder, target: str, mode: str = "push", delete: bool 
         driver.start()
         try:
             await _converse(driver, folder, manifest, receiver, report, mode, delete, dry_run, update, progress,
-                            scanning, excludes, max_delete, before, within)
+                            scanning, excludes, max_delete, before, within, keep_signatures)
             await driver.hold_heard(done=True)
         except (OSError, DeltasyncError) as e:
             why = driver.failure()  # the peer's own account (its error) says more than our broken pipe
@@ -146,7 +146,7 @@ async def session(folder: Folder, target: str, mode: str = "push", delete: bool 
 async def _converse(d: Driver, folder: Folder, manifest: Manifest, receiver: Receiver, report: Report, mode: str,
                     delete: bool, dry_run: bool, update: bool, progress: Progress,
                     scanning: "asyncio.Future", excludes: list[str] | None, max_delete: int | None,
-                    before: int, within: set[str] | None) -> None:
+                    before: int, within: set[str] | None, keep_signatures: bool) -> None:
     peer = d.channel.peer.id
     await d.say(Hello.ours(folder.peer_id, d.conv.want_compress))
     greeting = await d.wait(d.greeted)
@@ -163,8 +163,12 @@ async def _converse(d: Driver, folder: Folder, manifest: Manifest, receiver: Rec
         d.ticket.planned_at = manifest.index_state()[1]
     for path, why in scanned.errors:
         report.fail(path, why)
-    if not dry_run:  # cache our versions' signatures while the network works (see Pusher._signature)
-        for e in manifest.missing_signatures(scanned.fresh.values(), DELTA_MIN):
+    # cache our new versions' signatures (see Pusher._signature): while the network works when the
+    # caller lives on (watch); else once the plan says the session sends no file data -- the end waits
+    # for them then, and a session that moves data stops them unfinished, having only taken CPU from it
+    precompute = [] if dry_run else manifest.missing_signatures(scanned.fresh.values(), DELTA_MIN)
+    if keep_signatures:
+        for e in precompute:
             receiver.precompute_signature(e)
     listing = await d.wait(d.listed)
     theirs = Ignore(listing.ignore)
@@ -237,6 +241,9 @@ async def _converse(d: Driver, folder: Folder, manifest: Manifest, receiver: Rec
         report.count(plan, pulled)
         return plan
 
+    if not keep_signatures and not any(p.small or p.large for p in (push_plan, sp and sp.pull) if p is not None):
+        for e in precompute:
+            receiver.precompute_signature(e)
     if sp is not None:
         settle(sp.pull, pulled=True)
     if push_plan is not None and (dry_run or sp is None):  # a sync's push half is settled once re-planned

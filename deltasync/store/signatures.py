@@ -19,8 +19,16 @@ from .manifest import Manifest
 from ..core.limits import DELTA_MIN
 
 
+READ = 1024 * 1024
+
+
 class _Interruptible:
-    """A file as librsync reads it, that stops the read when `stop` is set."""
+    """A file as librsync reads it, that stops the read when `stop` is set.
+
+    Reads are at least 1 MiB, whatever the binding asks (python-rsync asks for 64 KiB; both
+    bindings take what they are given): each read takes the GIL, and this thread runs only on
+    an idle core, so a read preempted while holding it stalls the transfer's threads until
+    the core is idle again -- sixteen times fewer reads, sixteen times fewer such stalls."""
 
     def __init__(self, f: BinaryIO, stop: threading.Event) -> None:
         self._f, self._stop = f, stop
@@ -28,7 +36,7 @@ class _Interruptible:
     def read(self, n: int = -1) -> bytes:
         if self._stop.is_set():
             raise OSError("stopped")
-        return self._f.read(n)
+        return self._f.read(n if n < 0 else max(n, READ))
 
     def seek(self, pos: int, whence: int = 0) -> int:
         return self._f.seek(pos, whence)

@@ -1,6 +1,7 @@
 """`serve` and `push` as separate real processes over loopback."""
 import json
 import os
+import sqlite3
 import stat
 
 
@@ -145,3 +146,23 @@ def test_portable_fallbacks_and_the_ctypes_engine_end_to_end(pair, monkeypatch):
         assert digest(a) == digest(b) and no_leftovers(b) == []
     finally:
         s.stop()
+
+
+def test_a_one_shot_push_caches_its_new_versions_signatures_only_when_it_moves_nothing(served):
+    """A push that moves data ends without waiting for its new versions' signatures, so it does
+    not start them (they only took CPU from the transfer); one that moves nothing waits for them."""
+    a, b, s = served
+
+    def cached(folder, name):
+        with sqlite3.connect(folder / ".deltasync" / "manifest.db") as db:
+            return db.execute("SELECT COUNT(*) FROM signatures WHERE path=?", (name,)).fetchone()[0]
+
+    data = os.urandom(3 * 2**20)
+    (a / "big").write_bytes(data)
+    assert push_json(a, s.address)["files_sent_whole"] == 1
+    assert cached(a, "big") == 0  # sent: never started
+    (a / "twin").write_bytes(data)  # new here; the peer holds its content already: nothing moves but a copy
+    (b / "twin").write_bytes(data)
+    r = push_json(a, s.address)
+    assert r["files_sent_whole"] == 0 and r["files_sent_delta"] == 0, r
+    assert cached(a, "twin") == 1
