@@ -223,3 +223,23 @@ def test_a_background_signature_read_in_big_pieces_is_the_same_signature():
     data = random.Random(5).randbytes(3_000_017)
     f = _Interruptible(io.BytesIO(data), threading.Event())
     assert engine.signature(f, 8192) == engine.signature(io.BytesIO(data), 8192)
+
+
+@pytest.mark.parametrize("kind", ["overwrite", "new", "moved", "both", "far"])
+def test_a_segments_delta_patches_exactly_at_librsyncs_cost_in_bytes(kind):
+    """Blocks in place, then the search near the segment, then -- for data from far away -- the
+    search in the whole old file: whichever way a segment goes, it costs what librsync's own costs."""
+    rng = random.Random(11)
+    old = rng.randbytes(12 * SEG + 99)
+    if kind == "far":  # segments made of blocks from the other end of the file, a little shifted
+        new = old[:4 * SEG] + old[10 * SEG + 333 : 12 * SEG] + old[4 * SEG :]
+    else:
+        new = _edited(rng, old, kind)
+    sig = engine.signature(io.BytesIO(old), 8192)
+    for offset in range(0, len(new), SEG):
+        seg = new[offset : offset + SEG]
+        d = engine.segment_delta(seg, offset, sig)
+        out = io.BytesIO()
+        engine.patch(io.BytesIO(old), d, out)
+        assert out.getvalue() == seg
+        assert len(d) <= len(engine.delta(seg, sig)) + 64, (kind, offset)

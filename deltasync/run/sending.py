@@ -122,7 +122,7 @@ class FileSender:
             return SendDelta(path, idx, offset, length, digest, False, True)
         runs = sparse.holes_of(data) if holes else ()
         if sig is not None and offset < t.basis_size:
-            d = engine.aligned_delta(data, offset, sig) or engine.delta(data, sig)
+            d = engine.segment_delta(data, offset, sig)
             if len(d) < length:
                 return SendDelta(path, idx, offset, length, digest, False, False, d, runs)
         return SendDelta(path, idx, offset, length, digest, True, False, sparse.squeeze(data, runs) if runs else data,
