@@ -8,7 +8,6 @@ still caught by the end-to-end blake3 check).
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import math
 import struct
@@ -132,6 +131,8 @@ def aligned_delta(data: bytes | bytearray | memoryview, offset: int, sig: bytes 
     magic, block, strong = struct.unpack_from(">III", sig)
     if magic not in (RS_BLAKE2_SIG_MAGIC, RS_RK_BLAKE2_SIG_MAGIC) or offset % block:
         return None
+    import hashlib  # here: a command that sends no delta does not pay for its import
+
     view = memoryview(data).cast("B")
     stride = 4 + strong
     first, have = offset // block, (len(sig) - 12) // stride

@@ -18,12 +18,15 @@ and drops whatever the cache holds of its range.
 from __future__ import annotations
 
 import errno
-import mmap
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..wire.framing import Buffer
 from . import native
+
+if TYPE_CHECKING:
+    import mmap
 
 ALIGN = 4096
 
@@ -41,7 +44,7 @@ class DirectWriter:
     def __init__(self, path: Path, fd: int) -> None:
         self.fd = fd
         self._dfd = native.open_direct(path)  # -1: not here
-        self._buf: mmap.mmap | None = None
+        self._buf: "mmap.mmap | None" = None
 
     @property
     def direct(self) -> bool:
@@ -54,6 +57,8 @@ class DirectWriter:
             pwrite_all(self.fd, view, offset)
             return
         if self._buf is None or len(self._buf) < body:
+            import mmap  # here: most sessions write no big file
+
             self._buf = mmap.mmap(-1, body)  # page-aligned, reused for every segment of the file
         self._buf[:body] = view[:body]
         try:
