@@ -24,9 +24,8 @@ MAX_BLOCKS = 65536
 MAGIC = RS_RK_BLAKE2_SIG_MAGIC
 SIG_FORMAT = f"{MAGIC:08x}/{STRONG_LEN}"  # recorded with every cached signature; both engines write these bytes
 
-__all__ = ["DeltaError", "SIG_MAGICS", "MAGIC", "aligned_delta", "segment_delta", "block_len_for", "check_signature", "delta",
-           "delta_to", "patch",
-           "signature", "signature_to", "sig_args"]
+__all__ = ["DeltaError", "SIG_MAGICS", "MAGIC", "aligned_delta", "block_len_for", "check_signature", "delta",
+           "delta_to", "patch", "segment_delta", "signature", "signature_to", "sig_args"]
 
 
 def block_len_for(size: int) -> int:
@@ -108,7 +107,7 @@ def delta_to(new: BinaryIO, sig: BinaryIO, out: BinaryIO) -> None:
         raise DeltaError.of("delta", e) from None
 
 
-PROBE_BLOCKS = 32  # blocks looked at before giving up on a segment whose data moved or is new
+PROBE_BLOCKS = 32  # blocks hashed before a segment mostly not in place is asked whether its data moved
 _OP_LITERAL_N4, _OP_COPY_N8_N4 = 0x43, 0x53  # librsync's delta commands (its prototab.h)
 _WIDTHS = (1, 2, 4, 8)
 

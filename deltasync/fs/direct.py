@@ -10,9 +10,9 @@ and the fdatasync after it has only the metadata left to commit.
 
 Only whole 4 KiB blocks at aligned offsets go direct (the alignment every
 Linux filesystem and device that allows `O_DIRECT` accepts); a tail shorter
-than a block, and everything on a filesystem that refuses `O_DIRECT` (tmpfs,
-some FUSE ones) or where the stand-ins are forced, goes through the ordinary
-descriptor. The kernel keeps the two coherent: a direct write first flushes
+than a block, and everything on a filesystem that refuses `O_DIRECT` (tmpfs
+before Linux 6.6, some FUSE ones) or where the stand-ins are forced, goes
+through the ordinary descriptor. The kernel keeps the two coherent: a direct write first flushes
 and drops whatever the cache holds of its range.
 """
 from __future__ import annotations

@@ -218,7 +218,8 @@ PORTABLE = False
 
 def use(portable: bool) -> None:
     """Pick the implementations (at import, from the platform and DELTASYNC_PORTABLE)."""
-    global copy_range, datasync, ordered_journal, start_writeback, wait_written, punch_hole, open_direct, copies_bytes, PORTABLE
+    global copy_range, datasync, ordered_journal, start_writeback, wait_written, punch_hole, open_direct, \
+        copies_bytes, PORTABLE
     linux = not portable and hasattr(os, "copy_file_range")
     copy_range = _copy_kernel if linux else _copy_portable
     datasync = os.fdatasync if not portable and hasattr(os, "fdatasync") else os.fsync

@@ -161,11 +161,15 @@ class SegmentedFiles(LocalState):
                                tmp_name(".part"), now, now, version, frozenset())
             where = self.folder.partials / part.name
             fd = os.open(where, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            if not keep:
-                os.ftruncate(fd, 0)
-                self.manifest.begin_partial(part)
-            known = self.manifest.segments_of(m.basis, m.segment_size) if basis is not None else None
-            return OpenFile(part, fd, DirectWriter(where, fd), basis, known, ticket, self.attrs_of(m.entry))
+            try:
+                if not keep:
+                    os.ftruncate(fd, 0)
+                    self.manifest.begin_partial(part)
+                known = self.manifest.segments_of(m.basis, m.segment_size) if basis is not None else None
+                return OpenFile(part, fd, DirectWriter(where, fd), basis, known, ticket, self.attrs_of(m.entry))
+            except BaseException:
+                os.close(fd)
+                raise
         except BaseException:
             self.registry.release(m.path)
             raise

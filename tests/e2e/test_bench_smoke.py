@@ -41,3 +41,14 @@ def test_watch_latency_smoke(tmp_path):
     assert p.returncode == 0, p.stdout + p.stderr
     result = json.loads(out.read_text())
     assert result["files"] == 200 and len(result["runs"]) == 1 and result["median_latency"] > 0
+
+
+def test_deltas_bench_smoke():
+    """bench/deltas.py, tiny: both ways patch back (the script checks), and ours is never bigger on the wire."""
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "deltas.py"), "--size-mb", "24", "--runs", "1"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    rows = [line.split() for line in p.stdout.splitlines()[1:]]
+    assert [r[0] for r in rows] == ["regions", "scattered", "shift", "append"]
+    for r in rows:
+        assert float(r[4]) <= float(r[5]) * 1.01 + 0.01, r  # our delta bytes vs librsync's
