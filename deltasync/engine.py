@@ -186,6 +186,14 @@ def _near(sig: bytes | bytearray | memoryview, first: int, count: int) -> tuple[
     return lo, bytes(sig[:12]) + bytes(sig[12 + lo * stride : 12 + hi * stride])
 
 
+def _copy_op(offset: int, n: int) -> bytes:
+    return struct.pack(">BQI", _OP_COPY_N8_N4, offset, n)
+
+
+def _literal_op(n: int) -> bytes:
+    return struct.pack(">BI", _OP_LITERAL_N4, n)
+
+
 def _rebased(d: bytes, base: int) -> bytes:
     """A delta against the blocks of `_near` as one against the whole old file."""
     if not base:
@@ -193,8 +201,7 @@ def _rebased(d: bytes, base: int) -> bytes:
     view = memoryview(d)
     out: list[bytes | memoryview] = [struct.pack(">I", RS_DELTA_MAGIC)]
     for copy, at, n in _commands(d):
-        out += [struct.pack(">BQI", _OP_COPY_N8_N4, base + at, n)] if copy else \
-            [struct.pack(">BI", _OP_LITERAL_N4, n), view[at : at + n]]
+        out += [_copy_op(base + at, n)] if copy else [_literal_op(n), view[at : at + n]]
     out.append(b"\0")
     return b"".join(out)
 
@@ -259,19 +266,16 @@ def _spliced(runs: list[tuple[int, int, bool]], data: memoryview, offset: int, m
     view = memoryview(moved) if moved is not None else data
     for start, stop, in_place in runs:
         if in_place:
-            out.append(struct.pack(">BQI", _OP_COPY_N8_N4, offset + start, stop - start))
+            out.append(_copy_op(offset + start, stop - start))
             continue
         if moved is None:
-            out += [struct.pack(">BI", _OP_LITERAL_N4, stop - start), data[start:stop]]
+            out += [_literal_op(stop - start), data[start:stop]]
             continue
         need = stop - start
         while need:
             copy, at, n = left if left is not None else next(cmds)
             take = min(n, need)
-            if copy:
-                out.append(struct.pack(">BQI", _OP_COPY_N8_N4, base + at, take))
-            else:
-                out += [struct.pack(">BI", _OP_LITERAL_N4, take), view[at : at + take]]
+            out += [_copy_op(base + at, take)] if copy else [_literal_op(take), view[at : at + take]]
             left = (copy, at + take, n - take) if n > take else None
             need -= take
     out.append(b"\0")  # end
