@@ -64,8 +64,9 @@ class Proc:
         return rc
 
     def tail(self, lines: int = 25) -> str:
-        """The end of its log, for a failure message."""
-        self.log.flush()
+        """The end of its log, for a failure message (stopped or not)."""
+        if not self.log.closed:
+            self.log.flush()
         try:
             text = Path(self.log.name).read_text(errors="replace").splitlines()[-lines:]
         except OSError as e:

@@ -67,10 +67,13 @@ def test_mesh_of_five_converges_keeping_every_edit(tmp_path):
         for w in watchers:
             w.stop()
     tree = _tree(first)
-    for k in range(N):
-        assert tree[f"base/edit{k}.txt"] == f"edited by {k}"
-        assert f"base/gone{k}.txt" not in tree, "a delete was undone"
-        assert f"move{k}.txt" not in tree and tree[f"mine{k}/moved{k}.txt"] == f"to be moved by {k}"
-        assert all(tree[f"mine{k}/new{i}.txt"] == f"{k}:{i}" for i in range(many))
-    shared = sorted(v for n, v in tree.items() if n.startswith("shared"))
-    assert shared == sorted(f"shared, as {k} wrote it" for k in range(N))  # nothing lost
+    try:
+        for k in range(N):
+            assert tree[f"base/edit{k}.txt"] == f"edited by {k}"
+            assert f"base/gone{k}.txt" not in tree, "a delete was undone"
+            assert f"move{k}.txt" not in tree and tree[f"mine{k}/moved{k}.txt"] == f"to be moved by {k}"
+            assert all(tree[f"mine{k}/new{i}.txt"] == f"{k}:{i}" for i in range(many))
+        shared = sorted(v for n, v in tree.items() if n.startswith("shared"))
+        assert shared == sorted(f"shared, as {k} wrote it" for k in range(N))  # nothing lost
+    except AssertionError as e:  # which session did it: the peers' own accounts
+        raise AssertionError("\n".join([str(e), *(w.tail(60) for w in watchers)])) from None
