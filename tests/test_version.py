@@ -83,6 +83,26 @@ def test_pull_only_plans_no_push_and_large_files_resume():
     assert [t.entry.path for t in sp.pull.large] == ["big"] and sp.push.empty
 
 
+def test_a_push_without_a_pull_replaces_a_losing_peer_file_only_once_its_copy_is_kept():
+    """A sync's second half (planned after a rescan, pull=False) meets a conflict the first half
+    never saw: pushing the winner would replace the peer's version with no copy of it anywhere."""
+    local = {"doc.txt": f("doc.txt", H2, [("A", 2)], mtime=200)}
+    remote = {"doc.txt": f("doc.txt", H3, [("A", 1), ("B", 1)], mtime=100)}
+    sp = plan_sync(local, remote, "A", "B", pull=False)
+    assert not sp.push.small and not sp.conflicts and not sp.merged and sp.push.left == ["doc.txt"]
+    copy = "doc.sync-conflict-19700101-000000-33333333.txt"
+    held = {**local, copy: f(copy, H3, [("B", 1)], mtime=100)}  # fetched by the first half
+    sp = plan_sync(held, remote, "A", "B", pull=False)
+    assert [e.path for e, _ in sp.push.small] == ["doc.txt"] and sp.merged["doc.txt"].version == (("A", 2), ("B", 1))
+    # `kept` is asked where the copy is (a tree planned in ranges holds it in another range)
+    sp = plan_sync(local, remote, "A", "B", pull=False, kept=lambda p, h: (p, h) == (copy, H3))
+    assert [e.path for e, _ in sp.push.small] == ["doc.txt"]
+    # a peer's delete needs no copy: the local edit wins and is pushed
+    sp = plan_sync(local, {"doc.txt": f("doc.txt", version=[("A", 1), ("B", 1)], deleted=True)}, "A", "B",
+                   pull=False)
+    assert [e.path for e, _ in sp.push.small] == ["doc.txt"]
+
+
 def test_conflict_names():
     assert conflict_name("a/b/report.pdf", 0, "cd" * 32) == "a/b/report.sync-conflict-19700101-000000-cdcdcdcd.pdf"
     assert conflict_name("Makefile", 0, "ef" * 32) == "Makefile.sync-conflict-19700101-000000-efefefef"

@@ -278,6 +278,10 @@ class Conflict:
     path: str
     copy: str  # where the losing version is kept
     loser: str  # "local" or "remote"
+    content: str = ""  # the losing version's blake3
+
+
+Kept = Callable[[str, str], bool]  # (path, blake3): do we hold a live file with this content at this path?
 
 
 @dataclass
@@ -319,18 +323,28 @@ Planner = Callable[[dict[str, Entry], dict[str, Entry]], Plan]  # (source, targe
 def plan_sync(local: dict[str, Entry], remote: dict[str, Entry], me: str, peer: str,
               local_partials: dict[str, PartialInfo] | None = None,
               remote_partials: dict[str, PartialInfo] | None = None, pull: bool = True,
-              push: bool = True, planners: tuple[Planner | None, Planner | None] = (None, None)) -> SyncPlan:
+              push: bool = True, planners: tuple[Planner | None, Planner | None] = (None, None),
+              kept: Kept | None = None) -> SyncPlan:
     """Two-way sync by version vectors. The newer version of each path wins;
     deletes travel as tombstones; concurrent edits are a conflict: the newer
     mtime wins (an edit always beats a delete, ties go to the larger peer key)
-    and the losing version is kept beside it under a conflict name. `planners`
+    and the losing version is kept beside it under a conflict name. A push
+    without a pull (a sync's second half, planned after a rescan that may find
+    new local edits) replaces the peer's losing file only where its copy is
+    kept here already (`kept`; else as `local` shows it): otherwise the path is
+    left for the next session, which fetches the copy first. `planners`
     (pull, push) plan each half instead of `make_plan` (a tree planned in ranges)."""
+    if kept is None:
+        def kept(path: str, blake3: str) -> bool:
+            e = local.get(path)
+            return e is not None and not e.deleted and e.kind == FILE and e.blake3 == blake3
     make_pull = planners[0] or (lambda s, t: make_plan(s, t, local_partials, delete=True, me=peer))
     make_push = planners[1] or (lambda s, t: make_plan(s, t, remote_partials, delete=True, me=me))
     to_pull: set[str] = set()
     to_push: set[str] = set()
     conflicts: list[Conflict] = []
     merged: dict[str, Entry] = {}
+    waiting: list[str] = []  # local winners whose loser is not kept here yet (a push without a pull)
     unchanged = unchanged_bytes = 0
     for path in sorted(local.keys() | remote.keys()):
         l, r = local.get(path), remote.get(path)
@@ -358,12 +372,16 @@ def plan_sync(local: dict[str, Entry], remote: dict[str, Entry], me: str, peer: 
             local_wins = r.deleted or (not l.deleted and (l.mtime_ns, me) > (r.mtime_ns, peer))
             if local_wins:
                 if r.kind == FILE and not r.deleted:
-                    conflicts.append(Conflict(path, _loser_copy(path, r), "remote"))
+                    c = Conflict(path, _loser_copy(path, r), "remote", r.blake3 or "")
+                    if not pull and not kept(c.copy, c.content):
+                        waiting.append(path)
+                        continue
+                    conflicts.append(c)
                 merged[path] = replace(l, version=vv.merge(l.version, r.version))
                 to_push.add(path)
             else:
                 if l.kind == FILE and not l.deleted:
-                    conflicts.append(Conflict(path, _loser_copy(path, l), "local"))
+                    conflicts.append(Conflict(path, _loser_copy(path, l), "local", l.blake3 or ""))
                 to_pull.add(path)
     local_now = {**local, **merged}
     # a remote-wins conflict moves our copy aside first, so the pull finds nothing there
@@ -386,5 +404,5 @@ def plan_sync(local: dict[str, Entry], remote: dict[str, Entry], me: str, peer: 
     if not push:  # a pull leaves what is newer here as it is
         pull_plan.left = sorted(to_push)
     if not pull:
-        push_plan.left = sorted(to_pull)
+        push_plan.left = sorted([*to_pull, *waiting])
     return SyncPlan(pull_plan, push_plan, conflicts, merged, fetch_as)

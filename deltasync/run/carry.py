@@ -8,9 +8,9 @@ from dataclasses import replace
 from typing import Callable
 
 from .. import engine
-from ..core.entry import Entry
+from ..core.entry import FILE
 from ..core.limits import DELTA_MIN, OPS_PER_FRAME, REQUEST_BATCH
-from ..core.plan import Plan, SyncPlan, Transfer, steps
+from ..core.plan import Kept, Plan, SyncPlan, Transfer, steps
 from ..core.result import FileResult
 from ..errors import DeltasyncError, ProtocolError
 from ..store.manifest import Manifest
@@ -188,8 +188,21 @@ class Puller:
         await d.wait(all_answered())
 
 
-def record_merged(manifest: Manifest, merged: dict[str, Entry]) -> None:
-    """The versions a sync merged (a local winner must dominate both sides), recorded before it pushes."""
-    known = manifest.seen_of(merged)
-    manifest.record(replace(seen, entry=replace(seen.entry, version=merged[path].version))
+def kept_here(manifest: Manifest) -> Kept:
+    """`plan_sync`'s `kept` from our manifest: what a rescan found, or a fetch wrote."""
+    def kept(path: str, blake3: str) -> bool:
+        seen = manifest.get(path)
+        return seen is not None and seen.entry.kind == FILE and not seen.entry.deleted and seen.entry.blake3 == blake3
+    return kept
+
+
+def record_merged(manifest: Manifest, sp: SyncPlan) -> None:
+    """The versions a sync merged (a local winner must dominate both sides), recorded before it
+    pushes -- but not where the peer's losing version is not kept here (its copy failed, or is
+    still on its way): that path stays concurrent, so no push replaces the peer's version before
+    its copy is here (`plan_sync` without a pull leaves it for the next session)."""
+    kept = kept_here(manifest)
+    waiting = {c.path for c in sp.conflicts if c.loser == "remote" and not kept(c.copy, c.content)}
+    known = manifest.seen_of(p for p in sp.merged if p not in waiting)
+    manifest.record(replace(seen, entry=replace(seen.entry, version=sp.merged[path].version))
                     for path, seen in known.items())

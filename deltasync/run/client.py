@@ -31,7 +31,7 @@ from ..transports.base import Transport
 from ..wire import machine as mc
 from ..wire.messages import INDEX_DELTA, Bye, Hello, IndexMark, RequestFileList
 from . import ranged
-from .carry import Puller, Pusher, record_merged
+from .carry import Puller, Pusher, kept_here, record_merged
 from .channel import Channel
 from .driver import MAX_CHANGED_PATHS, Driver, Listing, Offer
 from .report import Report
@@ -259,7 +259,7 @@ async def _converse(d: Driver, folder: Folder, manifest: Manifest, receiver: Rec
             for c in sp.conflicts:
                 log.warning("conflict on %s: the %s version is kept as %s", c.path, c.loser, c.copy)
             await Puller(d, receiver, report).run(sp)
-            record_merged(manifest, sp.merged)
+            record_merged(manifest, sp)
             if push_plan is not None:  # plan the push half on what we hold now (conflict copies too)
                 now = await d.workers.run(rescan_folder, folder, manifest, scanned, excludes, within)
                 if scope.paths is not None and now is not scanned:
@@ -268,8 +268,10 @@ async def _converse(d: Driver, folder: Folder, manifest: Manifest, receiver: Rec
                                                 cache)
                     scope, remote = grown, shared(grown.remote)
                 local = ours_to_sync(await d.workers.run(now.pick, scope.paths))
-                push_plan = settle(plan_sync(local, remote, folder.short_id, peer[:12], None, listing.partials,
-                                             pull=False).push)
+                second = plan_sync(local, remote, folder.short_id, peer[:12], None, listing.partials, pull=False,
+                                   kept=kept_here(manifest))
+                record_merged(manifest, second)
+                push_plan = settle(second.push)
         if push_plan is not None:
             await Pusher(d, manifest).run(push_plan)
     await _close(d, manifest, peer, mode, cache if not dry_run else None, listing, kept, before, report, dry_run)

@@ -22,7 +22,7 @@ from ..progress import Progress
 from ..store.manifest import Manifest
 from ..store.peer_index import PeerIndex
 from ..store.spool import KINDS, Spool
-from .carry import Puller, Pusher, record_merged
+from .carry import Puller, Pusher, kept_here, record_merged
 from .driver import Driver
 from .report import Report
 
@@ -162,15 +162,22 @@ async def pull(r: Ranged, scanned: ScanResult, puller: Puller, partials: dict[st
             log.warning("conflict on %s: the %s version is kept as %s", c.path, c.loser, c.copy)
             r.report.conflicts.append({"path": c.path, "copy": c.copy, "loser": c.loser})
         await puller.run(sp, drain=False)
-        if sp.merged:
-            await run(record_merged, r.manifest, sp.merged)
+        if sp.merged:  # a conflict's merge once its copy has landed (or not: then it waits), below
+            won = {c.path for c in sp.conflicts if c.path in sp.merged}
+            await run(record_merged, r.manifest, SyncPlan(sp.pull, sp.push, [], {p: e for p, e in sp.merged.items()
+                                                                              if p not in won}))
+            if won:
+                conflicted.append(SyncPlan(Plan(), Plan(), sp.conflicts, {p: sp.merged[p] for p in won}))
 
     async def carry_plan(p: Plan) -> None:
         await puller.run(SyncPlan(r.settle(p, pulled=True), Plan(), [], {}), drain=False)
 
+    conflicted: list[SyncPlan] = []  # conflicts won here, whose copies the ranges asked for
     try:
         await r.each(scanned, plan, carry)
         await puller.answered()  # what the ranges asked for has landed before anything is deleted
+        for sp in conflicted:
+            await run(record_merged, r.manifest, sp)
         await r.at_end(streamer, spool, r.cache.entries, carry_plan)
         await puller.answered()
     finally:
@@ -181,9 +188,15 @@ async def push_half(r: Ranged, now: ScanResult, peer_partials: dict[str, Partial
                     peer: str) -> None:
     """A sync's second half, on what we hold now (what was pulled, conflict copies): what is
     newer here, by version vectors."""
-    streamer = Streamed(peer_partials, True, me)
-    await _push(r, now, streamer, lambda local, remote: plan_sync(
-        local, remote, me, peer, None, peer_partials, pull=False, planners=(None, streamer.plan)).push)
+    streamer, kept = Streamed(peer_partials, True, me), kept_here(r.manifest)
+
+    def plan(local: dict[str, Entry], remote: dict[str, Entry]) -> Plan:
+        sp = plan_sync(local, remote, me, peer, None, peer_partials, pull=False, planners=(None, streamer.plan),
+                       kept=kept)
+        record_merged(r.manifest, sp)
+        return sp.push
+
+    await _push(r, now, streamer, plan)
 
 
 async def session(r: Ranged, folder: Folder, scanned: ScanResult, mode: str, puller: Puller,

@@ -121,6 +121,39 @@ def test_a_rename_travels_as_a_copy(folders, mode):
     assert r.literal_bytes == 0 and r.bytes_sent < MiB
 
 
+def test_an_edit_made_during_a_sync_never_replaces_the_peers_concurrent_edit(folders, monkeypatch):
+    """The user edits a file on A just after A planned a sync in which B's concurrent edit of it
+    looked newer: the pull of B's version finds A's edit and refuses, and the push half, planned
+    on a rescan that sees A's edit, must not then push it over B's edit with no copy of B's kept
+    anywhere (the mesh test caught it so). It waits; the next sync keeps both. (A session that
+    records nothing here plans its push half on its first scan, which never saw the edit.)"""
+    import deltasync.run.client as client
+
+    a, b = folders
+    converse(a, b, "sync")
+    path = a.root / "docs" / "a.txt"
+    (b.root / "docs" / "a.txt").write_text("edited on B\n")
+    (b.root / "docs" / "new.txt").write_text("new on B\n")  # a pull that lands: the push half rescans
+    real = client.plan_sync
+
+    def plan_then_edit(*args, **kw):
+        sp = real(*args, **kw)
+        if kw.get("pull", True) and not path.read_text().startswith("edited on A"):
+            path.write_text("edited on A, later\n")
+            os.utime(path, ns=(3 * 10**18, 3 * 10**18))  # A's edit wins the conflict
+        return sp
+
+    monkeypatch.setattr(client, "plan_sync", plan_then_edit)
+    r = converse(a, b, "sync")
+    assert (b.root / "docs" / "a.txt").read_text() == "edited on B\n", "B's edit was replaced, no copy kept"
+    assert r.conflicts == [] and "docs/a.txt" in r.unsettled
+    monkeypatch.undo()
+    r = converse(a, b, "sync")
+    assert [c["loser"] for c in r.conflicts] == ["remote"] and same(a, b)
+    texts = sorted(p.read_text() for p in (b.root / "docs").glob("a*.txt"))
+    assert texts == ["edited on A, later\n", "edited on B\n"]
+
+
 def test_concurrent_edits_are_a_conflict_with_both_versions_kept(folders):
     a, b = folders
     converse(a, b, "sync")
@@ -132,6 +165,27 @@ def test_concurrent_edits_are_a_conflict_with_both_versions_kept(folders):
     assert same(a, b)
     texts = sorted(p.read_text() for p in (a.root / "docs").glob("a*.txt"))
     assert texts == ["edited on A\n", "edited on B, later and longer\n"]
+
+
+def test_a_conflict_copy_that_cannot_be_kept_leaves_the_peers_version_in_place(folders):
+    """A wins a conflict but cannot write B's losing version under its conflict name (a directory
+    is there): B's version must stay where it is, not be replaced with no copy of it anywhere."""
+    from deltasync.core.plan import conflict_name
+    from deltasync.hashing import of_bytes
+
+    a, b = folders
+    converse(a, b, "sync")
+    (b.root / "docs" / "a.txt").write_text("edited on B\n")
+    os.utime(b.root / "docs" / "a.txt", ns=(10**18, 10**18))
+    (a.root / "docs" / "a.txt").write_text("edited on A, later\n")
+    os.utime(a.root / "docs" / "a.txt", ns=(3 * 10**18, 3 * 10**18))
+    copy = conflict_name("docs/a.txt", 10**9, of_bytes(b"edited on B\n"))
+    (a.root / copy).mkdir()
+    (a.root / copy / "keep").write_text("x")
+    r = converse(a, b, "sync")
+    assert [c["loser"] for c in r.conflicts] == ["remote"] and r.files_failed >= 1
+    assert (b.root / "docs" / "a.txt").read_text() == "edited on B\n", "B's version replaced, no copy kept"
+    assert "docs/a.txt" in r.unsettled
 
 
 class Cut:

@@ -136,6 +136,8 @@ def test_a_first_sync_or_pull_in_ranges_of_two(tmp_path, tiny, mode):
         assert again.files_unchanged == again.files_total and again.literal_bytes == 0 and not again.conflicts
     else:
         assert not (b.root / "mine").exists()
+        again = converse(a, b, "pull")  # the conflict's merge was recorded once its copy landed
+        assert not again.conflicts and again.files_failed == 0
 
 
 def test_many_changes_on_both_sides_sync_in_ranges(tmp_path, tiny, monkeypatch):
