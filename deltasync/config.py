@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 from . import identity
+from .core.record import Mutable, record
 from .errors import ConfigError, NotInitialised, UsageError
 
 META = ".deltasync"
@@ -39,15 +40,15 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-@dataclass
-class Peer:
+@record
+class Peer(Mutable):
     name: str
     id: str
     address: str | None = None
 
 
-@dataclass
-class Config:
+@record
+class Config(Mutable):
     folder: dict[str, Any] = field(default_factory=lambda: dict(DEFAULTS))
     peers: dict[str, Peer] = field(default_factory=dict)
 

@@ -5,17 +5,18 @@ with the roles swapped, and `--dry-run` prints a plan without running it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from typing import Any, Callable, Iterable
 
 from . import limits
 from . import version as vv
 from .entry import DIR, FILE, SYMLINK, Entry
 from .limits import DELTA_MIN, SEGMENT_SIZE, SMALL_DELTA_MIN
+from .record import Mutable, Record, record
 
 
-@dataclass(frozen=True)
-class PartialInfo:
+@record
+class PartialInfo(Record):
     """What the target says about a transfer it holds in part."""
 
     path: str
@@ -49,8 +50,8 @@ def _is_digest(value: Any) -> bool:
     return isinstance(value, str) and len(value) == 64
 
 
-@dataclass(frozen=True)
-class Transfer:
+@record
+class Transfer(Record):
     """One file sent in segments: literal when basis is None, else by delta."""
 
     entry: Entry
@@ -65,8 +66,8 @@ class Transfer:
         return max(1, -(-self.entry.size // self.segment_size))
 
 
-@dataclass
-class Plan:
+@record
+class Plan(Mutable):
     mkdirs: list[Entry] = field(default_factory=list)
     small: list[tuple[Entry, str | None]] = field(default_factory=list)  # (entry, replaces)
     large: list[Transfer] = field(default_factory=list)
@@ -117,8 +118,8 @@ class Plan:
             self.held.extend(spare)
 
 
-@dataclass(frozen=True)
-class Step:
+@record
+class Step(Record):
     """One kind of work in a plan, in the order `steps` gives."""
 
     kind: str  # copy, delete, mkdir, small, symlink, meta, large, hardlink, dir_meta
@@ -143,8 +144,8 @@ def _parents(path: str) -> Iterable[str]:
         yield "/".join(parts[:i])
 
 
-@dataclass
-class Around:
+@record
+class Around(Mutable):
     """What the plan of one path range needs from outside it, when a tree too big to hold is
     planned a range at a time (`core.streamed`, which also settles directory metadata)."""
 
@@ -273,8 +274,8 @@ def make_plan(source: dict[str, Entry], target: dict[str, Entry],
     return plan
 
 
-@dataclass(frozen=True)
-class Conflict:
+@record
+class Conflict(Record):
     path: str
     copy: str  # where the losing version is kept
     loser: str  # "local" or "remote"
@@ -284,8 +285,8 @@ class Conflict:
 Kept = Callable[[str, str], bool]  # (path, blake3): do we hold a live file with this content at this path?
 
 
-@dataclass
-class SyncPlan:
+@record
+class SyncPlan(Mutable):
     pull: Plan
     push: Plan
     conflicts: list[Conflict]

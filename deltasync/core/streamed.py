@@ -17,11 +17,12 @@ blocked so far, and the first names of hard links.
 from __future__ import annotations
 
 from bisect import bisect_right
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Callable, Iterator
 
 from .entry import DIR, Entry
 from .plan import Around, PartialInfo, Plan, make_plan
+from .record import Mutable, record
 
 PAGE = 4096  # entries read from each index at a time
 Fetch = Callable[[str, int], list[Entry]]  # (after this path, at most this many) -> entries in path order
@@ -52,8 +53,8 @@ def ranges(source: Fetch, target: Fetch, page: int = 0) -> Iterator[tuple[list[E
         del held[0][: cut[0]], held[1][: cut[1]]
 
 
-@dataclass
-class Later:
+@record
+class Later(Mutable):
     """What ranges' plans leave for after every range has run."""
 
     deletes: list[Entry] = field(default_factory=list)  # run deepest first, over all ranges

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.limits import MAX_IGNORE_BYTES, MAX_IGNORE_PATTERNS
+from ..core.record import Record, record
 from .safe import TMP_PREFIX, is_reserved
 
 log = logging.getLogger(__name__)
@@ -112,8 +112,8 @@ def _glued(comps: list[str]) -> list[list[str]]:
     return [comps]
 
 
-@dataclass(frozen=True)
-class Rule:
+@record
+class Rule(Record):
     alternatives: tuple[tuple[re.Pattern[str] | None, ...], ...]  # regexes, and _STAR for `**`; any may match
     negate: bool
     dir_only: bool

@@ -8,7 +8,7 @@ import logging
 import os
 import ssl
 import stat
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
@@ -16,6 +16,7 @@ from .. import hashing, identity
 from ..core import version as vv
 from ..core.entry import DIR, FILE, SYMLINK, Entry, Xattrs
 from ..core.limits import DELTA_MIN, SEGMENT_SIZE
+from ..core.record import Mutable, record
 from ..errors import UsageError
 from ..store.manifest import DELETED, KIND, SETTLED, Manifest, Seen, StatRow
 from . import xattrs
@@ -37,8 +38,8 @@ FLUSH_ROWS = 8192
 MAX_CHANGED_KEPT = 100_000
 
 
-@dataclass
-class ScanResult:
+@record
+class ScanResult(Mutable):
     """What a scan found. Entries it made (new, changed or newly deleted paths)
     are in `fresh` -- of a big scan that records, only the files of at least
     DELTA_MIN and those of its last batch: the rest are in the manifest, like

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Awaitable, Callable, Iterable, Protocol, TypeVar
 
 from ..core.entry import FILE, Entry
 from ..core.limits import DELTA_MIN, segments_of
 from ..core.plan import PartialInfo, Transfer
+from ..core.record import Mutable, record
 from ..core.result import FileResult
 from ..errors import ProtocolError, redact
 from ..fs.safe import SafeRoot
@@ -39,8 +40,8 @@ READ_AHEAD = 1  # frames decoded ahead of the one being applied (each up to 16 M
 T = TypeVar("T")
 
 
-@dataclass
-class Offer:
+@record
+class Offer(Mutable):
     """The index a server sends: `entries` may be a generator (sent as it is read)."""
 
     entries: Iterable[Entry]
@@ -51,8 +52,8 @@ class Offer:
     ignored: Callable[[str], bool] = lambda path: False  # a path we ignore: never served, whatever is asked
 
 
-@dataclass
-class Listing:
+@record
+class Listing(Mutable):
     """(client) The index the server sent, as the `listed` future gives it. With a `spool` (our
     copy of the peer's index) and the server's mark, its entries are stored there as they arrive,
     not here: of a whole index nothing is kept, of what changed since our mark only the paths, up

@@ -3,12 +3,13 @@ status it earns (`check`)."""
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
 from typing import Any, Callable
 
 from ..core import itemize
 from ..core.entry import FILE
 from ..core.plan import Plan
+from ..core.record import Mutable, record
 from ..core.result import FileResult
 from ..errors import PartialSuccess
 from ..fs.safe import META
@@ -23,8 +24,8 @@ OUTCOMES = ("sent_whole", "sent_delta", "received", "copied", "linked", "meta", 
             "failed")
 
 
-@dataclass
-class Report:
+@record
+class Report(Mutable):
     files_total: int = 0
     files_sent_whole: int = 0
     files_sent_delta: int = 0

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 
 from ..core.entry import Entry
+from ..core.record import Mutable, record
 from ..fs.scan import ScanResult
 from ..store.peer_index import PeerIndex
 
@@ -29,8 +29,8 @@ def shape(excludes: list[str] | None, ours: list[str], theirs: list[str]) -> str
     return hashlib.blake2b(raw, digest_size=16).hexdigest()
 
 
-@dataclass
-class Scope:
+@record
+class Scope(Mutable):
     """The paths to compare (None: all) and the peer's entries for them."""
 
     paths: set[str] | None

@@ -23,6 +23,7 @@ from typing import Iterable, Iterator
 
 from ..core import version as vv
 from ..core.entry import Entry, xattrs_from_wire, xattrs_to_wire
+from ..core.record import Record, record
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -77,8 +78,8 @@ StatRow = tuple[str, str, int, int, int, int, int, int, int]
 KIND, DELETED, SETTLED = 1, 2, 3
 
 
-@dataclass(frozen=True)
-class Partial:
+@record
+class Partial(Record):
     path: str
     target_blake3: str
     replaces: str | None

@@ -18,11 +18,11 @@ import logging
 import os
 import stat
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from ..core import version as vv
+from ..core.record import Record, record
 from ..errors import TransferFailed, UsageError
 from ..fs import safe
 from .manifest import Manifest, Seen
@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 OFF, TRASHCAN = "off", "trashcan"
 
 
-@dataclass(frozen=True)
-class Kept:
+@record
+class Kept(Record):
     """One kept version (a manifest row and its file under `.deltasync/versions/`)."""
 
     id: int

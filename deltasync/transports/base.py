@@ -3,12 +3,13 @@ receive bytes, close, who the peer is, and how many bytes went each way.
 Framing, compression and bandwidth limits are the session's (`run/channel.py`)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
+from ..core.record import Record, record
 
-@dataclass(frozen=True)
-class Peer:
+
+@record
+class Peer(Record):
     id: str  # its pinned peer ID (the fingerprint of its certificate)
     address: str
 

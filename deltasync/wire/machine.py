@@ -14,11 +14,11 @@ the driver in `run/` moves the bytes and performs the effects.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
 from typing import Iterable
 
 from ..core import limits
+from ..core.record import Record, record
 from ..errors import PeerBusy, ProtocolError, RemoteError
 from .framing import PROTOCOL_VERSIONS, Frame, negotiate
 from .messages import (
@@ -86,113 +86,113 @@ _allow([Phase.CLOSING], SERVER, ["bye"], Phase.CLOSED)
 
 
 # -- effects: what a received message asks of this end ---------------------------
-@dataclass(frozen=True)
-class Effect:
+@record
+class Effect(Record):
     pass
 
 
-@dataclass(frozen=True)
+@record
 class Greet(Effect):
     """(server) The client said hello: answer with ours, or say we are busy."""
 
     hello: Hello
 
 
-@dataclass(frozen=True)
+@record
 class Greeted(Effect):
     """(client) The server answered our hello."""
 
     hello: Hello
 
 
-@dataclass(frozen=True)
+@record
 class SendIndex(Effect):
     dry_run: bool
     held: IndexMark | None = None  # the client's copy of our index: send what changed since (see FileList)
     heard: bool = False  # ...which holds every verdict we gave it (see RequestFileList)
 
 
-@dataclass(frozen=True)
+@record
 class IndexPart(Effect):
     part: FileList
 
 
-@dataclass(frozen=True)
+@record
 class Stage(Effect):
     """Verify small files and write them aside (committed later, together)."""
 
     message: SendFile
 
 
-@dataclass(frozen=True)
+@record
 class Commit(Effect):
     """Make the staged small files durable and put them in place."""
 
 
-@dataclass(frozen=True)
+@record
 class Begin(Effect):
     message: BeginFile
 
 
-@dataclass(frozen=True)
+@record
 class Write(Effect):
     message: SendDelta
 
 
-@dataclass(frozen=True)
+@record
 class Finish(Effect):
     path: str
 
 
-@dataclass(frozen=True)
+@record
 class Abandon(Effect):
     """The sender gave up on a file: keep its verified segments for a resume."""
 
     path: str
 
 
-@dataclass(frozen=True)
+@record
 class Apply(Effect):
     message: SendChanges
 
 
-@dataclass(frozen=True)
+@record
 class Sign(Effect):
     """Answer with our signature of a file we hold."""
 
     message: RequestSignature
 
 
-@dataclass(frozen=True)
+@record
 class SignatureReady(Effect):
     message: Signature
 
 
-@dataclass(frozen=True)
+@record
 class Serve(Effect):
     """(server) Send the files a pull asks for, then `request_done`."""
 
     message: RequestFile
 
 
-@dataclass(frozen=True)
+@record
 class Answered(Effect):
     """(client) One `request_file` has been answered in full."""
 
 
-@dataclass(frozen=True)
+@record
 class Verdict(Effect):
     """(client) A file's verdict from the server."""
 
     ack: Ack
 
 
-@dataclass(frozen=True)
+@record
 class Close(Effect):
     """(server) The client said bye: record the sync, say bye."""
 
 
-@dataclass(frozen=True)
+@record
 class Closed(Effect):
     """(client) The server said bye: the session is over."""
 

@@ -15,6 +15,7 @@ from ..core import limits, sparse
 from ..core import version as vv
 from ..core.entry import DIR, FILE, SYMLINK, Entry, Xattrs, xattrs_from_wire, xattrs_to_wire
 from ..core.plan import PartialInfo
+from ..core.record import Record, record
 from ..errors import ProtocolError
 from ..fs.safe import check_relpath
 from .framing import (
@@ -60,7 +61,7 @@ def _text(value: Any, limit: int) -> str:
     return value[:limit] if isinstance(value, str) else ""
 
 
-class Message:
+class Message(Record):
     """A message: its action, and how it becomes a frame and back."""
 
     ACTION: ClassVar[str]
@@ -76,7 +77,7 @@ class Message:
 
 
 # -- the session ---------------------------------------------------------------
-@dataclass(frozen=True)
+@record
 class Hello(Message):
     ACTION: ClassVar[str] = "hello"
     versions: tuple[int, ...]
@@ -104,7 +105,7 @@ class Hello(Message):
                    _text(f.get("engine"), 100) or "unknown")
 
 
-@dataclass(frozen=True)
+@record
 class Error(Message):
     ACTION: ClassVar[str] = "error"
     message: str
@@ -114,13 +115,13 @@ class Error(Message):
         return cls(f["message"][:1000])
 
 
-@dataclass(frozen=True)
+@record
 class Bye(Message):
     ACTION: ClassVar[str] = "bye"
 
 
-@dataclass(frozen=True)
-class IndexMark:
+@record
+class IndexMark(Record):
     """Where a copy of an index stands: the index's ID and its sequence number."""
 
     index_id: str
@@ -133,7 +134,7 @@ class IndexMark:
         return cls(index_id, limits.check_int(sequence, 0, limits.MAX_SEQUENCE, f"{what}: sequence"))
 
 
-@dataclass(frozen=True)
+@record
 class RequestFileList(Message):
     ACTION: ClassVar[str] = "request_file_list"
     dry_run: bool = False  # the client only looks: the server changes nothing, not even its manifest
@@ -156,7 +157,7 @@ class RequestFileList(Message):
                    f.get("heard") is True)
 
 
-@dataclass(frozen=True)
+@record
 class FileList(Message):
     """One part of an index. Ours is cut by bytes (`chunked`), so no frame can
     break the body limit whatever the entries hold. An index asked for with a
@@ -260,7 +261,7 @@ def json_len(text: str) -> int:
     return len(json_body(text))
 
 
-@dataclass(frozen=True)
+@record
 class SendFile(Message):
     """Whole small files, many per frame; the body is their bytes in order."""
 
@@ -349,7 +350,7 @@ class FileRequest:
                    limits.check_int(d.get("basis_size", 0), 0, limits.MAX_FILE_SIZE, "request_file: basis_size"))
 
 
-@dataclass(frozen=True)
+@record
 class RequestFile(Message):
     """A pull asks for files; a delta request is one file with our signature as the body."""
 
@@ -369,12 +370,12 @@ class RequestFile(Message):
         return cls(tuple(FileRequest.from_wire(d) for d in f["files"]), f.body)
 
 
-@dataclass(frozen=True)
+@record
 class RequestDone(Message):
     ACTION: ClassVar[str] = "request_done"
 
 
-@dataclass(frozen=True)
+@record
 class RequestSignature(Message):
     ACTION: ClassVar[str] = "request_signature"
     path: str
@@ -385,7 +386,7 @@ class RequestSignature(Message):
         return cls(_path(f["path"], "request_signature"), str(_digest(f["blake3"], "request_signature: blake3")))
 
 
-@dataclass(frozen=True)
+@record
 class Signature(Message):
     """Our signature of `path` at `blake3`, or None: it holds something else now."""
 
@@ -402,7 +403,7 @@ class Signature(Message):
                    block if type(block) is int and 0 <= block <= limits.MAX_BLOCK_LEN else 0, f.body)
 
 
-@dataclass(frozen=True)
+@record
 class BeginFile(Message):
     """A file in segments begins: what it will be, and what it replaces."""
 
@@ -452,7 +453,7 @@ class BeginFile(Message):
                    f["replaces"], f.get("version") or {}, xattrs_from_wire(f.get("xattrs"), "begin_file"))
 
 
-@dataclass(frozen=True)
+@record
 class SendDelta(Message):
     """One segment: literal bytes, a librsync delta against the basis, or
     `same` (unchanged at its offset: only its hash travels)."""
@@ -484,7 +485,7 @@ class SendDelta(Message):
                    literal, f.get("same") is True, f.body, holes)
 
 
-@dataclass(frozen=True)
+@record
 class FileDone(Message):
     ACTION: ClassVar[str] = "file_done"
     path: str
@@ -494,7 +495,7 @@ class FileDone(Message):
         return cls(f["path"])
 
 
-@dataclass(frozen=True)
+@record
 class AbortFile(Message):
     ACTION: ClassVar[str] = "abort_file"
     path: str
@@ -546,7 +547,7 @@ class Op:
         return cls(kind, e, _path(origin, "send_changes: from"), replaces)
 
 
-@dataclass(frozen=True)
+@record
 class SendChanges(Message):
     ACTION: ClassVar[str] = "send_changes"
     ops: tuple[Op, ...]
@@ -615,7 +616,7 @@ class Ack(Message):
                    _text(f.get("error"), 1000) or None)
 
 
-@dataclass(frozen=True)
+@record
 class Acks(Message):
     """Many files' verdicts in one frame, to a client whose hello says `acks`: a commit of a
     thousand small files is answered in a few frames, not a thousand (each a header to encode,
