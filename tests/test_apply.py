@@ -140,6 +140,24 @@ def test_unchanged_segments_are_copied_from_the_basis(rx):
     assert rx.manifest.segments_of(hashing.of_bytes(new), SEG) is not None
 
 
+def test_a_begin_that_fails_late_closes_the_basis_it_opened(rx, monkeypatch):
+    old = os.urandom(2 * SEG)
+    (rx.folder.root / "f").write_bytes(old)
+    b3 = hashing.of_bytes(old)
+    opened = []
+    real = rx.safe.open_read
+    monkeypatch.setattr(rx.safe, "open_read", lambda path: opened.append(real(path)) or opened[-1])
+
+    def broken(*_args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(rx.manifest, "begin_partial", broken)
+    with pytest.raises(OSError):
+        begin(rx, "f", os.urandom(2 * SEG), replaces=b3, basis=b3)
+    assert opened and all(f.closed for f in opened)  # the hash of what is there, and the basis
+    assert not rx.registry.claimed("f")
+
+
 def test_a_file_whose_segments_pass_but_whole_does_not_is_dropped(rx):
     """Each segment verified against its own hash, and the file against the hash it was begun with."""
     data = os.urandom(2 * SEG)

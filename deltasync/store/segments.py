@@ -142,6 +142,7 @@ class SegmentedFiles(LocalState):
         safe.check_relpath(m.path, self.safe.max_path)
         limits.check_int(m.size, 0, self.max_file_size, "begin_file: size")
         self.registry.claim(m.path, ticket)
+        basis = None
         try:
             self.expect(m.path, m.replaces, m.entry)
             basis = self.safe.open_read(m.path) if m.basis is not None else None
@@ -171,6 +172,8 @@ class SegmentedFiles(LocalState):
                 os.close(fd)
                 raise
         except BaseException:
+            if basis is not None:  # (the open file it would have read from, on a later failure)
+                basis.close()
             self.registry.release(m.path)
             raise
 
