@@ -4,7 +4,7 @@ from dataclasses import FrozenInstanceError, field
 
 import pytest
 
-from deltasync.core.record import Record, record
+from deltasync.core.record import Mutable, Record, record
 
 
 @record
@@ -80,3 +80,17 @@ def test_post_init_runs_and_bad_definitions_are_refused():
         @record
         class Plain:
             a: int
+
+
+def test_a_mutable_record_is_a_plain_dataclass():
+    @record
+    class Box(Mutable):
+        items: list[int] = field(default_factory=list)
+        n: int = 0
+
+    b = Box()
+    b.n = 3
+    b.items.append(1)
+    assert b == Box([1], 3) and b != Box([1], 4) and repr(b).endswith("<locals>.Box(items=[1], n=3)")
+    with pytest.raises(TypeError):
+        hash(b)  # unhashable, as a dataclass with eq and without frozen is

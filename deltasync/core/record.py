@@ -35,7 +35,7 @@ class Record:
     def __init__(self, *args: Any, **kw: Any) -> None:
         names, defaults, _, _ = self.__record__
         if len(args) > len(names):
-            raise TypeError(f"{type(self).__name__}() takes {len(names)} positional arguments but {len(args)} were given")
+            raise TypeError(f"{type(self).__name__}() takes {len(names)} positional arguments, {len(args)} given")
         put = object.__setattr__
         for name, value in zip(names, args):
             if name in kw:

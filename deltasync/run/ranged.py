@@ -162,10 +162,9 @@ async def pull(r: Ranged, scanned: ScanResult, puller: Puller, partials: dict[st
             log.warning("conflict on %s: the %s version is kept as %s", c.path, c.loser, c.copy)
             r.report.conflicts.append({"path": c.path, "copy": c.copy, "loser": c.loser})
         await puller.run(sp, drain=False)
-        if sp.merged:  # a conflict's merge once its copy has landed (or not: then it waits), below
+        if sp.merged:  # a conflict won here waits for its copy, fetched after the ranges: then again, below
+            await run(record_merged, r.manifest, sp)
             won = {c.path for c in sp.conflicts if c.path in sp.merged}
-            await run(record_merged, r.manifest, SyncPlan(sp.pull, sp.push, [], {p: e for p, e in sp.merged.items()
-                                                                              if p not in won}))
             if won:
                 conflicted.append(SyncPlan(Plan(), Plan(), sp.conflicts, {p: sp.merged[p] for p in won}))
 
