@@ -29,6 +29,7 @@ from blake3 import blake3
 MiB = 1 << 20
 _CLI = [sys.executable, "-m", "deltasync"]
 PUSH_SECONDS = 2.0  # how long the interrupted push of File_2 would take uninterrupted
+FIRST_SEGMENT_PACE = 20 * MiB  # bytes/s: a 4 MiB segment in 0.2 s, kept 0.3 s before the kill
 
 
 def _write_random(path: Path, size: int, seed: int) -> None:
@@ -162,9 +163,11 @@ def run(scale: float = 0.2, keep: Path | None = None) -> list[Step]:
         for i in range(50):
             _write_random(b.root / "folder" / f"small_{i:02d}.bin", 1024, seed=100 + i)
         t = time.monotonic()
-        # paced so File_2 takes a few seconds at any scale: the kill 0.5 s into it lands while it
-        # is moving (at full size, this machine's loopback takes about that long unpaced)
-        pace = int(max(500 * MiB * scale / PUSH_SECONDS, 12 * MiB) / 1024)  # KiB/s: a 4 MiB segment in 1/3 s
+        # paced so the kill 0.5 s into File_2 lands while it is moving, with verified segments
+        # already kept: the first 4 MiB segment is in (and made durable) well before the kill,
+        # and at any scale past 0.04 the file still has a way to go (at full size, this
+        # machine's loopback takes about PUSH_SECONDS unpaced)
+        pace = int(max(500 * MiB * scale / PUSH_SECONDS, FIRST_SEGMENT_PACE) / 1024)  # KiB/s
         pusher = subprocess.Popen([*_CLI, "push", str(b.root), a.address, "--json", "-q", "--bwlimit", str(pace)],
                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         _wait_for_partial(a.root, pusher)
