@@ -147,6 +147,21 @@ def test_forced_engine_and_a_missing_library(monkeypatch):
     engines.use(None)
 
 
+def test_librsync_is_found_by_its_soname_before_ldconfig_is_asked(monkeypatch):
+    import ctypes.util
+
+    import deltasync.engines.librsync as lr
+    asked: list[str] = []
+    monkeypatch.delenv("DELTASYNC_LIBRSYNC", raising=False)
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: asked.append(name))
+    assert lr.LibrsyncEngine().version.startswith("2.")  # the soname the system library (librsync2) has
+    assert asked == []
+    monkeypatch.setenv("DELTASYNC_LIBRSYNC", "/nowhere/librsync.so")
+    tried = lr._candidates()
+    assert [next(tried), next(tried)] == ["/nowhere/librsync.so", "librsync.so.2"] and asked == []
+    assert next(tried) == "/opt/homebrew/lib/librsync.dylib" and asked == ["rsync"]  # asked once its turn comes
+
+
 SEG = 64 * 1024  # segments of 8 blocks of 8 KiB, as a file's 4 MiB segments are of its blocks
 
 

@@ -10,9 +10,8 @@ as `librsync.so.2`, and in Homebrew's lib folders.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from . import RS_RESULTS, DeltaError
 
@@ -29,10 +28,13 @@ class _Buffers(ctypes.Structure):
                 ("next_out", ctypes.c_void_p), ("avail_out", ctypes.c_size_t)]
 
 
-def _candidates() -> list[str]:
-    found = [os.environ.get("DELTASYNC_LIBRSYNC", ""), ctypes.util.find_library("rsync") or "", "librsync.so.2",
-             "/opt/homebrew/lib/librsync.dylib", "/usr/local/lib/librsync.dylib", "librsync.dylib"]
-    return [c for c in found if c]
+def _candidates() -> Iterator[str]:
+    """Where librsync may be, cheapest first: `find_library` runs `ldconfig -p` (a few ms a
+    command), so it is asked only when the soname the dynamic loader finds by itself is not there."""
+    yield from filter(None, [os.environ.get("DELTASYNC_LIBRSYNC", ""), "librsync.so.2"])
+    import ctypes.util  # (it imports shutil, tempfile and more: 13 ms)
+    yield from filter(None, [ctypes.util.find_library("rsync") or "", "/opt/homebrew/lib/librsync.dylib",
+                             "/usr/local/lib/librsync.dylib", "librsync.dylib"])
 
 
 def _open() -> ctypes.CDLL:
