@@ -291,7 +291,11 @@ class FakeServer:
                     await conn.send(frame)
             except Exception:
                 pass
-            await asyncio.sleep(1)
+            try:  # read on until the client hangs up: closing with its frames unread would reset the
+                while await asyncio.wait_for(conn.recv(), 30) is not None:  # connection, and a reset
+                    pass  # can discard what a slow client had not read yet (the hostile frames)
+            except Exception:
+                pass
 
         async def main():
             srv = await serve(self.folder, "127.0.0.1", 0, handler)
