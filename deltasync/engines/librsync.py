@@ -4,8 +4,8 @@ CPython python-rsync has no wheel for.
 It drives librsync's streaming job API (`rs_*_begin`, `rs_job_iter`) with 1 MiB
 buffers: ctypes releases the GIL around each call, and large buffers keep the
 number of calls -- and of GIL hand-overs while another thread is busy -- small.
-The library is found in `DELTASYNC_LIBRSYNC`, by `ctypes.util.find_library`,
-as `librsync.so.2`, and in Homebrew's lib folders.
+The library is found in `DELTASYNC_LIBRSYNC`, as `librsync.so.2`, by
+`ctypes.util.find_library`, and in Homebrew's lib folders, in that order.
 """
 from __future__ import annotations
 
