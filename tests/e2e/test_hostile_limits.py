@@ -291,9 +291,11 @@ class FakeServer:
                     await conn.send(frame)
             except Exception:
                 pass
-            try:  # read on until the client hangs up: closing with its frames unread would reset the
-                while await asyncio.wait_for(conn.recv(), 30) is not None:  # connection, and a reset
-                    pass  # can discard what a slow client had not read yet (the hostile frames)
+            # read on until the client hangs up: closing with its frames unread would reset the
+            # connection, and a reset can discard what a slow client has not read yet (the hostile frames)
+            try:
+                while await asyncio.wait_for(conn.recv(), 30) is not None:
+                    pass
             except Exception:
                 pass
 
