@@ -258,3 +258,39 @@ def test_a_segments_delta_patches_exactly_at_librsyncs_cost_in_bytes(kind):
         engine.patch(io.BytesIO(old), d, out)
         assert out.getvalue() == seg
         assert len(d) <= len(engine.delta(seg, sig)) + 64, (kind, offset)
+
+
+@pytest.mark.parametrize("size", [0, 1, 8192, 3 * 65536, 3 * 65536 + 1, 5 * 65536 - 3])
+def test_a_signature_signed_in_parts_on_threads_is_the_one_pass_signature(each_engine, tmp_path, monkeypatch, size):
+    """Parts of whole blocks (64 KiB here), signed apart and joined after their headers, give
+    librsync's bytes for the whole file: a last part or block cut short, one part, none."""
+    monkeypatch.setattr(engine, "SIG_PART", 65536)
+    data = random.Random(size).randbytes(size)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    with open(path, "rb") as f:
+        for threads in (1, 3):
+            assert engine.signature_of_fd(f.fileno(), size, 8192, threads) == engine.signature(io.BytesIO(data), 8192)
+
+
+def test_a_moved_segment_is_walked_block_by_block_to_librsyncs_delta():
+    """Data shifted twice inside one segment (an insertion, then a deletion): the walk finds
+    both displacements with small searches and sends what librsync's whole search sends; new
+    data past the budget (an eighth of the segment) is left to that search (None)."""
+    rng = random.Random(9)
+    old = rng.randbytes(64 * 8192 + 77)
+    seg_at = 16 * 8192
+    new = old[:seg_at + 5000] + rng.randbytes(1024) + old[seg_at + 5000 : seg_at + 200_000] + old[seg_at + 201_000 :]
+    seg = new[seg_at : seg_at + 32 * 8192]
+    sig = engine.signature(io.BytesIO(old), 8192)
+    lo, near = engine._near(sig, seg_at // 8192, 32)
+    d = engine.walked_delta(seg, sig, lo, near)
+    assert d is not None
+    out = io.BytesIO()
+    engine.patch(io.BytesIO(old), d, out)
+    assert out.getvalue() == seg
+    literal = lambda d: sum(n for copy, _, n in engine._commands(d) if not copy)  # noqa: E731
+    assert len(d) <= len(engine.delta(seg, sig)) + 64 and literal(d) <= literal(engine.delta(seg, sig))
+    assert literal(d) < 4 * 8192  # the insert, and pieces short of a block where the data shifts
+    fresh = seg[:100_000] + rng.randbytes(len(seg) - 100_000)
+    assert engine.walked_delta(fresh, sig, lo, near) is None

@@ -5,6 +5,7 @@ sender that held the peer's version needs no signature from the wire."""
 from __future__ import annotations
 
 import math
+import os
 import threading
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,6 +21,7 @@ from ..core.limits import DELTA_MIN
 
 
 READ = 1024 * 1024
+SIGN_THREADS = min(os.cpu_count() or 1, 4)  # a signature someone waits for is signed on this many at once
 
 
 class _Interruptible:
@@ -52,7 +54,7 @@ class Signatures:
     def __init__(self, root: SafeRoot, manifest: Manifest, current: Callable[[str], Entry | None],
                  background: bool = True) -> None:
         self._root = root
-        self._background = background  # off: no worker thread, nothing precomputed (the cache fills on demand)
+        self._background = background  # off: no threads, nothing precomputed (the cache fills on demand)
         self._manifest = manifest
         self._current = current  # what a path holds now (to never cache a signature of a stale read)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="signature", initializer=native.background_thread) \
@@ -97,7 +99,11 @@ class Signatures:
     def _compute(self, entry: Entry, interruptible: bool = True) -> tuple[int, bytes]:
         block = engine.block_len_for(entry.size)
         with self._root.open_read(entry.path) as f:
-            sig = engine.signature(_Interruptible(f, self._stop) if interruptible else f, block)
+            if interruptible:
+                sig = engine.signature(_Interruptible(f, self._stop), block)
+            else:  # someone waits for it: on every core
+                sig = engine.signature_of_fd(f.fileno(), os.fstat(f.fileno()).st_size, block,
+                                             SIGN_THREADS if self._background else 1)
         assert entry.blake3 is not None
         cur = self._current(entry.path)
         if cur is not None and cur.blake3 == entry.blake3:
