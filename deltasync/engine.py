@@ -234,9 +234,10 @@ def walked_delta(data: bytes | bytearray | memoryview, sig: bytes | bytearray | 
     it keeps coming from there, each next block is compared with the old block it should be
     (one BLAKE2, the strong sum the signature holds) instead of a rolling sum at every byte
     and a hash lookup (librsync's ~9-12 ms a 4 MiB segment; this, ~5). Where a block
-    differs, librsync searches again from there. Every starting position librsync would have
-    tried is tried, so the delta is librsync's own (block for block); a segment left more
-    than an eighth literal is None (data from far away, or new: `segment_delta`'s search)."""
+    differs, librsync searches again from there, trying each starting position its own search
+    would try, so the delta is as small as librsync's; a segment left more than an eighth
+    literal is None (data from far away, or new: `segment_delta`'s search). A false match is
+    caught as any is: by the segment's blake3."""
     magic, block, strong = struct.unpack_from(">III", sig)
     if magic not in (RS_BLAKE2_SIG_MAGIC, RS_RK_BLAKE2_SIG_MAGIC):
         return None
