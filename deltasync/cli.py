@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sqlite3
 import sys
 import textwrap
@@ -388,6 +389,11 @@ def demo(a: argparse.Namespace) -> None:
 class Parser(argparse.ArgumentParser):
     """argparse with the exit code the README gives a usage mistake."""
 
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        # argparse's own finds the terminal's width with shutil, whose imports (bz2, lzma) cost ~3 ms
+        # of every start: argparse asks for a formatter at each add_argument, not only for help
+        return self.formatter_class(prog=self.prog, width=_columns() - 2)  # type: ignore[call-arg]
+
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         _err(f"deltasync: error: {message}")
@@ -407,11 +413,24 @@ def _count(text: str) -> int:
     return int(text)
 
 
-def _command(sub: Any, fn: Callable[[argparse.Namespace], None], name: str | None = None,
-             folder: bool = True) -> argparse.ArgumentParser:
+def _columns() -> int:
+    """The terminal's width as shutil.get_terminal_size finds it ($COLUMNS, then stdout's, else 80)."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+def _command(sub: Any, fn: Callable[[argparse.Namespace], None], name: str, folder: bool) -> argparse.ArgumentParser:
     doc = textwrap.dedent(fn.__doc__ or "").strip()
     first, _, rest = doc.partition("\n")
-    p = sub.add_parser(name or fn.__name__, help=first, description=first + "\n" + textwrap.dedent(rest),
+    p = sub.add_parser(name, help=first, description=first + "\n" + textwrap.dedent(rest),
                        formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
     p.add_argument("--help", action="help", help="Show this message and exit.")
     if folder:
@@ -449,34 +468,32 @@ def _session_options(p: argparse.ArgumentParser) -> None:
     _chatter(p)
 
 
-def parser() -> argparse.ArgumentParser:
-    top = Parser(prog="deltasync", description=ABOUT, add_help=False)
-    top.add_argument("--help", action="help", help="Show this message and exit.")
-    top.add_argument("--version", action="store_true", dest="show_version",
-                     help="Print the version, the librsync engine and its version.")
-    sub = top.add_subparsers(title="commands", metavar="COMMAND", parser_class=Parser)
-    _json(_command(sub, init))
-    _command(sub, id_, "id")
-    p = _command(sub, trust)
+def _trust_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("peer_id", metavar="PEER_ID", help="The peer's ID (from `deltasync id`).")
     p.add_argument("--name", help="A name to use instead of an address.")
     p.add_argument("--address", help="HOST:PORT where this peer listens.")
     _json(p)
-    p = _command(sub, untrust)
+
+
+def _untrust_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("peer", metavar="PEER", help="The peer's name or ID.")
     _json(p)
-    p = _command(sub, serve)
+
+
+def _serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--listen", help="HOST:PORT (port 0 picks a free one).")
     _chatter(p)
-    p = _command(sub, push)
+
+
+def _push_options(p: argparse.ArgumentParser) -> None:
     _session_options(p)
     p.add_argument("--delete", action="store_true", help="Remove on the peer what is absent here.")
     p.add_argument("--force", action="store_true",
                    help="Exit 0 even when files edited on the peer were replaced (they are kept there as versions).")
     p.add_argument("--update", "-u", action="store_true", help="Skip files whose mtime is newer on the peer.")
-    _session_options(_command(sub, pull))
-    _session_options(_command(sub, sync))
-    p = _command(sub, watch)
+
+
+def _watch_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--listen", help="HOST:PORT to serve on.")
     p.add_argument("--peer", action="append", default=[],
                    help="HOST:PORT or name to sync with (repeatable); default: every peer in config.toml with an "
@@ -486,22 +503,55 @@ def parser() -> argparse.ArgumentParser:
                    help="Gitignore-style pattern (repeatable).")
     _json(p, "Events as JSON lines on stdout.")
     _chatter(p)
-    _json(_command(sub, status))
-    p = _command(sub, versions)
+
+
+def _versions_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", metavar="PATH", nargs="?", help="Only this path.")
     _json(p)
-    p = _command(sub, restore)
+
+
+def _restore_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", metavar="PATH", help="The path to put back.")
     p.add_argument("--at", help="The version in place at this time (ISO 8601 or epoch seconds).")
     p.add_argument("--version", type=int, help="Number N as `versions` lists it (1 = newest).")
     _json(p)
-    p = _command(sub, demo, folder=False)
+
+
+def _demo_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", type=float, default=0.2,
                    help="Size factor: 1.0 is the full seed plan (File_2 = 500 MB).")
     p.add_argument("--keep", type=Path, help="Keep the two peers' folders here.")
     _json(p)
-    sub.add_parser("rdiff", help="librsync's rdiff: signature, delta, patch (same arguments, file formats and exit "
-                                 "codes).", add_help=False)
+
+
+def _nothing(p: argparse.ArgumentParser) -> None:
+    pass
+
+
+# (name, command, its options, whether its first argument is the folder), in the order help lists them
+_COMMANDS: list[tuple[str, Callable[[argparse.Namespace], None], Callable[[argparse.ArgumentParser], None], bool]] = [
+    ("init", init, _json, True), ("id", id_, _nothing, True), ("trust", trust, _trust_options, True),
+    ("untrust", untrust, _untrust_options, True), ("serve", serve, _serve_options, True),
+    ("push", push, _push_options, True), ("pull", pull, _session_options, True),
+    ("sync", sync, _session_options, True), ("watch", watch, _watch_options, True), ("status", status, _json, True),
+    ("versions", versions, _versions_options, True), ("restore", restore, _restore_options, True),
+    ("demo", demo, _demo_options, False),
+]
+
+
+def parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line, or (`command` named) only what parsing that command needs: a dozen
+    subparsers cost ~5 ms of every start, and `push` with nothing to do takes ~0.2 s."""
+    top = Parser(prog="deltasync", description=ABOUT, add_help=False)
+    top.add_argument("--help", action="help", help="Show this message and exit.")
+    top.add_argument("--version", action="store_true", dest="show_version",
+                     help="Print the version, the librsync engine and its version.")
+    sub = top.add_subparsers(title="commands", metavar="COMMAND", parser_class=Parser)
+    for name, fn, options, folder in [c for c in _COMMANDS if c[0] == command] or _COMMANDS:
+        options(_command(sub, fn, name, folder))
+    if command not in {c[0] for c in _COMMANDS}:
+        sub.add_parser("rdiff", help="librsync's rdiff: signature, delta, patch (same arguments, file formats "
+                                     "and exit codes).", add_help=False)
     return top
 
 
@@ -513,7 +563,7 @@ def main(argv: list[str] | None = None) -> None:
 
         rdiff_main(args[1:])
         return
-    top = parser()
+    top = parser(args[0] if args else None)
     a = top.parse_args(args)
     if a.show_version:
         _version()

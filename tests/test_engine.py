@@ -129,6 +129,14 @@ def test_every_magic_and_strong_length(each_engine):
 
 def test_engine_named_in_describe(each_engine):
     assert engines.describe().startswith(each_engine + " (librsync ")
+    assert engines.describe(load=False) == engines.describe()  # chosen: named either way
+
+
+def test_a_hello_names_the_engine_without_choosing_one(monkeypatch):
+    from deltasync.wire.messages import Hello
+
+    monkeypatch.setattr(engines, "_chosen", None)
+    assert Hello.ours("p" * 52).engine == "not loaded yet" and engines._chosen is None
 
 
 def test_forced_engine_and_a_missing_library(monkeypatch):

@@ -1,6 +1,7 @@
 """`record`: a frozen dataclass made without compiling anything, behaving as `@dataclass(frozen=True)` does."""
 import dataclasses
 from dataclasses import FrozenInstanceError, field
+from typing import ClassVar
 
 import pytest
 
@@ -76,10 +77,33 @@ def test_post_init_runs_and_bad_definitions_are_refused():
         class Bad(Record):
             a: int = 0
             b: int
+    with pytest.raises(ValueError, match="mutable default"):
+        @record
+        class Shared(Record):
+            a: list[int] = []  # noqa: RUF012  # one list for every instance: refused, as dataclass does
     with pytest.raises(TypeError, match="derives from Record"):
         @record
         class Plain:
             a: int
+
+
+def test_class_variables_are_not_fields_and_a_subclass_may_redefine_one():
+    import typing
+
+    @record
+    class Kind(Record):
+        NAME: ClassVar[str] = "kind"
+        OTHER: typing.ClassVar[int] = 3
+        a: int = 1
+
+    @record
+    class Sub(Kind):
+        a: int = 5
+        b: str = "x"
+
+    assert [f.name for f in dataclasses.fields(Kind)] == ["a"] and Kind.NAME == "kind" and Kind().a == 1
+    assert [f.name for f in dataclasses.fields(Sub)] == ["a", "b"] and Sub() == Sub(5, "x")
+    assert Sub.__match_args__ == ("a", "b") and dataclasses.replace(Sub(), b="y") == Sub(5, "y")
 
 
 def test_a_mutable_record_is_a_plain_dataclass():

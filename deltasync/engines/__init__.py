@@ -144,7 +144,11 @@ def use(engine: Engine | None) -> None:
     _chosen = engine
 
 
-def describe() -> str:
+def describe(load: bool = True) -> str:
+    """The engine and its librsync; with `load` False, without choosing one (a session that
+    moves nothing never needs it, and loading and checking one costs a few ms of its start)."""
+    if not load and _chosen is None:
+        return "not loaded yet"
     e = get()
     return f"{e.name} (librsync {e.version})"
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
-import secrets
+import os
 import sqlite3
 import threading
 import time
@@ -439,7 +439,7 @@ class Manifest:
 
 
 def _new_index_id() -> str:
-    return secrets.token_hex(8)
+    return os.urandom(8).hex()  # what secrets.token_hex does, without importing secrets (and random) at every start
 
 
 def in_chunks(items: list[str], size: int = 500) -> Iterator[list[str]]:

@@ -89,7 +89,8 @@ class Hello(Message):
     def ours(cls, peer_id: str, compress: bool = False) -> "Hello":
         from .. import engines
 
-        return cls(PROTOCOL_VERSIONS, peer_id, FEATURES + ((COMPRESS,) if compress else ()), engines.describe()[:100])
+        return cls(PROTOCOL_VERSIONS, peer_id, FEATURES + ((COMPRESS,) if compress else ()),
+                   engines.describe(load=False)[:100])
 
     def wants(self, feature: str) -> bool:
         return feature in self.features
