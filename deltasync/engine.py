@@ -174,19 +174,13 @@ def aligned_delta(data: bytes | bytearray | memoryview, offset: int, sig: bytes 
     magic, block, strong = struct.unpack_from(">III", sig)
     if magic not in (RS_BLAKE2_SIG_MAGIC, RS_RK_BLAKE2_SIG_MAGIC) or offset % block:
         return None
-    import hashlib  # here: a command that sends no delta does not pay for its import
-
     view = memoryview(data).cast("B")
-    stride = 4 + strong
-    first, have = offset // block, (len(sig) - 12) // stride
+    first, have = offset // block, (len(sig) - 12) // (4 + strong)
     count = -(-len(view) // block)
     lo, near = _near(sig, first, count)
     same: list[bool] = []
     for k in range(count):
-        at = 12 + (first + k) * stride + 4
-        piece = view[k * block : (k + 1) * block]
-        same.append(first + k < have
-                    and hashlib.blake2b(piece, digest_size=32).digest()[:strong] == sig[at : at + strong])
+        same.append(first + k < have and _is_block(view[k * block : (k + 1) * block], sig, first + k, strong))
         if k + 1 == PROBE_BLOCKS and sum(same) * 2 < PROBE_BLOCKS and _moved(view, _runs(same, block, len(view)),
                                                                                block, near):
             return None  # moved early on: no point hashing the rest
@@ -241,11 +235,9 @@ def walked_delta(data: bytes | bytearray | memoryview, sig: bytes | bytearray | 
     magic, block, strong = struct.unpack_from(">III", sig)
     if magic not in (RS_BLAKE2_SIG_MAGIC, RS_RK_BLAKE2_SIG_MAGIC):
         return None
-    import hashlib
-
     view = memoryview(data).cast("B")
-    size, stride, budget = len(view), 4 + strong, len(view) // 8
-    have = (len(sig) - 12) // stride
+    size, budget = len(view), len(view) // 8
+    have = (len(sig) - 12) // (4 + strong)
     ops: list[list[int]] = []  # [copy?, old offset or start in view, length], neighbours merged
     literal = 0
 
@@ -258,9 +250,8 @@ def walked_delta(data: bytes | bytearray | memoryview, sig: bytes | bytearray | 
     p, old = 0, -1  # where we are; the old offset the next block should come from (-1: unknown)
     while p < size:
         j = old // block
-        if (old >= 0 and old % block == 0 and j < have and size - p >= block
-                and hashlib.blake2b(view[p : p + block], digest_size=32).digest()[:strong]
-                == sig[12 + j * stride + 4 : 12 + (j + 1) * stride]):
+        if old >= 0 and old % block == 0 and j < have and size - p >= block \
+                and _is_block(view[p : p + block], sig, j, strong):
             add(1, old, block)
             p, old = p + block, old + block
             continue
@@ -288,6 +279,14 @@ def walked_delta(data: bytes | bytearray | memoryview, sig: bytes | bytearray | 
         out += [_copy_op(at, n)] if copy else [_literal_op(n), view[at : at + n]]
     out.append(b"\0")
     return b"".join(out)
+
+
+def _is_block(piece: memoryview, sig: bytes | bytearray | memoryview, j: int, strong: int) -> bool:
+    """Has `piece` old block `j`'s strong sum (BLAKE2, cut to the signature's `strong` bytes)?"""
+    import hashlib  # here: a command that sends no delta does not pay for its import
+
+    at = 12 + j * (4 + strong) + 4
+    return hashlib.blake2b(piece, digest_size=32).digest()[:strong] == sig[at : at + strong]
 
 
 def _near(sig: bytes | bytearray | memoryview, first: int, count: int) -> tuple[int, bytes]:
