@@ -1,4 +1,8 @@
-"""The command line parsed by a parser of only the named command reads as the whole one does."""
+"""The command line parsed by a parser of only the named command reads as the whole one does; the entry
+that runs it exits at once, losing nothing."""
+import subprocess
+import sys
+
 import pytest
 
 from deltasync import cli
@@ -47,3 +51,23 @@ def test_help_is_as_wide_as_shutil_says_the_terminal_is(monkeypatch):
         assert cli._columns() == shutil.get_terminal_size().columns
     monkeypatch.setenv("COLUMNS", "57")
     assert max(len(line) for line in cli.parser("push").format_help().splitlines()) <= 55
+
+
+def _entry(body: str) -> subprocess.CompletedProcess[str]:
+    """`cli.run` in a process of its own, with `main` replaced by `body`'s."""
+    code = f"import sys, threading, time\nfrom deltasync import cli\ndef main():\n    {body}\ncli.main = main\ncli.run()\n"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+
+def test_the_entry_exits_at_once_with_every_byte_written_and_the_exit_code_kept():
+    r = _entry("print('x' * 200000, end='')")  # buffered: written only if flushed before the process ends
+    assert (r.returncode, len(r.stdout)) == (0, 200000)
+    r = _entry("print('partial'); sys.exit(3)")
+    assert (r.returncode, r.stdout) == (3, "partial\n")
+    r = _entry("sys.exit('deltasync: a message')")  # not a number: Python's own exit prints it, code 1
+    assert (r.returncode, r.stderr.strip()) == (1, "deltasync: a message")
+
+
+def test_the_entry_waits_for_a_thread_still_running():
+    r = _entry("threading.Thread(target=lambda: (time.sleep(0.3), print('thread done', flush=True))).start()")
+    assert (r.returncode, r.stdout) == (0, "thread done\n")
