@@ -94,6 +94,7 @@ def test_class_variables_are_not_fields_and_a_subclass_may_redefine_one():
     class Kind(Record):
         NAME: ClassVar[str] = "kind"
         OTHER: typing.ClassVar[int] = 3
+        TAG: "ClassVar[str]" = "t"  # a string, as under `from __future__ import annotations` (the package's way)
         a: int = 1
 
     @record
@@ -101,7 +102,7 @@ def test_class_variables_are_not_fields_and_a_subclass_may_redefine_one():
         a: int = 5
         b: str = "x"
 
-    assert [f.name for f in dataclasses.fields(Kind)] == ["a"] and Kind.NAME == "kind" and Kind().a == 1
+    assert [f.name for f in dataclasses.fields(Kind)] == ["a"] and Kind.NAME == "kind" and Kind.TAG == "t" and Kind().a == 1
     assert [f.name for f in dataclasses.fields(Sub)] == ["a", "b"] and Sub() == Sub(5, "x")
     assert Sub.__match_args__ == ("a", "b") and dataclasses.replace(Sub(), b="y") == Sub(5, "y")
 
