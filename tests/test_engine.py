@@ -259,6 +259,7 @@ def test_a_segments_delta_patches_exactly_at_librsyncs_cost_in_bytes(kind):
     else:
         new = _edited(rng, old, kind)
     sig = engine.signature(io.BytesIO(old), 8192)
+    digests = engine.block_digests(io.BytesIO(old).read, 8192)
     for offset in range(0, len(new), SEG):
         seg = new[offset : offset + SEG]
         d = engine.segment_delta(seg, offset, sig)
@@ -266,6 +267,23 @@ def test_a_segments_delta_patches_exactly_at_librsyncs_cost_in_bytes(kind):
         engine.patch(io.BytesIO(old), d, out)
         assert out.getvalue() == seg
         assert len(d) <= len(engine.delta(seg, sig)) + 64, (kind, offset)
+        # the old blocks' blake3 digests, where we have them, find the very same delta; another
+        # file's (of another length) are not used
+        assert engine.segment_delta(seg, offset, sig, digests) == d
+        assert engine.segment_delta(seg, offset, sig, digests[:-engine.DIGEST_LEN]) == d
+
+
+@pytest.mark.parametrize("block", [8192, 6000, 64])
+def test_block_digests_are_each_blocks_blake3_whatever_the_reads(block):
+    """One digest per block as the signature cuts the file (the last one short), however the
+    file's reads come: in pieces of any length, or in one."""
+    data = random.Random(block).randbytes(3 * 65536 + 123)
+    want = b"".join(engine.blake3(data[k : k + block]).digest(engine.DIGEST_LEN) for k in range(0, len(data), block))
+    f = io.BytesIO(data)
+    assert engine.block_digests(lambda _n: f.read(1000003), block) == want
+    assert engine.block_digests(io.BytesIO(data).read, block) == want
+    assert len(want) == engine.DIGEST_LEN * engine._blocks(engine.signature(io.BytesIO(data), block))
+    assert engine.block_digests(io.BytesIO(b"").read, block) == b""
 
 
 @pytest.mark.parametrize("size", [0, 1, 8192, 3 * 65536, 3 * 65536 + 1, 5 * 65536 - 3])

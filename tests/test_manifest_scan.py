@@ -72,6 +72,33 @@ def test_partials_journal_survives_reopen(tmp_path):
     m.close()
 
 
+def test_a_version_signed_in_the_background_keeps_its_blocks_digests(tmp_path):
+    """The background signature of a version we hold comes with its blocks' blake3 digests (what our
+    next delta against it checks blocks with); one signed on demand has none, so it is signed again,
+    whole, the next time that content is scanned fresh."""
+    import io
+
+    from deltasync import engine
+    from deltasync.core.limits import DELTA_MIN
+    from deltasync.store.receiver import Receiver
+
+    folder, _, _ = Folder.init(tmp_path / "A")
+    data = os.urandom(3 * DELTA_MIN + 5)
+    (folder.root / "big").write_bytes(data)
+    m = Manifest(folder.db)
+    e = scan(folder.root, m, Ignore.for_folder(folder.root)).entries["big"]
+    block = engine.block_len_for(e.size)
+    assert m.missing_signatures([e], DELTA_MIN) == [e] and m.digests_of(e.blake3, block) is None
+    rx = Receiver(folder, m)
+    rx.signatures.precompute(e)
+    rx.close(float("inf"))
+    assert m.digests_of(e.blake3, block) == engine.block_digests(io.BytesIO(data).read, block)
+    assert m.digests_of(e.blake3, block * 2) is None and m.missing_signatures([e], DELTA_MIN) == []
+    m.store_signature("big", e.blake3, block, b"sig", engine.SIG_FORMAT, "librsync")  # as on demand: no digests
+    assert m.digests_of(e.blake3, block) is None and m.missing_signatures([e], DELTA_MIN) == [e]
+    m.close()
+
+
 def test_fixture_copy_is_identical_to_shared():
     from pathlib import Path
 

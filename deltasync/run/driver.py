@@ -112,7 +112,8 @@ class Driver:
         self.intake = Intake(receiver, ticket)
         self.root = receiver.folder.root
         self.sender = FileSender(SafeRoot(self.root), self.say, self.verdict, self.progress, workers,
-                                 receiver.manifest.segments_of, holes=lambda: conv.holes)
+                                 receiver.manifest.segments_of, holes=lambda: conv.holes,
+                                 digests_of=receiver.manifest.digests_of)
         # (client) what the peer's answers resolve
         loop = asyncio.get_running_loop()
         self.greeted: asyncio.Future[Hello] = loop.create_future()

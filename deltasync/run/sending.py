@@ -55,7 +55,8 @@ class FileSender:
     def __init__(self, safe: SafeRoot, say: Say, failed: Callable[[FileResult], Awaitable[None]],
                  progress: Progress, workers: Workers,
                  segments_of: Callable[[str, int], list[bytes] | None] = lambda _b, _s: None,
-                 holes: Callable[[], bool] = lambda: False) -> None:
+                 holes: Callable[[], bool] = lambda: False,
+                 digests_of: Callable[[str, int], bytes | None] = lambda _b, _n: None) -> None:
         self.safe = safe
         self.holes = holes  # the peer takes segments with holes: zero runs cost nothing on the wire
         self.say = say
@@ -63,6 +64,7 @@ class FileSender:
         self.progress = progress
         self.workers = workers
         self.segments_of = segments_of  # per-segment blake3 of content we held (manifest.segments_of)
+        self.digests_of = digests_of  # its blocks' blake3 digests (manifest.digests_of)
         self.literal_bytes = 0
 
     async def ops(self, ops: list[Op]) -> None:
@@ -102,7 +104,7 @@ class FileSender:
             await self.say(SendFile(tuple(files), body))
 
     def _segment(self, fd: int, t: Transfer, idx: int, sig: Buffer | None, path: str,
-                 old: list[bytes] | None) -> SendDelta:
+                 old: list[bytes] | None, digests: bytes | None = None) -> SendDelta:
         """One segment, cheapest first: a hole (nothing but its place travels; a
         sparse file's holes are not even read), unchanged at its offset (its hash),
         a delta (blocks compared where they were, else librsync's search), else
@@ -122,7 +124,7 @@ class FileSender:
             return SendDelta(path, idx, offset, length, digest, False, True)
         runs = sparse.holes_of(data) if holes else ()
         if sig is not None and offset < t.basis_size:
-            d = engine.segment_delta(data, offset, sig)
+            d = engine.segment_delta(data, offset, sig, digests)
             if len(d) < length:
                 return SendDelta(path, idx, offset, length, digest, False, False, d, runs)
         return SendDelta(path, idx, offset, length, digest, True, False, sparse.squeeze(data, runs) if runs else data,
@@ -154,13 +156,14 @@ class FileSender:
                                      t.replaces, dict(e.version), e.xattrs))
             todo = [i for i in range(t.segments) if i not in t.done]
             old = self.segments_of(t.basis, t.segment_size) if t.basis is not None else None
+            digests = self.digests_of(t.basis, engine.block_len_of(sig)) if t.basis is not None and sig else None
             loop = asyncio.get_running_loop()
             window: list[Future[SendDelta]] = []
             try:
                 for pos in range(len(todo)):
                     while len(window) <= WINDOW and pos + len(window) < len(todo):
                         window.append(self.workers.submit(self._segment, fd, t, todo[pos + len(window)], sig, path,
-                                                          old))
+                                                          old, digests))
                     m = await asyncio.wrap_future(window.pop(0), loop=loop)
                     self.literal_bytes += len(m.body)
                     await self.say(m)

@@ -125,6 +125,7 @@ class Manifest:
                                     # what made a cached signature: its format (magic/strong length) and engine
                                     ("signatures", "format", "TEXT NOT NULL DEFAULT ''"),
                                     ("signatures", "engine", "TEXT NOT NULL DEFAULT ''"),
+                                    ("signatures", "digests", "BLOB"),  # engine.block_digests; NULL: none
                                     ("files", "link", "TEXT"),  # hard links (rsync -H)
                                     ("files", "xattrs", "TEXT"),  # JSON {name: base64}; '': none; NULL: not read yet
                                     ("files", "seq", "INTEGER NOT NULL DEFAULT 0"),  # when it last changed
@@ -341,14 +342,24 @@ class Manifest:
 
     def missing_signatures(self, entries: Iterable[Entry], min_size: int) -> list[Entry]:
         with self._lock:
-            have = {r[0] for r in self._db.execute("SELECT blake3 FROM signatures WHERE format != ''")}
+            have = {r[0] for r in self._db.execute("SELECT blake3 FROM signatures WHERE format != '' "
+                                                   "AND digests IS NOT NULL")}  # (signed on demand: again, whole)
         return [e for e in entries if e.kind == "file" and not e.deleted and e.size >= min_size
                 and e.blake3 not in have]
 
-    def store_signature(self, path: str, blake3: str, block_len: int, sig: bytes, fmt: str, engine: str) -> None:
+    def store_signature(self, path: str, blake3: str, block_len: int, sig: bytes, fmt: str, engine: str,
+                        digests: bytes | None = None) -> None:
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO signatures (path, blake3, block_len, sig, format, engine) "
-                             "VALUES (?,?,?,?,?,?)", (path, blake3, block_len, sig, fmt, engine))
+            self._db.execute("INSERT OR REPLACE INTO signatures (path, blake3, block_len, sig, format, engine, "
+                             "digests) VALUES (?,?,?,?,?,?,?)", (path, blake3, block_len, sig, fmt, engine, digests))
+
+    def digests_of(self, blake3: str, block_len: int) -> bytes | None:
+        """The blocks' blake3 digests (`engine.block_digests`) of content we held, if kept with its
+        signature (a digest depends only on the bytes and the block length)."""
+        with self._lock:
+            r = self._db.execute("SELECT digests FROM signatures WHERE blake3=? AND block_len=? AND digests IS NOT NULL "
+                                 "LIMIT 1", (blake3, block_len)).fetchone()
+        return bytes(r[0]) if r else None
 
     # -- partial-transfer journal -----------------------------------------
     def partials(self) -> list[Partial]:

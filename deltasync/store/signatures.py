@@ -97,15 +97,22 @@ class Signatures:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _compute(self, entry: Entry, interruptible: bool = True) -> tuple[int, bytes]:
+        """Sign a version. In the background its blocks' blake3 digests are kept too (a second,
+        cached read): our own next delta against this version checks its blocks with them
+        (`engine.segment_delta`); someone waiting gets the signature alone, at once."""
         block = engine.block_len_for(entry.size)
+        digests = None
         with self._root.open_read(entry.path) as f:
             if interruptible:
                 sig = engine.signature(_Interruptible(f, self._stop), block)
+                f.seek(0)
+                digests = engine.block_digests(_Interruptible(f, self._stop).read, block)
             else:  # someone waits for it: on every core
                 sig = engine.signature_of_fd(f.fileno(), os.fstat(f.fileno()).st_size, block,
                                              SIGN_THREADS if self._background else 1)
         assert entry.blake3 is not None
         cur = self._current(entry.path)
         if cur is not None and cur.blake3 == entry.blake3:
-            self._manifest.store_signature(entry.path, entry.blake3, block, sig, engine.SIG_FORMAT, engines.get().name)
+            self._manifest.store_signature(entry.path, entry.blake3, block, sig, engine.SIG_FORMAT, engines.get().name,
+                                           digests)
         return block, sig
