@@ -357,8 +357,8 @@ class Manifest:
         """The blocks' blake3 digests (`engine.block_digests`) of content we held, if kept with its
         signature (a digest depends only on the bytes and the block length)."""
         with self._lock:
-            r = self._db.execute("SELECT digests FROM signatures WHERE blake3=? AND block_len=? AND digests IS NOT NULL "
-                                 "LIMIT 1", (blake3, block_len)).fetchone()
+            r = self._db.execute("SELECT digests FROM signatures WHERE blake3=? AND block_len=? "
+                                 "AND digests IS NOT NULL LIMIT 1", (blake3, block_len)).fetchone()
         return bytes(r[0]) if r else None
 
     # -- partial-transfer journal -----------------------------------------

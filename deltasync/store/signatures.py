@@ -106,7 +106,10 @@ class Signatures:
             if interruptible:
                 sig = engine.signature(_Interruptible(f, self._stop), block)
                 f.seek(0)
-                digests = engine.block_digests(_Interruptible(f, self._stop).read, block)
+                try:
+                    digests = engine.block_digests(_Interruptible(f, self._stop).read, block)
+                except OSError:
+                    pass  # stopped (or unreadable) after the signature: kept without (signed again later)
             else:  # someone waits for it: on every core
                 sig = engine.signature_of_fd(f.fileno(), os.fstat(f.fileno()).st_size, block,
                                              SIGN_THREADS if self._background else 1)
