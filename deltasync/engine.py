@@ -177,7 +177,7 @@ def aligned_delta(data: bytes | bytearray | memoryview, offset: int, sig: bytes 
     if magic not in (RS_BLAKE2_SIG_MAGIC, RS_RK_BLAKE2_SIG_MAGIC) or offset % block:
         return None
     view = memoryview(data).cast("B")
-    first, have = offset // block, (len(sig) - 12) // (4 + strong)
+    first, have = offset // block, _blocks(sig)
     count = -(-len(view) // block)
     lo, near = _near(sig, first, count)
     same: list[bool] = []
@@ -244,7 +244,7 @@ def walked_delta(data: bytes | bytearray | memoryview, sig: bytes | bytearray | 
         return None
     view = memoryview(data).cast("B")
     size, budget = len(view), len(view) // 8
-    have = (len(sig) - 12) // (4 + strong)
+    have = _blocks(sig)
     ops: list[list[int]] = []  # [copy?, old offset or start in view, length], neighbours merged
     literal = 0
 
@@ -304,22 +304,32 @@ DIGEST_LEN = 16  # bytes of each block's blake3 digest in `block_digests`
 READ_CHUNK = 1 << 20
 
 
+class BlockDigests:
+    """The blake3 digest (DIGEST_LEN bytes) of each block of a file, as its signature cuts it
+    into blocks (the last one short), in order, from its bytes fed in order in pieces of any
+    length: what `segment_delta` checks a block with, where we have them, instead of the
+    signature's BLAKE2. Fed by the read that signs the file, it costs no read of its own."""
+
+    def __init__(self, block_len: int) -> None:
+        self._block, self._rest, self._out = block_len, b"", bytearray()
+
+    def update(self, data: bytes) -> None:
+        view = memoryview(self._rest + data if self._rest else data)
+        whole = len(view) - len(view) % self._block
+        for k in range(0, whole, self._block):
+            self._out += blake3(view[k : k + self._block]).digest(DIGEST_LEN)
+        self._rest = bytes(view[whole:])
+
+    def digests(self) -> bytes:
+        return bytes(self._out) + (blake3(self._rest).digest(DIGEST_LEN) if self._rest else b"")
+
+
 def block_digests(read: Callable[[int], bytes], block_len: int) -> bytes:
-    """The blake3 digest (DIGEST_LEN bytes) of each block of a file (`read`: a file's, whatever
-    it returns at a time, b"" at its end), as its signature cuts it into blocks (the last one
-    short), in order: what `segment_delta` checks a block with, where we have them, instead of
-    the signature's BLAKE2."""
-    out = bytearray()
-    rest = b""
+    """`BlockDigests` of a whole file (`read`: a file's, b"" at its end)."""
+    d = BlockDigests(block_len)
     while data := read(READ_CHUNK):
-        view = memoryview(rest + data if rest else data)
-        whole = len(view) - len(view) % block_len
-        for k in range(0, whole, block_len):
-            out += blake3(view[k : k + block_len]).digest(DIGEST_LEN)
-        rest = bytes(view[whole:])
-    if rest:
-        out += blake3(rest).digest(DIGEST_LEN)
-    return bytes(out)
+        d.update(data)
+    return d.digests()
 
 
 def block_len_of(sig: bytes | bytearray | memoryview) -> int:
@@ -336,7 +346,7 @@ def _near(sig: bytes | bytearray | memoryview, first: int, count: int) -> tuple[
     segment's: (its first block, the signature)."""
     _, _, strong = struct.unpack_from(">III", sig)
     stride = 4 + strong
-    have = (len(sig) - 12) // stride
+    have = _blocks(sig)
     lo, hi = max(0, first - count), min(have, first + 2 * count)
     return lo, bytes(sig[:12]) + bytes(sig[12 + lo * stride : 12 + hi * stride])
 

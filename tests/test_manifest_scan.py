@@ -72,7 +72,7 @@ def test_partials_journal_survives_reopen(tmp_path):
     m.close()
 
 
-def test_a_version_signed_in_the_background_keeps_its_blocks_digests(tmp_path, monkeypatch):
+def test_a_version_signed_in_the_background_keeps_its_blocks_digests(tmp_path):
     """The background signature of a version we hold comes with its blocks' blake3 digests (what our
     next delta against it checks blocks with); one signed on demand has none, so it is signed again,
     whole, the next time that content is scanned fresh."""
@@ -97,15 +97,17 @@ def test_a_version_signed_in_the_background_keeps_its_blocks_digests(tmp_path, m
     m.store_signature("big", e.blake3, block, b"sig", engine.SIG_FORMAT, "librsync")  # as on demand: no digests
     assert m.digests_of(e.blake3, block) is None and m.missing_signatures([e], DELTA_MIN) == [e]
 
-    def stopped(*_a: object) -> bytes:
-        raise OSError("stopped")
+    # the digests are made of the signature's own read: every byte, in order; a read that moved is not used
+    import threading
 
-    monkeypatch.setattr(engine, "block_digests", stopped)  # stopped after signing: the signature is kept
-    m._db.execute("DELETE FROM signatures")
-    rx = Receiver(folder, m)
-    rx.signatures.precompute(e)
-    rx.close(float("inf"))
-    assert m.signature("big", e.blake3, engine.SIG_FORMAT) is not None and m.digests_of(e.blake3, block) is None
+    from deltasync.store.signatures import _Interruptible
+
+    made = engine.BlockDigests(block)
+    read = _Interruptible(io.BytesIO(data), threading.Event(), made.update)
+    assert engine.signature(read, block) == engine.signature(io.BytesIO(data), block) and read.tapped
+    assert made.digests() == engine.block_digests(io.BytesIO(data).read, block)
+    read.seek(0)
+    assert not read.tapped
     m.close()
 
 

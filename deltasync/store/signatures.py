@@ -30,17 +30,23 @@ class _Interruptible:
     Reads are at least 1 MiB, whatever the binding asks (python-rsync asks for 64 KiB; both
     bindings take what they are given): each read takes the GIL, and this thread runs only on
     an idle core, so a read preempted while holding it stalls the transfer's threads until
-    the core is idle again -- sixteen times fewer reads, sixteen times fewer such stalls."""
+    the core is idle again -- sixteen times fewer reads, sixteen times fewer such stalls.
+    `tap` sees every byte read, in order (the blocks' digests are made of the same read); if
+    the binding ever moved in the file instead, `tapped` is False."""
 
-    def __init__(self, f: BinaryIO, stop: threading.Event) -> None:
-        self._f, self._stop = f, stop
+    def __init__(self, f: BinaryIO, stop: threading.Event, tap: Callable[[bytes], None] = lambda _d: None) -> None:
+        self._f, self._stop, self._tap = f, stop, tap
+        self.tapped = True
 
     def read(self, n: int = -1) -> bytes:
         if self._stop.is_set():
             raise OSError("stopped")
-        return self._f.read(n if n < 0 else max(n, READ))
+        data = self._f.read(n if n < 0 else max(n, READ))
+        self._tap(data)
+        return data
 
     def seek(self, pos: int, whence: int = 0) -> int:
+        self.tapped = False
         return self._f.seek(pos, whence)
 
     def tell(self) -> int:
@@ -97,19 +103,17 @@ class Signatures:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _compute(self, entry: Entry, interruptible: bool = True) -> tuple[int, bytes]:
-        """Sign a version. In the background its blocks' blake3 digests are kept too (a second,
-        cached read): our own next delta against this version checks its blocks with them
+        """Sign a version. In the background its blocks' blake3 digests are kept too (made of the
+        same read): our own next delta against this version checks its blocks with them
         (`engine.segment_delta`); someone waiting gets the signature alone, at once."""
         block = engine.block_len_for(entry.size)
         digests = None
         with self._root.open_read(entry.path) as f:
             if interruptible:
-                sig = engine.signature(_Interruptible(f, self._stop), block)
-                f.seek(0)
-                try:
-                    digests = engine.block_digests(_Interruptible(f, self._stop).read, block)
-                except OSError:
-                    pass  # stopped (or unreadable) after the signature: kept without (signed again later)
+                made = engine.BlockDigests(block)
+                read = _Interruptible(f, self._stop, made.update)
+                sig = engine.signature(read, block)
+                digests = made.digests() if read.tapped else None
             else:  # someone waits for it: on every core
                 sig = engine.signature_of_fd(f.fileno(), os.fstat(f.fileno()).st_size, block,
                                              SIGN_THREADS if self._background else 1)
