@@ -224,6 +224,26 @@ def test_small_files_are_staged_then_committed_together(rx):
     assert list(rx.folder.tmp.iterdir()) == []
 
 
+def test_a_commit_takes_what_was_staged_before_it_and_a_later_stage_waits_for_the_next(rx):
+    """The driver takes the staged files on its loop when a commit starts (which then runs on a
+    worker): a frame staged meanwhile is neither flushed late nor dropped by that commit."""
+    from deltasync.store.intake import Intake
+
+    intake = Intake(rx, None)
+
+    def frame(path, data):
+        return wire("send_file", data, files=[{"path": path, "size": len(data), "mtime_ns": 7, "mode": 0o600,
+                                                "blake3": hashing.of_bytes(data), "replaces": None}])
+
+    assert intake.stage(frame("a", b"first")) == []
+    taken = intake.take()
+    assert intake.stage(frame("b", b"second")) == []  # while the first commit would run
+    assert [r.path for r in intake.commit(taken)] == ["a"]
+    assert (rx.folder.root / "a").read_bytes() == b"first" and not (rx.folder.root / "b").exists()
+    assert [r.path for r in intake.commit(intake.take())] == ["b"]
+    assert (rx.folder.root / "b").read_bytes() == b"second" and list(rx.folder.tmp.iterdir()) == []
+
+
 def test_a_file_deleted_here_after_the_peer_planned_is_not_brought_back(rx):
     """The mesh race: our index went to a peer without `f`; we then took `f` from a third
     peer and it was deleted here (a tombstone). The peer's plan says `f` is new here -- the

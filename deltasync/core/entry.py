@@ -19,6 +19,12 @@ ACL_XATTRS = ("system.posix_acl_access", "system.posix_acl_default")
 Xattrs = tuple[tuple[str, bytes], ...]  # sorted by name
 
 
+def parents(path: str) -> list[str]:
+    """The directories above a relative path, top first: 'a/b/c' -> ['a', 'a/b']."""
+    parts = path.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
 def synced_xattr(name: str) -> bool:
     return name.startswith(XATTR_PREFIX) or name in ACL_XATTRS
 

@@ -6,11 +6,11 @@ with the roles swapped, and `--dry-run` prints a plan without running it.
 from __future__ import annotations
 
 from dataclasses import field, replace
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from . import limits
 from . import version as vv
-from .entry import DIR, FILE, SYMLINK, Entry
+from .entry import DIR, FILE, SYMLINK, Entry, parents
 from .limits import DELTA_MIN, SEGMENT_SIZE, SMALL_DELTA_MIN
 from .record import Mutable, Record, record
 
@@ -138,12 +138,6 @@ def steps(plan: Plan) -> list[Step]:
     return [Step(kind, items) for kind, items in order if items]
 
 
-def _parents(path: str) -> Iterable[str]:
-    parts = path.split("/")
-    for i in range(1, len(parts)):
-        yield "/".join(parts[:i])
-
-
 @record
 class Around(Mutable):
     """What the plan of one path range needs from outside it, when a tree too big to hold is
@@ -200,7 +194,7 @@ def make_plan(source: dict[str, Entry], target: dict[str, Entry],
 
     for path in sorted(source, key=lambda p: (p.count("/"), p)):
         src = source[path]
-        if any(p in blocked_paths for p in _parents(path)):
+        if any(p in blocked_paths for p in parents(path)):
             blocked_paths.add(path)
             continue
         have = target.get(path)
@@ -262,7 +256,7 @@ def make_plan(source: dict[str, Entry], target: dict[str, Entry],
 
     if around is not None:
         return plan
-    dirty_dirs = {d for p in touched for d in _parents(p)}
+    dirty_dirs = {d for p in touched for d in parents(p)}
     for path in sorted(source, key=lambda p: (-p.count("/"), p)):
         src = source[path]
         if src.kind != DIR or path in blocked_paths:

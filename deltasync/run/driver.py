@@ -246,8 +246,8 @@ class Driver:
             await self.verdicts_of(await run(intake.stage, e.message))
             return
         await self.committed()
-        if isinstance(e, mc.Commit):
-            self.committing = asyncio.ensure_future(run(intake.commit))
+        if isinstance(e, mc.Commit):  # (what is staged taken here, so a stage that follows adds to the next)
+            self.committing = asyncio.ensure_future(run(intake.commit, intake.take()))
         elif isinstance(e, mc.Begin):
             r = await run(intake.begin, e.message)
             if r is not None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from ..core.entry import Entry
+from ..core.entry import Entry, parents
 from ..core.record import Mutable, record
 from ..fs.scan import ScanResult
 from ..store.peer_index import PeerIndex
@@ -37,18 +37,13 @@ class Scope(Mutable):
     remote: dict[str, Entry]
 
 
-def _parents(path: str) -> list[str]:
-    parts = path.split("/")
-    return ["/".join(parts[:i]) for i in range(1, len(parts))]
-
-
 def widen(paths: set[str], scanned: ScanResult, peer: PeerIndex) -> Scope:
     """`paths` and what deciding them needs (see the module's docstring), with the peer's entries."""
     paths = set(paths)
     remote = peer.entries(paths)
     local = scanned.pick(paths)
     leaders = {e.link for e in (*local.values(), *remote.values()) if e.link}
-    extra = leaders | {q for p in paths | leaders for q in _parents(p)}
+    extra = leaders | {q for p in paths | leaders for q in parents(p)}
     extra -= paths
     if extra:
         paths |= extra

@@ -26,8 +26,12 @@ class Intake:
     def stage(self, m: SendFile) -> list[FileResult]:
         return on_disk(lambda: self.r.stage_small(m, self.staged, self.ticket))
 
-    def commit(self) -> list[FileResult]:
+    def take(self) -> Staged:
+        """The small files staged so far, for one commit; what is staged after goes to the next."""
         staged, self.staged = self.staged, []
+        return staged
+
+    def commit(self, staged: Staged) -> list[FileResult]:
         return on_disk(lambda: self.r.commit_small(staged, self.ticket))
 
     def begin(self, m: BeginFile) -> FileResult | None:
