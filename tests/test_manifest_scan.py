@@ -111,6 +111,22 @@ def test_a_version_signed_in_the_background_keeps_its_blocks_digests(tmp_path):
     m.close()
 
 
+def test_stored_version_vectors_read_back_as_written(tmp_path):
+    """Vectors are stored through a cache of their JSON (`version_text`): each row still
+    reads back with its own vector, however many rows share one."""
+    import json
+
+    from deltasync.core.entry import Entry
+    from deltasync.store.manifest import Seen, version_text
+
+    m = Manifest(tmp_path / "m.db")
+    vectors = {f"f{i}": ((("aaaa", 1),) if i % 2 else (("aaaa", 2), ("bbbb", i))) for i in range(6)}
+    m.record([Seen(Entry(p, FILE, 1, 1, 0o644, "0" * 64, version=v), 1, 1) for p, v in vectors.items()])
+    assert {p: s.entry.version for p, s in m.seen_of(list(vectors)).items()} == vectors
+    assert version_text((("aaaa", 2), ("bbbb", 5))) == json.dumps({"aaaa": 2, "bbbb": 5})
+    m.close()
+
+
 def test_fixture_copy_is_identical_to_shared():
     from pathlib import Path
 

@@ -108,6 +108,13 @@ def _version(text: str) -> vv.Version:
     return vv.from_stored(json.loads(text))
 
 
+@functools.lru_cache(maxsize=4096)
+def version_text(v: vv.Version) -> str:
+    """A vector as stored (JSON), made once per distinct vector: a first scan's or a first
+    push's rows all carry the same one."""
+    return json.dumps(vv.to_wire(v))
+
+
 class Manifest:
     def __init__(self, path: Path) -> None:
         self._lock = threading.RLock()
@@ -246,7 +253,7 @@ class Manifest:
                 for s in batch:
                     seq += 1
                     values.append((s.entry.path, s.entry.kind, s.entry.size, s.entry.mtime_ns, s.entry.mode, s.ino,
-                                   s.ctime_ns, s.entry.blake3, s.entry.target, json.dumps(vv.to_wire(s.entry.version)),
+                                   s.ctime_ns, s.entry.blake3, s.entry.target, version_text(s.entry.version),
                                    int(s.entry.deleted), s.entry.link,
                                    json.dumps(xattrs_to_wire(s.entry.xattrs)) if s.entry.xattrs else "", seq,
                                    s.entry.path.rpartition("/")[0], s.by))

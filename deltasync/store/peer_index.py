@@ -13,10 +13,9 @@ from __future__ import annotations
 import json
 from typing import Callable, Iterable
 
-from ..core import version as vv
 from ..core.entry import Entry, xattrs_to_wire
 from ..errors import ProtocolError
-from .manifest import Manifest, in_chunks
+from .manifest import Manifest, in_chunks, version_text
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS peer_index (
@@ -75,7 +74,7 @@ class PeerIndex:
     def add(self, entries: Iterable[Entry]) -> None:
         """One part of what the peer sent, stored as it arrives: no index is one dict in memory."""
         rows = [(self.peer, e.path, e.kind, e.size, e.mtime_ns, e.mode, e.blake3, e.target,
-                 json.dumps(vv.to_wire(e.version)), int(e.deleted), e.link,
+                 version_text(e.version), int(e.deleted), e.link,
                  json.dumps(xattrs_to_wire(e.xattrs)) if e.xattrs else "") for e in entries]
         with self.manifest.lock, self.manifest.tx():
             self.manifest.db.executemany(_UPSERT, rows)

@@ -25,7 +25,7 @@ from ..core import version as vv
 from ..core.record import Record, record
 from ..errors import TransferFailed, UsageError
 from ..fs import safe
-from .manifest import Manifest, Seen
+from .manifest import Manifest, Seen, version_text
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class Versions:
             os.close(vfd)
         self.manifest.add_version(path, kept_name, st.st_size, seen.entry.blake3 if same and seen else None,
                                   st.st_mtime_ns, stat.S_IMODE(st.st_mode),
-                                  json.dumps(vv.to_wire(seen.entry.version)) if same and seen else "{}",
+                                  version_text(seen.entry.version) if same and seen else "{}",
                                   time.time(), peer, reason)
         return kept_name
 
