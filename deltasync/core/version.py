@@ -4,6 +4,7 @@ vectors says which version replaces which, or that they are concurrent (a
 conflict)."""
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from ..errors import ProtocolError
@@ -24,7 +25,9 @@ def _bounded(d: dict[str, int], keep: str | None = None) -> Version:
     return tuple(sorted(d.items()))
 
 
+@functools.lru_cache(maxsize=4096)
 def bump(v: Version, me: str) -> Version:
+    """`v` with our counter one up (made once per distinct vector: a first scan bumps () for each file)."""
     d = dict(v)
     d[me] = min(d.get(me, 0) + 1, INT64_MAX)  # saturates: a peer's huge counter cannot make ours unsendable
     return _bounded(d, me)

@@ -297,8 +297,8 @@ def _scan(root: Path, manifest: Manifest, ignore: Ignore, me: str, record: bool,
         if st.st_nlink > 1:  # the first name of an inode in walk order leads; later names link to it
             link = inodes.setdefault((st.st_dev, st.st_ino), path)
             link = None if link == path else link
-        version = _version(Entry(path, FILE, st.st_size, st.st_mtime_ns, fmode, digest, link=link, xattrs=found),
-                           old, me)
+        version = vv.bump((), me) if old is None else \
+            _version(Entry(path, FILE, st.st_size, st.st_mtime_ns, fmode, digest, link=link, xattrs=found), old, me)
         return Entry(path, FILE, st.st_size, st.st_mtime_ns, fmode, digest, version=version, link=link, xattrs=found)
 
     def visit(dfd: int, rel: str, only: str | None = None) -> list[tuple[str, str]]:

@@ -167,8 +167,10 @@ class LocalState:
         if st is None:
             return None
         link = entry.kind == SYMLINK
-        now = replace(entry, size=st.st_size if entry.kind == FILE else 0,
-                      mtime_ns=0 if link else st.st_mtime_ns, mode=0 if link else stat.S_IMODE(st.st_mode))
+        size, mtime_ns, mode = (st.st_size if entry.kind == FILE else 0, 0 if link else st.st_mtime_ns,
+                                0 if link else stat.S_IMODE(st.st_mode))
+        now = entry if (entry.size, entry.mtime_ns, entry.mode) == (size, mtime_ns, mode) else \
+            replace(entry, size=size, mtime_ns=mtime_ns, mode=mode)  # (as written, mostly: no copy made)
         by = ticket.peer if ticket is not None and ticket.role == "server" and now == entry else None
         return Seen(now, st.st_ino, st.st_ctime_ns, by=by)
 
