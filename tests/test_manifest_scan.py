@@ -127,6 +127,25 @@ def test_stored_version_vectors_read_back_as_written(tmp_path):
     m.close()
 
 
+def test_only_small_version_vectors_are_cached():
+    """A peer's vectors of many keys are made each time, not kept: what the caches hold stays small."""
+    from deltasync.core import version as vv
+    from deltasync.core.limits import INT64_MAX, MAX_VECTOR_KEY_LEN
+    from deltasync.store import manifest
+
+    big = tuple((f"{i:02d}" + "k" * 62, 2**62 + i) for i in range(vv.CACHED_KEYS + 1))
+    small = (("aaaa", 7),)
+    before = (manifest._text.cache_info().currsize, manifest._parsed.cache_info().currsize,
+              vv._bump.cache_info().currsize)
+    text = manifest.version_text(big)
+    assert manifest._version(text) == big and vv.bump(big, "me") == tuple(sorted(big + (("me", 1),)))
+    assert (manifest._text.cache_info().currsize, manifest._parsed.cache_info().currsize,
+            vv._bump.cache_info().currsize) == before
+    assert manifest._version(manifest.version_text(small)) == small and vv.bump(small, "aaaa") == (("aaaa", 8),)
+    largest_small = tuple((f"{i}" + "k" * (MAX_VECTOR_KEY_LEN - 1), INT64_MAX) for i in range(vv.CACHED_KEYS))
+    assert len(manifest.version_text(largest_small)) <= manifest.CACHED_TEXT  # its JSON is parsed from the cache
+
+
 def test_fixture_copy_is_identical_to_shared():
     from pathlib import Path
 

@@ -25,12 +25,20 @@ def _bounded(d: dict[str, int], keep: str | None = None) -> Version:
     return tuple(sorted(d.items()))
 
 
-@functools.lru_cache(maxsize=4096)
-def bump(v: Version, me: str) -> Version:
-    """`v` with our counter one up (made once per distinct vector: a first scan bumps () for each file)."""
+CACHED_KEYS = 8  # vectors of at most this many keys (a real folder's: a few peers) are made once and kept
+CACHED = 1024  # distinct vectors kept at most: with CACHED_KEYS, a bound on what a peer's vectors can make us hold
+
+
+@functools.lru_cache(maxsize=CACHED)
+def _bump(v: Version, me: str) -> Version:
     d = dict(v)
     d[me] = min(d.get(me, 0) + 1, INT64_MAX)  # saturates: a peer's huge counter cannot make ours unsendable
     return _bounded(d, me)
+
+
+def bump(v: Version, me: str) -> Version:
+    """`v` with our counter one up; made once per distinct small vector (a first scan bumps () for each file)."""
+    return _bump(v, me) if len(v) <= CACHED_KEYS else _bump.__wrapped__(v, me)
 
 
 def merge(a: Version, b: Version) -> Version:

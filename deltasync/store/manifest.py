@@ -23,6 +23,7 @@ from typing import Iterable, Iterator
 
 from ..core import version as vv
 from ..core.entry import Entry, xattrs_from_wire, xattrs_to_wire
+from ..core.limits import MAX_VECTOR_KEY_LEN
 from ..core.record import Record, record
 
 _SCHEMA = """
@@ -102,17 +103,29 @@ class Partial(Record):
         return sum(min(self.segment_size, self.size - i * self.segment_size) for i in self.done)
 
 
-@functools.lru_cache(maxsize=4096)
-def _version(text: str) -> vv.Version:
-    """Parsed once per distinct vector: most rows of a folder share a few."""
+CACHED_TEXT = vv.CACHED_KEYS * (MAX_VECTOR_KEY_LEN + 26)  # a small vector's JSON at most
+
+
+@functools.lru_cache(maxsize=vv.CACHED)
+def _parsed(text: str) -> vv.Version:
     return vv.from_stored(json.loads(text))
 
 
-@functools.lru_cache(maxsize=4096)
-def version_text(v: vv.Version) -> str:
-    """A vector as stored (JSON), made once per distinct vector: a first scan's or a first
-    push's rows all carry the same one."""
+def _version(text: str) -> vv.Version:
+    """A stored vector, parsed once per distinct small one: most rows of a folder share a few
+    (a long one, which only a peer's many keys make, is parsed each time: the cache stays small)."""
+    return _parsed(text) if len(text) <= CACHED_TEXT else _parsed.__wrapped__(text)
+
+
+@functools.lru_cache(maxsize=vv.CACHED)
+def _text(v: vv.Version) -> str:
     return json.dumps(vv.to_wire(v))
+
+
+def version_text(v: vv.Version) -> str:
+    """A vector as stored (JSON), made once per distinct small vector: a first scan's or a
+    first push's rows all carry the same one."""
+    return _text(v) if len(v) <= vv.CACHED_KEYS else _text.__wrapped__(v)
 
 
 class Manifest:
