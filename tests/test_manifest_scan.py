@@ -135,13 +135,16 @@ def test_only_small_version_vectors_are_cached():
 
     big = tuple((f"{i:02d}" + "k" * 62, 2**62 + i) for i in range(vv.CACHED_KEYS + 1))
     small = (("aaaa", 7),)
-    before = (manifest._text.cache_info().currsize, manifest._parsed.cache_info().currsize,
-              vv._bump.cache_info().currsize)
+    before = (manifest.version_text.cache_info().currsize, manifest._version.cache_info().currsize,
+              vv.bump.cache_info().currsize)
     text = manifest.version_text(big)
     assert manifest._version(text) == big and vv.bump(big, "me") == tuple(sorted(big + (("me", 1),)))
-    assert (manifest._text.cache_info().currsize, manifest._parsed.cache_info().currsize,
-            vv._bump.cache_info().currsize) == before
+    assert (manifest.version_text.cache_info().currsize, manifest._version.cache_info().currsize,
+            vv.bump.cache_info().currsize) == before
     assert manifest._version(manifest.version_text(small)) == small and vv.bump(small, "aaaa") == (("aaaa", 8),)
+    hits = manifest.version_text.cache_info().hits, vv.bump.cache_info().hits
+    manifest.version_text(small), vv.bump(small, "aaaa")
+    assert (manifest.version_text.cache_info().hits, vv.bump.cache_info().hits) == (hits[0] + 1, hits[1] + 1)
     largest_small = tuple((f"{i}" + "k" * (MAX_VECTOR_KEY_LEN - 1), INT64_MAX) for i in range(vv.CACHED_KEYS))
     assert len(manifest.version_text(largest_small)) <= manifest.CACHED_TEXT  # its JSON is parsed from the cache
 

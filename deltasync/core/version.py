@@ -5,7 +5,7 @@ conflict)."""
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from ..errors import ProtocolError
 from .limits import INT64_MAX, MAX_VECTOR_KEY_LEN, MAX_VECTOR_KEYS
@@ -27,18 +27,31 @@ def _bounded(d: dict[str, int], keep: str | None = None) -> Version:
 
 CACHED_KEYS = 8  # vectors of at most this many keys (a real folder's: a few peers) are made once and kept
 CACHED = 1024  # distinct vectors kept at most: with CACHED_KEYS, a bound on what a peer's vectors can make us hold
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-@functools.lru_cache(maxsize=CACHED)
-def _bump(v: Version, me: str) -> Version:
+def cached_when(small: Callable[..., bool]) -> Callable[[F], F]:
+    """`fn` computed once per distinct arguments for which `small(*args)`, up to CACHED of them
+    (its `cache_info` tells); for any other, each time: what a cache holds stays bounded whatever
+    a peer sends."""
+    def wrap(fn: F) -> F:
+        cached = functools.lru_cache(maxsize=CACHED)(fn)
+
+        @functools.wraps(fn)
+        def call(*args: Any) -> Any:
+            return cached(*args) if small(*args) else fn(*args)
+
+        call.cache_info = cached.cache_info  # type: ignore[attr-defined]
+        return call  # type: ignore[return-value]
+    return wrap
+
+
+@cached_when(lambda v, me: len(v) <= CACHED_KEYS)
+def bump(v: Version, me: str) -> Version:
+    """`v` with our counter one up (a first scan bumps () for each file: made once)."""
     d = dict(v)
     d[me] = min(d.get(me, 0) + 1, INT64_MAX)  # saturates: a peer's huge counter cannot make ours unsendable
     return _bounded(d, me)
-
-
-def bump(v: Version, me: str) -> Version:
-    """`v` with our counter one up; made once per distinct small vector (a first scan bumps () for each file)."""
-    return _bump(v, me) if len(v) <= CACHED_KEYS else _bump.__wrapped__(v, me)
 
 
 def merge(a: Version, b: Version) -> Version:

@@ -10,7 +10,6 @@ One `Manifest` may be shared by threads: every call takes the lock.
 """
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import os
@@ -106,26 +105,16 @@ class Partial(Record):
 CACHED_TEXT = vv.CACHED_KEYS * (MAX_VECTOR_KEY_LEN + 26)  # a small vector's JSON at most
 
 
-@functools.lru_cache(maxsize=vv.CACHED)
-def _parsed(text: str) -> vv.Version:
+@vv.cached_when(lambda text: len(text) <= CACHED_TEXT)
+def _version(text: str) -> vv.Version:
+    """A stored vector, parsed once per distinct small one: most rows of a folder share a few."""
     return vv.from_stored(json.loads(text))
 
 
-def _version(text: str) -> vv.Version:
-    """A stored vector, parsed once per distinct small one: most rows of a folder share a few
-    (a long one, which only a peer's many keys make, is parsed each time: the cache stays small)."""
-    return _parsed(text) if len(text) <= CACHED_TEXT else _parsed.__wrapped__(text)
-
-
-@functools.lru_cache(maxsize=vv.CACHED)
-def _text(v: vv.Version) -> str:
-    return json.dumps(vv.to_wire(v))
-
-
+@vv.cached_when(lambda v: len(v) <= vv.CACHED_KEYS)
 def version_text(v: vv.Version) -> str:
-    """A vector as stored (JSON), made once per distinct small vector: a first scan's or a
-    first push's rows all carry the same one."""
-    return _text(v) if len(v) <= vv.CACHED_KEYS else _text.__wrapped__(v)
+    """A vector as stored (JSON): a first scan's or a first push's rows all carry the same one."""
+    return json.dumps(vv.to_wire(v))
 
 
 class Manifest:
