@@ -181,8 +181,10 @@ def _edited(rng: random.Random, old: bytes, kind: str) -> bytes:
     elif kind == "new":  # whole segments and more rewritten
         at = rng.randrange(0, len(old) - 3 * SEG)
         new[at : at + 2 * SEG + 5000] = rng.randbytes(2 * SEG + 5000)
-    elif kind == "moved":  # an insertion and a deletion: what lies between them shifts
+    elif kind == "moved":  # an insertion and a deletion far apart: what lies between them shifts
         a, b = sorted(rng.sample(range(len(old)), 2))
+        far = (engine.PINNED_BLOCKS + 2) * 8192  # closer: `test_a_short_changed_run_between_blocks_...`
+        a, b = (a, b) if b - a > far else (a, a + far) if a + far < len(old) - 700 else (b - far, b)
         new[b : b + 700] = b""
         new[a:a] = rng.randbytes(700)
     else:  # both
@@ -211,6 +213,38 @@ def test_a_delta_of_blocks_in_place_patches_exactly_and_costs_what_librsyncs_cos
         assert len(d) <= theirs + 64, (offset, len(d), theirs)  # moved data is found as librsync finds it
     if kind in ("overwrite", "new"):
         assert used == 13  # every segment takes the cheap way
+
+
+def test_a_short_changed_run_between_blocks_in_place_is_not_searched(monkeypatch):
+    """Scattered overwrites: a run of at most `PINNED_BLOCKS` changed blocks, in place on both
+    sides, goes literally without librsync's search (its cost, ~12 ns a byte, was most of such a
+    delta). An insertion and a deletion both inside such a run then cost at most the run."""
+    rng = random.Random(5)
+    old = rng.randbytes(64 * 8192)
+    sig = engine.signature(io.BytesIO(old), 8192)
+    searched: list[int] = []
+    real = engine.delta
+    monkeypatch.setattr(engine, "delta", lambda new, s: searched.append(len(new)) or real(new, s))
+    over = bytearray(old)
+    over[20 * 8192 + 100 : 20 * 8192 + 100 + 50 * 1024] = rng.randbytes(50 * 1024)  # 7 blocks
+    d = engine.aligned_delta(over, 0, sig)
+    out = io.BytesIO()
+    engine.patch(io.BytesIO(old), d, out)
+    assert out.getvalue() == over and searched == []
+    assert len(d) < 8 * 8192 + 200
+    near = bytearray(old)  # 700 bytes in, 700 out, 14 KB apart: what lies between them is shifted
+    del near[30 * 8192 + 5000 : 30 * 8192 + 5700]
+    near[30 * 8192 - 9000 : 30 * 8192 - 9000] = rng.randbytes(700)
+    d = engine.aligned_delta(near, 0, sig)
+    out = io.BytesIO()
+    engine.patch(io.BytesIO(old), d, out)
+    assert out.getvalue() == near and searched == []
+    assert len(d) <= len(real(bytes(near), sig)) + engine.PINNED_BLOCKS * 8192
+    wide = bytearray(old)  # the same 30 blocks apart: that run is searched, and costs what librsync's does
+    del wide[40 * 8192 + 5000 : 40 * 8192 + 5700]
+    wide[10 * 8192 + 3000 : 10 * 8192 + 3000] = rng.randbytes(700)
+    d = engine.segment_delta(wide, 0, sig)
+    assert searched and len(d) <= len(real(bytes(wide), sig)) + 64
 
 
 def test_moved_data_everywhere_goes_to_librsync_and_an_md4_signature_is_never_read_in_place():
