@@ -272,6 +272,44 @@ def test_the_commands_of_a_librsync_delta_read_back_to_its_output():
         list(engine._commands(d[:-3]))
 
 
+@pytest.mark.parametrize("kind", ["overwrite", "new", "moved", "both"])
+def test_a_segment_patched_here_is_librsyncs_patch(tmp_path, kind):
+    """The receiver applies a segment's delta itself (one read per copy): the same bytes as
+    librsync's patch, for librsync's own deltas (every command width) and for ours."""
+    rng = random.Random(kind)
+    old = rng.randbytes(12 * SEG + 99)
+    new = _edited(rng, old, kind)
+    (tmp_path / "old").write_bytes(old)
+    sig = engine.signature(io.BytesIO(old), 8192)
+    with open(tmp_path / "old", "rb") as basis:
+        for offset in range(0, len(new), SEG):
+            seg = new[offset : offset + SEG]
+            for d in (engine.delta(seg, sig), engine.segment_delta(seg, offset, sig)):
+                assert engine.patch_segment(basis.fileno(), memoryview(d), len(seg)) == seg
+
+
+def test_a_hostile_delta_is_refused_before_it_is_applied(tmp_path):
+    """What a segment's delta makes is bounded by the length declared for it, and it copies only
+    from within the basis: else a DeltaError, as librsync's patch would give (or hang)."""
+    (tmp_path / "old").write_bytes(bytes(range(256)) * 64)  # 16 KiB
+    magic = engines.RS_DELTA_MAGIC.to_bytes(4, "big")
+    copy = lambda at, n: bytes([0x53]) + at.to_bytes(8, "big") + n.to_bytes(4, "big")  # noqa: E731
+    literal = lambda data: bytes([0x43]) + len(data).to_bytes(4, "big") + data  # noqa: E731
+    with open(tmp_path / "old", "rb") as basis:
+        fd = basis.fileno()
+        assert engine.patch_segment(fd, magic + copy(256, 100) + literal(b"xy") + b"\0", 102) == \
+            (bytes(range(256)) * 2)[256:356] + b"xy"
+        for bad in (magic + copy(16 * 1024 - 10, 20) + b"\0",  # past the basis's end
+                    magic + copy(0, 1 << 30) + b"\0",  # past the declared length, before any read
+                    magic + literal(b"x" * 200) + b"\0",  # more than declared
+                    magic + copy(0, 50) + b"\0",  # less than declared
+                    magic + bytes([0x43]) + (50).to_bytes(4, "big") + b"short",  # a literal cut off
+                    magic + copy(0, 10),  # no end
+                    b"rs\x02\x37" + b"\0"):  # not a delta
+            with pytest.raises(engine.DeltaError):
+                engine.patch_segment(fd, bad, 100)
+
+
 def test_a_background_signature_read_in_big_pieces_is_the_same_signature():
     import threading
 

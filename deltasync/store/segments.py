@@ -7,7 +7,6 @@ unverified bytes.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import time
@@ -225,22 +224,18 @@ class SegmentedFiles(LocalState):
             raise ProtocolError(f"send_delta: delta for {p.path} without a basis")
         fresh = os.fstat(f.fd).st_size <= m.offset  # nothing of ours there yet: its holes may stay holes
         punch = fresh and bool(m.holes)  # then the file hash reads it back: a false hole claim must show
-        along = f.hasher if not punch and _hash_in_order(f, m.offset) else None
-        out = io.BytesIO()  # the patched segment in memory, checked before it is written
-        w = hashing.HashingWriter(out, m.length, along)  # bounded and hashed as librsync writes it
         try:
-            engine.patch(f.basis, m.body, w)
+            data = engine.patch_segment(f.basis.fileno(), m.body, m.length)  # in memory, checked before it is written
         except engine.DeltaError as e:
             raise ProtocolError(f"{p.path}: segment {m.index}: {e}") from None
-        if w.written != m.length or w.hexdigest() != m.blake3:
+        if hashing.of_bytes(data) != m.blake3:
             raise ProtocolError(f"{p.path}: segment {m.index} failed verification")
-        with out.getbuffer() as data:
-            f.writer.pwrite(data, m.offset)
-        if along is not None:
-            f.hashed += m.length
+        f.writer.pwrite(data, m.offset)
         if punch:  # the zero runs the sender found give their space back (a false claim fails the file's check)
             for start, size in m.holes:
                 native.punch_hole(f.fd, m.offset + start, size)
+        else:
+            self._hashed(f, m.offset, data)
 
     def _written(self, f: OpenFile, idx: int, length: int) -> None:
         f.unsynced.append(idx)
